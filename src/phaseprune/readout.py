@@ -1,0 +1,126 @@
+"""The multiple-choice readout: every layer's residual stream read through the option rows.
+
+For each item, the residual stream at the last prompt position is captured at the input of
+decoder layer 0 (readout index 0: embeddings, with whatever the model adds there, e.g. GPT-2's
+position embeddings or Gemma's scaling) and at the output of every decoder layer (index
+``l`` = after ``l`` layers). Each capture goes straight through the model's final norm and
+the unembedding rows of the option tokens (:meth:`DecoderParts.option_logits`), so neither
+full-sequence hidden states nor full-vocabulary projections are ever kept or computed; the
+base decoder is run without the LM head. The last index equals the model's own logits at
+the option tokens (the HF ``output_hidden_states`` tuple would not do: its last entry is
+already normalised).
+
+Batches are built from length-sorted prompts with right padding: causal attention means a
+prompt's last real token never sees the padding after it, and its position ids are the same
+as unpadded, so batching does not change the readout beyond floating-point reassociation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from phaseprune.arch import DecoderParts, layer_output
+
+
+@contextmanager
+def readout_hooks(parts: DecoderParts, option_ids: torch.Tensor, sink: list):
+    """Hooks that append ``(batch, n_options)`` option logits per readout index to ``sink``.
+
+    ``sink`` must be a list whose attribute-free protocol is: before each forward, the caller
+    sets ``positions`` (a ``(batch,)`` LongTensor of last-token indices) via
+    :func:`set_positions`; after it, ``sink`` holds ``n_layers + 1`` tensors in readout order.
+    Hooks are removed in ``finally``.
+    """
+    state: dict = {"positions": None}
+
+    def read(hidden: torch.Tensor) -> None:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, state["positions"].to(hidden.device)]  # (batch, d_model)
+        sink.append(parts.option_logits(last, option_ids).float().cpu())
+
+    def pre_hook(module, args, kwargs):
+        read(args[0] if args else kwargs["hidden_states"])
+
+    def post_hook(module, args, output):
+        read(layer_output(output))
+
+    handles = [parts.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    handles += [layer.register_forward_hook(post_hook) for layer in parts.layers]
+    try:
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64) -> list[list[int]]:
+    """Group item indices by length so each padded batch holds at most ``max_tokens`` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # sorted ascending, so the newest item is the longest of the batch
+        if current and (len(current) + 1) * lengths[i] > max_tokens or len(current) >= max_batch:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.inference_mode()
+def read_options(
+    parts: DecoderParts,
+    input_ids: Sequence[Sequence[int]],
+    option_ids: Sequence[int],
+    *,
+    max_tokens: int = 8192,
+    progress: bool = True,
+    on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Option logits of every item at every readout index.
+
+    Args:
+        parts: the model's decoder parts (:func:`phaseprune.arch.decoder_parts`).
+        input_ids: one token-id list per item.
+        option_ids: token id of each option.
+        max_tokens: padded tokens per forward batch (memory bound).
+        progress: show a progress bar with ETA.
+        on_batch: called with ``(item indices, their (batch, n_layers + 1, n_options) logits)``
+            after every batch, e.g. to persist partial results.
+
+    Returns:
+        ``(n_items, n_layers + 1, n_options)`` float32 tensor on the CPU, in item order.
+    """
+    device = parts.embed.weight.device
+    ids_t = torch.tensor(list(option_ids), device=parts.unembed.weight.device)
+    lengths = [len(row) for row in input_ids]
+    n_readout = len(parts.layers) + 1
+    out = torch.empty(len(input_ids), n_readout, len(option_ids))
+    sink: list[torch.Tensor] = []
+    bar = tqdm(total=len(input_ids), unit="item", desc="readout", disable=not progress)
+    with readout_hooks(parts, ids_t, sink) as state:
+        for batch in length_batches(lengths, max_tokens):
+            width = max(lengths[i] for i in batch)
+            tokens = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, i in enumerate(batch):
+                tokens[row, : lengths[i]] = torch.tensor(input_ids[i])
+                mask[row, : lengths[i]] = 1
+            state["positions"] = torch.tensor([lengths[i] - 1 for i in batch])
+            sink.clear()
+            parts.base(input_ids=tokens.to(device), attention_mask=mask.to(device), use_cache=False)
+            if len(sink) != n_readout:
+                raise RuntimeError(f"captured {len(sink)} readouts, expected {n_readout}")
+            logits = torch.stack(sink, dim=1)  # (batch, n_readout, n_options)
+            out[batch] = logits
+            if on_batch is not None:
+                on_batch(batch, logits)
+            bar.update(len(batch))
+    bar.close()
+    return out

@@ -1,0 +1,99 @@
+"""Run directories: atomic writes, refusing to clobber another run, and partial results.
+
+Every file is written to a temporary name in the same directory and moved into place with
+``os.replace``, so a run killed at any moment leaves either the old file or the new one,
+never half of one. ``summary.json`` is written last: its presence marks a complete run.
+
+Partial results of the forward passes live in ``OUT/partial/readout.npz`` beside a
+fingerprint of everything that determines them (model file hash, token ids, option ids,
+code version). A rerun into the same directory with the same fingerprint continues from
+there; a different fingerprint discards them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from phaseprune.errors import UsageError
+
+RUN_MARKERS = ("summary.json", "trajectory.json")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, record) -> None:
+    """Write a JSON record atomically (UTF-8, indented, NaN refused)."""
+    text = json.dumps(record, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def prepare_out_dir(out: Path, *, overwrite: bool) -> None:
+    """Create ``out``; refuse one that holds another run unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory")
+    held = [m for m in RUN_MARKERS if (out / m).exists()]
+    if held and not overwrite:
+        raise UsageError(f"--out {out} already holds a run ({held[0]}); pass --overwrite or another --out")
+    if held:
+        for name in (*RUN_MARKERS, "items.parquet", "plots", "partial"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def fingerprint(*parts) -> str:
+    """sha256 over the JSON of ``parts`` (stable key order)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class PartialReadout:
+    """Option logits computed so far, saved so an interrupted run can continue."""
+
+    def __init__(self, out: Path, key: str, shape: tuple[int, int, int]):
+        self.path = out / "partial" / "readout.npz"
+        self.key = key
+        self.logits = np.zeros(shape, dtype=np.float32)
+        self.done = np.zeros(shape[0], dtype=bool)
+        if self.path.exists():
+            with np.load(self.path) as saved:
+                if str(saved["key"]) == key and saved["logits"].shape == shape:
+                    self.logits[:] = saved["logits"]
+                    self.done[:] = saved["done"]
+
+    def update(self, items: list[int], logits: np.ndarray) -> None:
+        """Record a batch and save (atomically)."""
+        self.logits[items] = logits
+        self.done[items] = True
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(self.key), logits=self.logits, done=self.done)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+    def clear(self) -> None:
+        """Remove the partial file once the run is complete."""
+        shutil.rmtree(self.path.parent, ignore_errors=True)
