@@ -66,31 +66,29 @@ def margin_figure(summary: dict):
 
 
 def option_frequency_figure(summary: dict):
-    """Heatmap of pick shares (layers x letters) beside the gold distribution."""
+    """Heatmap of pick shares (layers x letters) above a strip of the gold distribution."""
     layers = summary["layers"]
     letters = list(summary["gold_frequency"])
-    grid = np.array([[r["option_frequency"][c] for c in letters] for r in layers])
+    grid = np.array([[r["option_frequency"][c] for c in letters] for r in layers])  # (L1, k)
     gold = np.array([summary["gold_frequency"][c] for c in letters])
     fig, (ax, axg) = plt.subplots(
-        1, 2, figsize=(6.5, max(3.5, 0.2 * len(layers) + 1.5)),
-        gridspec_kw={"width_ratios": [len(letters), 1.2]}, sharey=False,
+        2, 1, figsize=(max(4.5, 0.7 * len(letters) + 2.5), max(4.0, 0.17 * len(layers) + 2.0)),
+        gridspec_kw={"height_ratios": [len(layers), 1.6]}, sharex=True,
     )
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
-    ax.set_xticks(range(len(letters)), letters)
-    ax.set_xlabel("picked option")
     ax.set_ylabel("readout layer")
     t = summary["transition_layer"]
     if t is not None:
         ax.axhline(t - 0.5, color="white", ls="--", lw=1.2)
-    ax.set_title("Option Frequency by layer", fontsize=9)
-    axg.imshow(gold[:, None], aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    axg.set_yticks(range(len(letters)), letters)
-    axg.set_xticks([])
-    axg.set_title("gold", fontsize=9)
+        ax.text(len(letters) - 0.5, t - 0.5, " transition", color="white", va="bottom", ha="right", fontsize=7)
+    ax.set_title(f"Option Frequency by layer\n{_title(summary)}", fontsize=8)
+    axg.imshow(gold[None, :], aspect="auto", cmap="viridis", vmin=0, vmax=1)
     for i, share in enumerate(gold):
-        axg.text(0, i, f"{share:.0%}", ha="center", va="center", color="white", fontsize=7)
-    fig.colorbar(im, ax=[ax, axg], label="share of items", fraction=0.05)
-    fig.suptitle(_title(summary), fontsize=8)
+        axg.text(i, 0, f"{share:.0%}", ha="center", va="center", color="white", fontsize=7)
+    axg.set_yticks([0], ["gold"])
+    axg.set_xticks(range(len(letters)), letters)
+    axg.set_xlabel("option letter")
+    fig.colorbar(im, ax=[ax, axg], label="share of items", fraction=0.06)
     return fig
 
 

@@ -1,0 +1,211 @@
+"""Where the decoder layers, final norm and unembedding of each model family are.
+
+This is the only module that knows transformers' module layouts. Everything else reads a model
+through :class:`DecoderParts`: call ``base``, hook ``layers``, and turn a residual-stream vector
+into the logits of a few option tokens with :meth:`DecoderParts.option_logits` (a logit lens
+restricted to the option rows of ``W_U``, so the full-vocabulary projection is never computed).
+
+Dispatch is on ``config.model_type`` (as tuned-lens's ``model_surgery.py`` dispatches on the
+model class). Layouts, checked against transformers 5.24 (``base`` is relative to the
+``*ForCausalLM`` wrapper; embedding, layers and final norm are attributes of ``base``):
+
+* llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, olmo, olmo2:
+  ``model`` with ``embed_tokens``, ``layers``, ``norm``.
+* gpt2: ``transformer`` with ``wte``, ``h``, ``ln_f``.
+* gpt_neox: ``gpt_neox`` with ``embed_in``, ``layers``, ``final_layer_norm``.
+* opt: ``model.decoder`` with ``embed_tokens``, ``layers``, ``final_layer_norm``, ``project_out``.
+* falcon: ``transformer`` with ``word_embeddings``, ``h``, ``ln_f``.
+
+All of them unembed with ``lm_head``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phaseprune.errors import UsageError
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Attribute names of one family's pieces."""
+
+    base: str
+    """Dotted path from the causal-LM wrapper to the decoder stack."""
+    embed: str
+    """Attribute of ``base`` holding the token embedding."""
+    layers: str
+    """Attribute of ``base`` holding the ``nn.ModuleList`` of decoder layers."""
+    final_norm: str
+    """Attribute of ``base`` holding the final norm (may hold ``None``: OPT post-LN)."""
+
+
+_LLAMA_LIKE = _Layout(base="model", embed="embed_tokens", layers="layers", final_norm="norm")
+
+_LAYOUTS: dict[str, _Layout] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    # Text-only Gemma3ForCausalLM; the multimodal Gemma3ForConditionalGeneration is "gemma3".
+    "gemma3_text": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "gpt2": _Layout(base="transformer", embed="wte", layers="h", final_norm="ln_f"),
+    "gpt_neox": _Layout(
+        base="gpt_neox", embed="embed_in", layers="layers", final_norm="final_layer_norm"
+    ),
+    "opt": _Layout(
+        base="model.decoder", embed="embed_tokens", layers="layers", final_norm="final_layer_norm"
+    ),
+    "falcon": _Layout(base="transformer", embed="word_embeddings", layers="h", final_norm="ln_f"),
+}
+
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(_LAYOUTS)
+"""The ``config.model_type`` values :func:`decoder_parts` can read."""
+
+# Families whose *ForCausalLM.forward squashes logits as cap * tanh(logits / cap). A config of
+# another family may carry the attribute too (configs accept any kwarg), so only these read it.
+_SOFTCAPPED = frozenset({"gemma2", "gemma3_text"})
+
+
+@dataclass(frozen=True)
+class DecoderParts:
+    """Where the pieces of a decoder-only causal LM are.
+
+    Calling conventions of ``layers`` (transformers 5.24), which hooks must respect:
+
+    * Every family passes the hidden states to a decoder layer as the first positional
+      argument (``args[0]`` in a forward pre-hook); everything else is a keyword, except GPT-2,
+      whose blocks also get ``cache``, ``attention_mask`` and ``encoder_hidden_states``
+      positionally (``args[1:4]``).
+    * Layers return the hidden-states tensor, except Falcon's, which return a tuple
+      ``(hidden_states, attn_weights)``; read any of them with :func:`layer_output`.
+    * The input of ``layers[0]`` already includes everything the model adds to the token
+      embedding: GPT-2's and OPT's learned position embeddings (and OPT's ``project_in``),
+      Gemma's ``sqrt(d_model)`` scaling (done inside Gemma's embedding module).
+    * ``base(...).last_hidden_state`` is the lm_head input: the final norm (and OPT's
+      ``project_out``) are applied inside ``base``.
+    """
+
+    family: str
+    """The model's ``config.model_type``, one of :data:`SUPPORTED_FAMILIES`."""
+    base: nn.Module
+    """The decoder stack, callable as ``base(input_ids=, attention_mask=, use_cache=False)``."""
+    embed: nn.Module
+    """The token embedding module."""
+    layers: nn.ModuleList
+    """The decoder layers, in order (``n_layers`` of them)."""
+    final_norm: nn.Module | None
+    """Norm applied to the last layer's output before the unembedding; ``None`` where the model
+    has none (OPT with ``do_layer_norm_before=False``)."""
+    project_out: nn.Module | None
+    """OPT's ``project_out`` (``d_model -> word_embed_proj_dim``) if they differ, else ``None``."""
+    unembed: nn.Linear
+    """The lm_head: weight ``W_U`` ``(vocab, d_unembed)``, bias ``(vocab,)`` or ``None``."""
+    logit_softcap: float | None
+    """Gemma-2/3 ``final_logit_softcapping``: logits become ``cap * tanh(logits / cap)``."""
+
+    def option_logits(self, resid: torch.Tensor, option_ids: torch.Tensor) -> torch.Tensor:
+        """Read the logits of a few tokens off a residual-stream vector, as the model would.
+
+        Applies, in the model's order, the final norm, ``project_out``, the option rows of the
+        unembedding (plus their bias) and the softcap; the full-vocabulary projection is never
+        computed. On the last layer's output this equals ``model(...).logits[..., option_ids]``.
+
+        Args:
+            resid: Residual stream, not yet normalised, shape ``(..., d_model)``.
+            option_ids: Token ids of the options, shape ``(n_options,)``.
+
+        Returns:
+            Logits of the option tokens, shape ``(..., n_options)``.
+        """
+        h = resid  # (..., d_model)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        if self.project_out is not None:
+            h = self.project_out(h)  # (..., d_unembed)
+        ids = option_ids.to(self.unembed.weight.device)
+        w_u = self.unembed.weight[ids]  # (n_options, d_unembed)
+        b_u = None if self.unembed.bias is None else self.unembed.bias[ids]  # (n_options,)
+        logits = F.linear(h, w_u, b_u)  # (..., n_options)
+        if self.logit_softcap is not None:
+            # Same op order as Gemma2ForCausalLM.forward, so no extra rounding differences.
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+
+def _cannot_read(model: nn.Module, why: str) -> UsageError:
+    families = ", ".join(SUPPORTED_FAMILIES)
+    return UsageError(
+        f"phaseprune cannot read {type(model).__name__}: {why}; "
+        f"supported families (a *ForCausalLM model of model_type): {families}"
+    )
+
+
+def decoder_parts(model: nn.Module) -> DecoderParts:
+    """Find the decoder stack, layers, final norm and unembedding of a causal LM.
+
+    Args:
+        model: A transformers ``*ForCausalLM`` model of one of :data:`SUPPORTED_FAMILIES`.
+
+    Returns:
+        The model's parts; nothing is copied or changed.
+
+    Raises:
+        UsageError: If the model is not a causal LM of a supported family.
+    """
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if family not in _LAYOUTS:
+        raise _cannot_read(model, f"unsupported architecture (model_type {family!r})")
+    layout = _LAYOUTS[family]
+    try:
+        base = model.get_submodule(layout.base)
+        embed = getattr(base, layout.embed)
+        layers = getattr(base, layout.layers)
+    except AttributeError:
+        base = layers = None  # e.g. a bare LlamaModel: the layout starts one level down
+    unembed = getattr(model, "lm_head", None)
+    if not isinstance(unembed, nn.Linear) or not isinstance(layers, nn.ModuleList):
+        raise _cannot_read(model, "not a causal LM (load it with AutoModelForCausalLM)")
+    return DecoderParts(
+        family=family,
+        base=base,
+        embed=embed,
+        layers=layers,
+        final_norm=getattr(base, layout.final_norm, None),
+        project_out=getattr(base, "project_out", None) if family == "opt" else None,
+        unembed=unembed,
+        logit_softcap=(
+            getattr(model.config, "final_logit_softcapping", None)
+            if family in _SOFTCAPPED
+            else None
+        ),
+    )
+
+
+def layer_output(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Return the hidden states from a decoder layer's forward output.
+
+    Args:
+        output: What a layer returned: the hidden states ``(batch, seq, d_model)`` for most
+            families, a tuple whose first element is the hidden states for Falcon.
+
+    Returns:
+        The hidden states, shape ``(batch, seq, d_model)``.
+
+    Raises:
+        TypeError: If ``output`` is neither a tensor nor a tuple starting with one.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"a decoder layer returned {type(output).__name__}, expected a tensor or tuple")

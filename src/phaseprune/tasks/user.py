@@ -1,0 +1,183 @@
+"""User multiple-choice data: ``csv:PATH`` (header row) or ``jsonl:PATH`` (an object a line).
+
+Fields, by name (CSV headers are matched case-insensitively, surrounding spaces ignored):
+
+* ``question`` (required);
+* the options: either ``choices``, a JSON list of strings (in a CSV cell, a JSON-encoded list
+  such as ``["red", "blue"]``), or one field per option named ``A``, ``B``, ... (or
+  ``option_a``, ``option_b``, ...), consecutive from ``A``, not both. With option fields a
+  row's empty trailing options are left out, so an ``A``-``E`` file may hold 4-option rows
+  (but all items must end up with the same number of options);
+* ``answer`` (required): a letter ``A``-``J`` or a 0-based index;
+* ``subject`` (optional): defaults to the file's stem;
+* ``id`` (optional): the item's id, unique in the file; without it the id is
+  ``subject/row``, row being the 0-based index of the record among the data records (header
+  and blank lines not counted).
+
+The file is one split, recorded as ``test``. Items are ordered by subject (as requested,
+else alphabetical), then by file order, and each subject's first k records are its
+exemplars and are not scored, as for built-in tasks without a dev split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from phaseprune.errors import UsageError
+from phaseprune.tasks.items import (
+    LETTERS,
+    MCItem,
+    TaskData,
+    assemble,
+    check_option_count,
+    make_item,
+    parse_answer,
+)
+from phaseprune.tasks.mmlu import choose_subjects
+
+PREFIXES = {"csv:": "user-csv", "jsonl:": "user-jsonl"}
+USER_SPLIT = "test"
+
+
+def is_user_task(name: str) -> bool:
+    """Whether ``name`` is a ``csv:PATH`` or ``jsonl:PATH`` task."""
+    return name.startswith(tuple(PREFIXES))
+
+
+def load_user_task(
+    name: str, subjects: Sequence[str] | None, shots: int, limit: int | None
+) -> TaskData:
+    """Load a ``csv:PATH`` / ``jsonl:PATH`` task; see the module docstring for the format.
+
+    Raises:
+        UsageError: For a missing file or malformed content, naming the file and line.
+    """
+    prefix = next(p for p in PREFIXES if name.startswith(p))
+    raw = name[len(prefix) :]
+    if not raw:
+        raise UsageError(f"task {name!r} names no file; write {prefix}PATH")
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist or is not a file; check the path in {name!r}")
+    records = _csv_records(path) if prefix == "csv:" else _jsonl_records(path)
+    by_subject: dict[str, list[MCItem]] = {}
+    seen: set[str] = set()
+    for row, (line, record) in enumerate(records):
+        item = _record_item(record, row, path, f"{path}, line {line}")
+        if item.item_id in seen:
+            raise UsageError(
+                f"{path}, line {line}: id {item.item_id!r} repeats; ids must be unique"
+            )
+        seen.add(item.item_id)
+        by_subject.setdefault(item.subject, []).append(item)
+    if not by_subject:
+        raise UsageError(f"{path} holds no records; add some rows")
+    chosen = choose_subjects(name, subjects, list(by_subject), str(path))
+    return assemble(
+        name=name,
+        split=USER_SPLIT,
+        source=str(path.resolve()),
+        source_kind=PREFIXES[prefix],
+        shots=shots,
+        limit=limit,
+        scored={s: by_subject[s] for s in chosen},
+    )
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    # Yields (line the record starts on, fields by lower-cased header name).
+    line = 1
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, strict=True)
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "question" not in header:
+                raise UsageError(
+                    f"{path}, line 1: no 'question' column (header: {header}); add a header row"
+                    " with question, choices or A, B, ..., and answer"
+                )
+            line = reader.line_num + 1
+            for record in reader:
+                start, line = line, reader.line_num + 1
+                if not record:
+                    continue
+                if len(record) != len(header):
+                    raise UsageError(
+                        f"{path}, line {start}: {len(record)} fields but the header has"
+                        f" {len(header)}; quote fields that contain commas"
+                    )
+                yield start, dict(zip(header, record, strict=True))
+    except csv.Error as err:
+        raise UsageError(f"{path}, line {line}: malformed CSV ({err}); fix the quoting") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}, line {number}: bad JSON ({err.msg}); fix the line") from err
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}, line {number}: expected a JSON object, got {record!r:.40}")
+        yield number, {str(k).strip().lower(): v for k, v in record.items()}
+
+
+def _record_item(record: Mapping[str, object], row: int, path: Path, where: str) -> MCItem:
+    for required in ("question", "answer"):
+        if required not in record:
+            raise UsageError(f"{where}: no {required!r} field; add it")
+    options = _options(record, where)
+    check_option_count(len(options), where)  # before the answer, which is read against them
+    answer = parse_answer(record["answer"], len(options), where)
+    subject = str(record.get("subject") or "").strip() or path.stem
+    given_id = str(record.get("id") or "").strip()
+    item_id = given_id or f"{subject}/{row}"
+    return make_item(item_id, subject, record["question"], options, answer, where)
+
+
+def _options(record: Mapping[str, object], where: str) -> list[object]:
+    letters = _letter_fields(record)
+    if "choices" in record and letters:
+        raise UsageError(f"{where}: both 'choices' and option fields {letters}; keep one")
+    if "choices" in record:
+        choices = record["choices"]
+        if isinstance(choices, str):
+            try:
+                choices = json.loads(choices)
+            except json.JSONDecodeError as err:
+                raise UsageError(
+                    f"{where}: 'choices' is not a JSON list ({err.msg}); write it as"
+                    ' ["first", "second", ...]'
+                ) from err
+        if not isinstance(choices, list):
+            raise UsageError(f"{where}: 'choices' must be a list, got {choices!r:.40}")
+        # Numbers are fair options (arithmetic questions); anything else fails in make_item.
+        return [str(c) if isinstance(c, int | float) else c for c in choices]
+    if not letters:
+        raise UsageError(f"{where}: no 'choices' field and no option fields A, B, ...; add them")
+    options: list[object] = ["" if record[key] is None else str(record[key]) for key in letters]
+    while options and not str(options[-1]).strip():
+        options.pop()
+    return options
+
+
+def _letter_fields(record: Mapping[str, object]) -> list[str]:
+    # Option fields run A, B, C, ... without gaps; "option_a" is accepted for "a".
+    found: list[str] = []
+    for letter in LETTERS.lower():
+        key = next((k for k in (letter, f"option_{letter}") if k in record), None)
+        if key is None:
+            break
+        found.append(key)
+    return found
