@@ -20,12 +20,19 @@ from phaseprune.arch import decoder_parts
 from phaseprune.config import AnalyzeConfig
 from phaseprune.encoding import encode_prompts
 from phaseprune.metrics import item_metrics, layer_stats
-from phaseprune.models import load_model, resolve_model
+from phaseprune.models import load_model, load_tokenizer, resolve_model
 from phaseprune.phases import detect_phases
 from phaseprune.prompts import build_prompts
 from phaseprune.readout import read_options
 from phaseprune.records import build_summary, items_table, parquet_bytes
-from phaseprune.runio import PartialReadout, atomic_write_bytes, atomic_write_json, fingerprint, prepare_out_dir
+from phaseprune.runio import (
+    PartialReadout,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_out_dir,
+    fingerprint,
+    prepare_out_dir,
+)
 from phaseprune.tasks import load_task
 
 
@@ -55,6 +62,7 @@ def task_record(task, enc, limit: int | None) -> dict:
         "chat": enc.chat,
         "add_bos": enc.add_bos,
         "excluded_exemplars": list(task.excluded),
+        "dropped_items": list(task.dropped),
         "prompt_tokens_mean": float(np.mean([len(r) for r in enc.input_ids])),
         "prompt_tokens_sha256": _tokens_hash(enc.input_ids),
     }
@@ -65,15 +73,31 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
     started = time.perf_counter()
     out = Path(cfg.out)
     tc, mc = cfg.task, cfg.model
-    task = load_task(tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit)
-    spec = resolve_model(mc.model)
-    prepare_out_dir(out, overwrite=cfg.overwrite)
-    model, tokenizer, info = load_model(spec, dtype=mc.dtype, device=mc.device, trust_remote_code=mc.trust_remote_code)
-    loaded = time.perf_counter()
-    parts = decoder_parts(model)
-    enc = encode_prompts(
-        tokenizer, build_prompts(task), task.n_options, family=info.family, chat=tc.chat, add_bos=tc.bos
+    task = load_task(
+        tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit
     )
+    spec = resolve_model(mc.model)
+    check_out_dir(out, overwrite=cfg.overwrite)
+    tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
+    # tokens are verified before the weights load, so a bad tokenizer fails in seconds
+    enc = encode_prompts(
+        tokenizer,
+        build_prompts(task),
+        task.n_options,
+        family=config.model_type,
+        chat=tc.chat,
+        add_bos=tc.bos,
+    )
+    model, info = load_model(
+        spec,
+        dtype=mc.dtype,
+        device=mc.device,
+        trust_remote_code=mc.trust_remote_code,
+        progress=not cfg.quiet,
+    )
+    loaded = time.perf_counter()
+    prepare_out_dir(out, overwrite=cfg.overwrite)
+    parts = decoder_parts(model)
     record = task_record(task, enc, tc.limit)
     key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__)
     shape = (len(task.items), info.n_layers + 1, task.n_options)
@@ -93,7 +117,9 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
     gold = np.array([item.answer for item in task.items])
     metrics = item_metrics(logits, gold)
     stats = layer_stats(metrics, task.n_options, n_boot=cfg.n_boot, seed=cfg.seed)
-    phases = detect_phases(metrics.correct, metrics.margin, task.n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    phases = detect_phases(
+        metrics.correct, metrics.margin, task.n_options, n_boot=cfg.n_boot, seed=cfg.seed
+    )
     frame = items_table(
         [it.item_id for it in task.items], [it.subject for it in task.items], gold, logits, metrics
     )

@@ -150,6 +150,16 @@ def _cannot_read(model: nn.Module, why: str) -> UsageError:
     )
 
 
+def check_family(model_type: str | None, name: str) -> None:
+    """Refuse, before any weights are loaded, a config whose family phaseprune cannot read."""
+    if model_type not in _LAYOUTS:
+        families = ", ".join(SUPPORTED_FAMILIES)
+        raise UsageError(
+            f"phaseprune cannot read {name}: unsupported architecture (model_type {model_type!r}); "
+            f"supported families: {families}"
+        )
+
+
 def decoder_parts(model: nn.Module) -> DecoderParts:
     """Find the decoder stack, layers, final norm and unembedding of a causal LM.
 

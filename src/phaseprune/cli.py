@@ -18,12 +18,16 @@ from phaseprune.errors import UsageError
 def _print_analyze(summary: dict, out: str) -> None:
     task = summary["task"]
     print(
-        f"{summary['model']['name']} on {task['name']} ({task['n_items']} items, {task['shots']}-shot): "
+        f"{summary['model']['name']} on {task['name']} "
+        f"({task['n_items']} items, {task['shots']}-shot): "
         f"accuracy {summary['accuracy']:.1%} (chance {summary['chance']:.0%}), "
         f"{summary['n_layers']} layers"
     )
     print(summary["phases"]["statement"])
-    print(f"wrote {out}/summary.json, {out}/items.parquet" + (f", {out}/plots/" if summary["settings"]["plots"] else ""))
+    print(
+        f"wrote {out}/summary.json, {out}/items.parquet"
+        + (f", {out}/plots/" if summary["settings"]["plots"] else "")
+    )
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -69,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"phaseprune: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("phaseprune: interrupted; completed batches are kept, rerun the same command to continue",
-              file=sys.stderr)
+        print(
+            "phaseprune: interrupted; finished batches are kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

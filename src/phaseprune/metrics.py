@@ -92,7 +92,9 @@ def item_metrics(option_logits: np.ndarray, gold: np.ndarray) -> ItemMetrics:
     )
 
 
-def wilson_interval(k: np.ndarray, n: int, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(
+    k: np.ndarray, n: int, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for ``k`` successes out of ``n`` (vectorised over ``k``)."""
     z = stats.norm.ppf(0.5 + confidence / 2)
     k = np.asarray(k, dtype=np.float64)
@@ -108,6 +110,9 @@ def mean_ci(values: np.ndarray, *, confidence: float = 0.95, n_boot: int = 1000,
 
     Args:
         values: ``(n_items, n_columns)``.
+        confidence: level of the interval.
+        n_boot: bootstrap resamples.
+        seed: seed of the resampling.
 
     Returns:
         ``(low, high)`` arrays of shape ``(n_columns,)``; a single item gives ``(x, x)``.
@@ -143,7 +148,12 @@ def entropy_bits(shares: np.ndarray) -> np.ndarray:
 
 
 def layer_stats(
-    metrics: ItemMetrics, n_options: int, *, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0
+    metrics: ItemMetrics,
+    n_options: int,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> list[LayerStats]:
     """One :class:`LayerStats` per readout layer."""
     n_items = metrics.margin.shape[0]

@@ -77,7 +77,9 @@ def resolve_model(name: str) -> ModelSpec:
             )
         folder = Path(list(spec.submodule_search_locations)[0])
         if not (folder / file).is_file():
-            raise UsageError(f"model alias {name!r}: {folder / file} is missing; reinstall {requirement}")
+            raise UsageError(
+                f"model alias {name!r}: {folder / file} is missing; reinstall {requirement}"
+            )
         return ModelSpec(name, str(folder), file)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
@@ -86,10 +88,14 @@ def resolve_model(name: str) -> ModelSpec:
         return ModelSpec(name, str(path.parent), path.name)
     if path.exists():
         if not (path / "config.json").is_file():
-            raise UsageError(f"model directory {name} has no config.json; pass a save_pretrained checkpoint")
+            raise UsageError(
+                f"model directory {name} has no config.json; pass a save_pretrained checkpoint"
+            )
         return ModelSpec(name, str(path), None)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UsageError(f"model path {name} does not exist; pass a checkpoint directory, a .gguf file or a hub id")
+        raise UsageError(
+            f"model path {name} does not exist; pass a checkpoint dir, a .gguf file or a hub id"
+        )
     return ModelSpec(name, name, None)
 
 
@@ -116,16 +122,57 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _quiet_transformers(progress: bool) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if progress:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
+    """Load the tokenizer and the config; refuse unsupported families before any weights load.
+
+    Returns:
+        ``(tokenizer, config)``.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from phaseprune.arch import check_family
+
+    _quiet_transformers(progress=False)
+    kwargs = {"gguf_file": spec.gguf_file, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(spec.path, **kwargs)
+        check_family(getattr(config, "model_type", None), spec.name)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load model {spec.name!r}: {_first_line(err)}") from err
+    return tokenizer, config
+
+
 def load_model(
-    spec: ModelSpec, *, dtype: str | None = None, device: str = "cpu", trust_remote_code: bool = False
+    spec: ModelSpec,
+    *,
+    dtype: str | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    progress: bool = True,
 ):
-    """Load ``(model, tokenizer, info)`` in eval mode with gradients off.
+    """Load ``(model, info)`` in eval mode with gradients off.
 
     ``device="auto"`` hands placement to accelerate (``device_map="auto"``), which splits a
     model too large for one GPU across several.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
 
     from phaseprune.arch import decoder_parts
 
@@ -138,16 +185,11 @@ def load_model(
         kwargs["gguf_file"] = spec.gguf_file
     if device == "auto":
         kwargs["device_map"] = "auto"
-    hf_logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    _quiet_transformers(progress)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            spec.path, gguf_file=spec.gguf_file, trust_remote_code=trust_remote_code
-        )
         model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"cannot load model {spec.name!r}: {first}") from err
+        raise UsageError(f"cannot load model {spec.name!r}: {_first_line(err)}") from err
     if device != "auto":
         model.to(resolved)
     model.eval().requires_grad_(False)
@@ -168,4 +210,4 @@ def load_model(
         dtype=dtype,
         device=str(parts.embed.weight.device),
     )
-    return model, tokenizer, info
+    return model, info

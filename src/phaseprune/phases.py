@@ -129,7 +129,10 @@ def detect_phases(
     found = boot[boot >= 0]
     ci = None
     if point >= 0 and found.size:
-        ci = (int(np.percentile(found, 2.5, method="lower")), int(np.percentile(found, 97.5, method="higher")))
+        ci = (
+            int(np.percentile(found, 2.5, method="lower")),
+            int(np.percentile(found, 97.5, method="higher")),
+        )
     return PhaseResult(
         transition_layer=point if point >= 0 else None,
         transition_ci=ci,

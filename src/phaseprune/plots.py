@@ -39,7 +39,9 @@ def _shade_phases(ax, summary: dict) -> None:
         ax.axvspan(lo - 0.5, hi + 0.5, color=SILENT_COLOR, alpha=0.6, lw=0, label="Silent Phase")
     if phases["decisive"]:
         lo, hi = phases["decisive"]
-        ax.axvspan(lo - 0.5, hi + 0.5, color=DECISIVE_COLOR, alpha=0.6, lw=0, label="Decisive Phase")
+        ax.axvspan(
+            lo - 0.5, hi + 0.5, color=DECISIVE_COLOR, alpha=0.6, lw=0, label="Decisive Phase"
+        )
     t = summary["transition_layer"]
     if t is not None:
         ax.axvline(t, color="#2a7a2a", ls="--", lw=1.2, label=f"transition (layer {t})")
@@ -72,15 +74,26 @@ def option_frequency_figure(summary: dict):
     grid = np.array([[r["option_frequency"][c] for c in letters] for r in layers])  # (L1, k)
     gold = np.array([summary["gold_frequency"][c] for c in letters])
     fig, (ax, axg) = plt.subplots(
-        2, 1, figsize=(max(4.5, 0.7 * len(letters) + 2.5), max(4.0, 0.17 * len(layers) + 2.0)),
-        gridspec_kw={"height_ratios": [len(layers), 1.6]}, sharex=True,
+        2,
+        1,
+        figsize=(max(4.5, 0.7 * len(letters) + 2.5), max(4.0, 0.17 * len(layers) + 2.0)),
+        gridspec_kw={"height_ratios": [len(layers), 1.6]},
+        sharex=True,
     )
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
     ax.set_ylabel("readout layer")
     t = summary["transition_layer"]
     if t is not None:
         ax.axhline(t - 0.5, color="white", ls="--", lw=1.2)
-        ax.text(len(letters) - 0.5, t - 0.5, " transition", color="white", va="bottom", ha="right", fontsize=7)
+        ax.text(
+            len(letters) - 0.5,
+            t - 0.5,
+            " transition",
+            color="white",
+            va="bottom",
+            ha="right",
+            fontsize=7,
+        )
     ax.set_title(f"Option Frequency by layer\n{_title(summary)}", fontsize=8)
     axg.imshow(gold[None, :], aspect="auto", cmap="viridis", vmin=0, vmax=1)
     for i, share in enumerate(gold):
@@ -103,7 +116,9 @@ def accuracy_figure(summary: dict):
     _shade_phases(ax, summary)
     ax.fill_between(x, lo, hi, color="#d62728", alpha=0.2, lw=0, label="95% Wilson interval")
     ax.plot(x, acc, color="#d62728", marker="o", ms=3, label="layer accuracy")
-    ax.axhline(summary["chance"], color="black", ls=":", lw=1, label=f"chance ({summary['chance']:.0%})")
+    ax.axhline(
+        summary["chance"], color="black", ls=":", lw=1, label=f"chance ({summary['chance']:.0%})"
+    )
     ax.set_ylim(0, 1)
     ax.set_xlabel("readout layer (0 = embeddings)")
     ax.set_ylabel("accuracy of the layer's pick")

@@ -90,7 +90,10 @@ def build_summary(
 
 
 def items_table(
-    item_ids: Sequence[str], subjects: Sequence[str], gold: np.ndarray, option_logits: np.ndarray,
+    item_ids: Sequence[str],
+    subjects: Sequence[str],
+    gold: np.ndarray,
+    option_logits: np.ndarray,
     metrics: ItemMetrics,
 ) -> pd.DataFrame:
     """One row per item and readout layer (``items.parquet``)."""
@@ -130,7 +133,8 @@ def load_summary(run_dir: str | Path) -> dict:
     version = record.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UsageError(
-            f"{path} has schema_version {version}; this phaseprune reads {SCHEMA_VERSION}: rerun the analysis"
+            f"{path} has schema_version {version}, this phaseprune reads {SCHEMA_VERSION}; "
+            "rerun the analysis"
         )
     unknown = sorted(set(record) - set(SUMMARY_KEYS))
     if unknown:

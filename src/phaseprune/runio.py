@@ -47,14 +47,25 @@ def atomic_write_json(path: Path, record) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def prepare_out_dir(out: Path, *, overwrite: bool) -> None:
-    """Create ``out``; refuse one that holds another run unless ``overwrite``."""
+def check_out_dir(out: Path, *, overwrite: bool) -> list[str]:
+    """Refuse an ``out`` that is a file, or holds another run unless ``overwrite``.
+
+    Returns:
+        The run markers found (empty for a new or partial directory).
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory")
     held = [m for m in RUN_MARKERS if (out / m).exists()]
     if held and not overwrite:
-        raise UsageError(f"--out {out} already holds a run ({held[0]}); pass --overwrite or another --out")
-    if held:
+        raise UsageError(
+            f"--out {out} already holds a run ({held[0]}); pass --overwrite or another --out"
+        )
+    return held
+
+
+def prepare_out_dir(out: Path, *, overwrite: bool) -> None:
+    """Create ``out``, removing a previous run's files when ``overwrite`` allows it."""
+    if check_out_dir(out, overwrite=overwrite):
         for name in (*RUN_MARKERS, "items.parquet", "plots", "partial"):
             target = out / name
             if target.is_dir():

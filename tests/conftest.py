@@ -1,0 +1,88 @@
+"""Session fixtures: tiny saved checkpoints and small data files, all built locally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from tiny_tokenizers import byte_bpe, char_level
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MMLU = REPO.parent / "shared" / "data" / "mmlu"
+
+
+def _save_tiny_llama(path: Path, tokenizer) -> Path:
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=None,
+    )  # fmt: skip
+    tf.LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A random 3-layer Llama with a byte-level BPE in which " A".." J" are single tokens."""
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), byte_bpe())
+
+
+@pytest.fixture(scope="session")
+def char_llama_dir(tmp_path_factory) -> Path:
+    """A random Llama whose tokenizer splits " A" into two tokens."""
+    return _save_tiny_llama(tmp_path_factory.mktemp("char-llama"), char_level())
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT with an LM head: loads as a causal LM but is no supported family."""
+    path = tmp_path_factory.mktemp("bert")
+    tok = byte_bpe()
+    config = tf.BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, is_decoder=True,
+    )  # fmt: skip
+    tf.BertLMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_mmlu_csv(root: Path, rows_by_subject: dict[str, list[list[str]]]) -> Path:
+    """Write a Hendrycks-format MMLU directory (``test/{subject}_test.csv``, no header)."""
+    import csv
+
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    for subject, rows in rows_by_subject.items():
+        with open(root / "test" / f"{subject}_test.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_mmlu_dir(tmp_path_factory) -> Path:
+    """A small MMLU-format directory with invented questions."""
+    rows = [
+        [f"Question number {i}, which letter?", "one", "two", "three", "four", "ABCD"[i % 4]]
+        for i in range(12)
+    ]
+    return write_mmlu_csv(tmp_path_factory.mktemp("mmlu"), {"toy_subject": rows})
+
+
+@pytest.fixture(scope="session")
+def decider(tmp_path_factory):
+    """The trained tiny decider (tests/decider.py) and its eval items."""
+    from decider import build_decider
+
+    info = build_decider(tmp_path_factory.mktemp("decider"), seed=0)
+    return info
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    """Write records as JSON lines."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

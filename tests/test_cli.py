@@ -1,0 +1,123 @@
+"""End-to-end CLI runs on tiny saved models, and the bad-input catalogue (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import write_jsonl, write_mmlu_csv
+
+from phaseprune.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def analyze_args(model, out, *extra, task="mmlu", data_dir=None):
+    args = ["analyze", "--model", model, "--task", task, "--out", out, "--quiet", "--n-boot", "100"]
+    if data_dir is not None:
+        args += ["--data-dir", data_dir]
+    return [*args, *extra]
+
+
+@pytest.mark.filterwarnings("error")
+def test_analyze_end_to_end_tiny(capsys, tiny_llama_dir, toy_mmlu_dir, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        capsys, *analyze_args(tiny_llama_dir, out, "--shots", "2", data_dir=toy_mmlu_dir)
+    )
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema_version"] == 1 and summary["n_layers"] == 3
+    assert summary["task"]["n_items"] == 10  # 12 rows, first 2 are exemplars
+    assert summary["task"]["excluded_exemplars"] == ["toy_subject/0", "toy_subject/1"]
+    assert len(summary["layers"]) == 4
+    assert summary["accuracy"] == summary["layers"][-1]["accuracy"]
+    items = pd.read_parquet(out / "items.parquet")
+    assert len(items) == 10 * 4
+    assert set(items.columns) >= {
+        "item_id",
+        "layer",
+        "logit_A",
+        "logit_D",
+        "margin",
+        "pred",
+        "gold",
+    }
+    last = items[items.layer == 3]
+    assert last.correct.mean() == pytest.approx(summary["accuracy"])
+    for name in ("margin.png", "option_frequency.png", "accuracy.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+    assert "accuracy" in stdout
+
+
+def test_rerun_refused_without_overwrite(capsys, tiny_llama_dir, toy_mmlu_dir, tmp_path):
+    out = tmp_path / "run"
+    args = analyze_args(tiny_llama_dir, out, "--no-plots", data_dir=toy_mmlu_dir)
+    assert run_cli(capsys, *args)[0] == 0
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert run_cli(capsys, *args, "--overwrite")[0] == 0
+
+
+def _assert_usage_error(capsys, argv, pattern):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert pattern in lines[0], lines[0]
+
+
+def test_bad_model_inputs(capsys, tmp_path, toy_mmlu_dir, char_llama_dir, bert_dir):
+    out = tmp_path / "o"
+    _assert_usage_error(
+        capsys, analyze_args(tmp_path / "nope", out, data_dir=toy_mmlu_dir), "does not exist"
+    )
+    _assert_usage_error(
+        capsys, analyze_args(char_llama_dir, out, data_dir=toy_mmlu_dir), "not a single token"
+    )
+    _assert_usage_error(
+        capsys, analyze_args(bert_dir, out, data_dir=toy_mmlu_dir), "supported families"
+    )
+
+
+def test_bad_task_inputs(capsys, tmp_path, tiny_llama_dir, toy_mmlu_dir):
+    m, out = tiny_llama_dir, tmp_path / "o"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_usage_error(capsys, analyze_args(m, out, data_dir=tmp_path / "missing"), "missing")
+    _assert_usage_error(capsys, analyze_args(m, out, data_dir=empty), str(empty))
+    _assert_usage_error(capsys, analyze_args(m, out, task="mmlu_x"), "mmlu")
+    _assert_usage_error(
+        capsys,
+        analyze_args(m, out, "--subjects", "toy_subjekt", data_dir=toy_mmlu_dir),
+        "toy_subject",
+    )
+    _assert_usage_error(
+        capsys, analyze_args(m, out, "--limit", "0", data_dir=toy_mmlu_dir), "limit"
+    )
+
+
+def test_bad_data_files(capsys, tmp_path, tiny_llama_dir):
+    m, out = tiny_llama_dir, tmp_path / "o"
+    bad_csv = write_mmlu_csv(
+        tmp_path / "badcsv", {"s": [["q", "a", "b", "c", "d", "A"], ["q2", "a", "b"]]}
+    )
+    _assert_usage_error(capsys, analyze_args(m, out, data_dir=bad_csv), "s_test.csv")
+    bad_letter = write_mmlu_csv(tmp_path / "badletter", {"s": [["q", "a", "b", "c", "d", "E"]]})
+    _assert_usage_error(capsys, analyze_args(m, out, data_dir=bad_letter), "answer")
+    one = write_jsonl(tmp_path / "one.jsonl", [{"question": "q", "choices": ["x"], "answer": 0}])
+    _assert_usage_error(capsys, analyze_args(m, out, task=f"jsonl:{one}"), "option")
+    eleven = write_jsonl(
+        tmp_path / "eleven.jsonl", [{"question": "q", "choices": list("abcdefghijk"), "answer": 0}]
+    )
+    _assert_usage_error(capsys, analyze_args(m, out, task=f"jsonl:{eleven}"), "option")
+
+
+def test_tasks_lists_sources(capsys, toy_mmlu_dir):
+    code, out, _ = run_cli(capsys, "tasks", "--data-dir", toy_mmlu_dir)
+    assert code == 0 and "mmlu" in out and "winogrande" in out

