@@ -36,6 +36,11 @@ GQA = dict(
 )
 
 
+def _gqa(n_layers: int) -> dict:
+    """The shared GQA settings with ``n_layers`` decoder layers."""
+    return {**GQA, "num_hidden_layers": n_layers}
+
+
 def _with_head_bias(model: nn.Module) -> None:
     """Give the lm_head a bias (no supported family ships one) so the bias path is tested."""
     old = model.lm_head
@@ -44,27 +49,46 @@ def _with_head_bias(model: nn.Module) -> None:
     model.lm_head = new
 
 
-# id -> (config factory, causal-LM class, post-construction tweak or None).
-CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]] = {
-    "llama": (lambda: tf.LlamaConfig(**GQA), tf.LlamaForCausalLM, None),
+# id -> (config factory taking n_layers, causal-LM class, post-construction tweak or None).
+# Sliding windows (4) are shorter than the test sequences, so which layers slide matters.
+CASES: dict[str, tuple[Callable[[int], tf.PretrainedConfig], type, Callable | None]] = {
+    "llama": (lambda n: tf.LlamaConfig(**_gqa(n)), tf.LlamaForCausalLM, None),
     "llama-tied": (
-        lambda: tf.LlamaConfig(**GQA, tie_word_embeddings=True),
+        lambda n: tf.LlamaConfig(**_gqa(n), tie_word_embeddings=True),
         tf.LlamaForCausalLM,
         None,
     ),
-    "llama-head-bias": (lambda: tf.LlamaConfig(**GQA), tf.LlamaForCausalLM, _with_head_bias),
-    "mistral": (lambda: tf.MistralConfig(**GQA, sliding_window=4), tf.MistralForCausalLM, None),
-    "qwen2": (lambda: tf.Qwen2Config(**GQA, tie_word_embeddings=True), tf.Qwen2ForCausalLM, None),
-    "qwen3": (lambda: tf.Qwen3Config(**GQA, head_dim=16), tf.Qwen3ForCausalLM, None),
-    "gemma": (lambda: tf.GemmaConfig(**GQA, head_dim=16), tf.GemmaForCausalLM, None),
+    "llama-head-bias": (lambda n: tf.LlamaConfig(**_gqa(n)), tf.LlamaForCausalLM, _with_head_bias),
+    "mistral": (
+        lambda n: tf.MistralConfig(**_gqa(n), sliding_window=4),
+        tf.MistralForCausalLM,
+        None,
+    ),
+    "qwen2": (
+        lambda n: tf.Qwen2Config(**_gqa(n), tie_word_embeddings=True),
+        tf.Qwen2ForCausalLM,
+        None,
+    ),
+    # layer_types derived from max_window_layers: full below it, sliding from it on.
+    "qwen2-sliding": (
+        lambda n: tf.Qwen2Config(
+            **_gqa(n), use_sliding_window=True, sliding_window=4, max_window_layers=2
+        ),
+        tf.Qwen2ForCausalLM,
+        None,
+    ),
+    "qwen3": (lambda n: tf.Qwen3Config(**_gqa(n), head_dim=16), tf.Qwen3ForCausalLM, None),
+    "gemma": (lambda n: tf.GemmaConfig(**_gqa(n), head_dim=16), tf.GemmaForCausalLM, None),
     "gemma2": (
-        lambda: tf.Gemma2Config(**GQA, head_dim=16, final_logit_softcapping=2.0, sliding_window=4),
+        lambda n: tf.Gemma2Config(
+            **_gqa(n), head_dim=16, final_logit_softcapping=2.0, sliding_window=4
+        ),
         tf.Gemma2ForCausalLM,
         None,
     ),
     "gemma3": (
-        lambda: tf.Gemma3TextConfig(
-            **GQA,
+        lambda n: tf.Gemma3TextConfig(
+            **_gqa(n),
             head_dim=16,
             final_logit_softcapping=2.0,
             sliding_window=4,
@@ -73,35 +97,54 @@ CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]
         tf.Gemma3ForCausalLM,
         None,
     ),
-    "phi3": (lambda: tf.Phi3Config(**GQA), tf.Phi3ForCausalLM, None),
-    "olmo": (lambda: tf.OlmoConfig(**GQA), tf.OlmoForCausalLM, None),
-    "olmo2": (lambda: tf.Olmo2Config(**GQA), tf.Olmo2ForCausalLM, None),
+    # Gemma-3's legacy int pattern: every 3rd layer full, the others sliding.
+    "gemma3-pattern3": (
+        lambda n: tf.Gemma3TextConfig(
+            **_gqa(n), head_dim=16, sliding_window=4, sliding_window_pattern=3
+        ),
+        tf.Gemma3ForCausalLM,
+        None,
+    ),
+    "phi3": (lambda n: tf.Phi3Config(**_gqa(n)), tf.Phi3ForCausalLM, None),
+    "olmo": (lambda n: tf.OlmoConfig(**_gqa(n)), tf.OlmoForCausalLM, None),
+    "olmo2": (lambda n: tf.Olmo2Config(**_gqa(n)), tf.Olmo2ForCausalLM, None),
     "gpt2": (
-        lambda: tf.GPT2Config(
-            **TOKENS, vocab_size=VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4
+        lambda n: tf.GPT2Config(**TOKENS, vocab_size=VOCAB, n_embd=D_MODEL, n_layer=n, n_head=4),
+        tf.GPT2LMHeadModel,
+        None,
+    ),
+    # Attention scores scaled by 1 / (layer_idx + 1), fixed when the layer is built.
+    "gpt2-inverse-layer-scale": (
+        lambda n: tf.GPT2Config(
+            **TOKENS,
+            vocab_size=VOCAB,
+            n_embd=D_MODEL,
+            n_layer=n,
+            n_head=4,
+            scale_attn_by_inverse_layer_idx=True,
         ),
         tf.GPT2LMHeadModel,
         None,
     ),
     "gpt_neox": (
-        lambda: tf.GPTNeoXConfig(
+        lambda n: tf.GPTNeoXConfig(
             **TOKENS,
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
             intermediate_size=128,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n,
             num_attention_heads=4,
         ),
         tf.GPTNeoXForCausalLM,
         None,
     ),
     "opt": (
-        lambda: tf.OPTConfig(
+        lambda n: tf.OPTConfig(
             **TOKENS,
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
             ffn_dim=128,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n,
             num_attention_heads=4,
             word_embed_proj_dim=D_MODEL,
         ),
@@ -109,12 +152,12 @@ CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]
         None,
     ),
     "opt-project-out": (
-        lambda: tf.OPTConfig(
+        lambda n: tf.OPTConfig(
             **TOKENS,
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
             ffn_dim=128,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n,
             num_attention_heads=4,
             word_embed_proj_dim=32,
         ),
@@ -122,12 +165,12 @@ CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]
         None,
     ),
     "opt-post-ln": (
-        lambda: tf.OPTConfig(
+        lambda n: tf.OPTConfig(
             **TOKENS,
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
             ffn_dim=128,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n,
             num_attention_heads=4,
             word_embed_proj_dim=D_MODEL,
             do_layer_norm_before=False,
@@ -136,11 +179,11 @@ CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]
         None,
     ),
     "falcon-new": (
-        lambda: tf.FalconConfig(
+        lambda n: tf.FalconConfig(
             **TOKENS,
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n,
             num_attention_heads=4,
             num_kv_heads=2,
             new_decoder_architecture=True,
@@ -149,11 +192,11 @@ CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]
         None,
     ),
     "falcon-old-alibi": (
-        lambda: tf.FalconConfig(
+        lambda n: tf.FalconConfig(
             **TOKENS,
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n,
             num_attention_heads=4,
             new_decoder_architecture=False,
             multi_query=True,
@@ -167,7 +210,7 @@ CASES: dict[str, tuple[Callable[[], tf.PretrainedConfig], type, Callable | None]
 }
 
 
-def build_tiny(case: str) -> tf.PreTrainedModel:
+def build_tiny(case: str, n_layers: int = N_LAYERS) -> tf.PreTrainedModel:
     """A seeded float32 model in eval mode, every parameter perturbed away from its init.
 
     Perturbing makes norm weights differ from 1, biases from 0 and logits large enough
@@ -175,7 +218,7 @@ def build_tiny(case: str) -> tf.PreTrainedModel:
     """
     make_config, cls, tweak = CASES[case]
     torch.manual_seed(0)
-    model = cls(make_config())
+    model = cls(make_config(n_layers))
     if tweak is not None:
         tweak(model)
     with torch.no_grad():

@@ -141,6 +141,20 @@ class DecoderParts:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
 
+    def logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits of residual-stream vectors, as the model computes them.
+
+        Used by the baselines that need the whole output distribution (SLEB, FinerCut); call it
+        on few positions at a time, since it is ``(..., vocab)``.
+        """
+        h = resid if self.final_norm is None else self.final_norm(resid)
+        if self.project_out is not None:
+            h = self.project_out(h)
+        out = self.unembed(h)
+        if self.logit_softcap is not None:
+            out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
+        return out
+
 
 def _cannot_read(model: nn.Module, why: str) -> UsageError:
     families = ", ".join(SUPPORTED_FAMILIES)
@@ -219,3 +233,30 @@ def layer_output(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tenso
     if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"a decoder layer returned {type(output).__name__}, expected a tensor or tuple")
+
+
+# Families whose decoder layers return ``(hidden_states, attn_weights)`` rather than a tensor.
+_TUPLE_OUTPUT = frozenset({"falcon"})
+
+
+class CachedLayer(nn.Module):
+    """Stands in for a decoder layer and returns a precomputed output, computing nothing.
+
+    Used to resume a forward pass from a cached residual stream: the layers before the resume
+    point are replaced by these, so the model's own forward (masks, rotary tables, per-layer
+    types, the layers after) runs unchanged. It copies the attributes a model's loop may read
+    from a layer (``attention_type``, ``layer_type``) and returns its output in the family's
+    format.
+    """
+
+    def __init__(self, like: nn.Module, output: torch.Tensor, family: str):
+        super().__init__()
+        for attr in ("attention_type", "layer_type", "is_sliding"):
+            if hasattr(like, attr):
+                setattr(self, attr, getattr(like, attr))
+        self.output = output
+        self.as_tuple = family in _TUPLE_OUTPUT
+
+    def forward(self, hidden_states, *args, **kwargs):
+        """Ignore the input; return the cached hidden states."""
+        return (self.output, None) if self.as_tuple else self.output

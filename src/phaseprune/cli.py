@@ -1,4 +1,4 @@
-"""Command-line entry point: ``phaseprune analyze | tasks``.
+"""Command-line entry point: ``phaseprune analyze | prune | compare | export | tasks``.
 
 Thin by design: parse arguments into a typed config, call the library, print a short
 report. A :class:`~phaseprune.errors.UsageError` becomes one line on stderr and exit code 2.
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from phaseprune import __version__
-from phaseprune.config import AnalyzeConfig, add_arguments, from_args
+from phaseprune.config import AnalyzeConfig, PruneConfig, add_arguments, from_args
 from phaseprune.errors import UsageError
 
 
@@ -40,6 +40,51 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Run ``prune``."""
+    from phaseprune.prune import run_prune
+
+    cfg = from_args(PruneConfig, args)
+    traj = run_prune(cfg)
+    s0 = traj["step0"]
+    print(
+        f"{traj['model']['name']} · {traj['strategy']}: "
+        f"unpruned eval accuracy {s0['eval_accuracy']:.1%}"
+    )
+    for s in traj["steps"]:
+        print(
+            f"  step {s['step']}: removed layer {s['removed_layer']} ({s['phase_of_removed']}) -> "
+            f"accuracy {s['eval_accuracy']:.1%}, transition {s['transition_layer']}"
+            + (f"  [{s['note']}]" if s["note"] else "")
+        )
+    print(traj["collapse"]["statement"])
+    print(f"wrote {cfg.out}/trajectory.json, {cfg.out}/candidates.parquet")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run ``compare``."""
+    from phaseprune.compare import run_compare
+
+    table = run_compare(args.runs, args.out)
+    print(table.to_string(index=False))
+    print(f"wrote {args.out}/compare.png, {args.out}/compare.csv")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run ``export``."""
+    from phaseprune.export import run_export
+
+    record = run_export(args.run, args.step, args.out, overwrite=args.overwrite)
+    print(
+        f"exported step {record['step']} ({record['num_hidden_layers']} layers, removed "
+        f"{record['removed_layers']}) to {args.out}; "
+        f"reload matches to {record['max_abs_logit_diff']:.1e}"
+    )
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the tasks and where their data would come from."""
     from phaseprune.tasks import available_tasks
@@ -57,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help=AnalyzeConfig.__doc__.splitlines()[0])
     add_arguments(analyze, AnalyzeConfig)
     analyze.set_defaults(func=cmd_analyze)
+    prune = sub.add_parser("prune", help=PruneConfig.__doc__.splitlines()[0])
+    add_arguments(prune, PruneConfig)
+    prune.set_defaults(func=cmd_prune)
+    compare = sub.add_parser("compare", help="Several pruning runs on one figure and one table.")
+    compare.add_argument("runs", nargs="+", help="Run directories made by `phaseprune prune`.")
+    compare.add_argument("--out", required=True, help="Directory for compare.png/.csv/.md.")
+    compare.set_defaults(func=cmd_compare)
+    export = sub.add_parser("export", help="Save the pruned model of one step as an HF checkpoint.")
+    export.add_argument("run", help="A run directory made by `phaseprune prune`.")
+    export.add_argument("--step", type=int, required=True, help="Step to export (0 = unpruned).")
+    export.add_argument("--out", required=True, help="Output directory for the checkpoint.")
+    export.add_argument("--overwrite", action="store_true", help="Write into a non-empty --out.")
+    export.set_defaults(func=cmd_export)
     tasks = sub.add_parser("tasks", help="List tasks and their data sources.")
     tasks.add_argument("--data-dir", default=None, help="Directory to look in first.")
     tasks.set_defaults(func=cmd_tasks)

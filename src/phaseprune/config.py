@@ -145,3 +145,45 @@ def from_args(cls, ns: argparse.Namespace):
         tp = hints[f.name]
         kwargs[f.name] = from_args(tp, ns) if dataclasses.is_dataclass(tp) else getattr(ns, f.name)
     return cls(**kwargs)
+
+
+STRATEGIES = (
+    "iterative", "phase-aware", "block-influence", "angular", "sleb", "ppl", "taylor",
+    "logit-js", "last", "random",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """``phaseprune prune``: remove layers one step at a time and track the decision."""
+
+    out: str = _doc("Output directory: trajectory.json, candidates.parquet, plots/.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    strategy: str = _doc(f"Which layers to remove: {', '.join(STRATEGIES)}.", "iterative")
+    objective: str = _doc(
+        "Candidate score for iterative/phase-aware: accuracy (ties by margin), margin, "
+        "prob-margin, or kl (divergence of the option distribution from the unpruned model's).",
+        "accuracy",
+    )
+    steps: int = _doc("Number of removals (steps).", 8)
+    calib: int = _doc("Calibration items: the first N items of the task.", 100)
+    eval: int = _doc("Evaluation items: the next M items, disjoint from calibration.", 200)
+    min_accuracy: float | None = _doc("Stop once evaluation accuracy falls below this.", None)
+    block_size: int = _doc(
+        "angular: remove the best contiguous block of this many layers per step.", 1
+    )
+    guard: int = _doc("phase-aware: also spare this many layers before the transition layer.", 1)
+    protect: tuple[int, ...] = _doc("Comma-separated original layer indices never removed.", ())
+    collapse_fraction: float = _doc(
+        "Collapse when eval accuracy falls below this share of the unpruned accuracy "
+        "(or within its interval of chance).",
+        0.5,
+    )
+    seed: int = _doc("Seed for random and bootstrap.", 0)
+    max_tokens: int = _doc("Padded tokens per forward batch.", 8192)
+    n_boot: int = _doc("Bootstrap resamples for intervals.", 1000)
+    resume: bool = _doc("Continue an interrupted run in --out from its last completed step.", False)
+    overwrite: bool = _doc("Replace a previous run in --out.", False)
+    quiet: bool = _doc("No progress bars.", False)
+    plots: bool = _doc("Write PNG plots into OUT/plots.", True)

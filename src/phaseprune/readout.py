@@ -30,10 +30,9 @@ from phaseprune.arch import DecoderParts, layer_output
 def readout_hooks(parts: DecoderParts, option_ids: torch.Tensor, sink: list):
     """Hooks that append ``(batch, n_options)`` option logits per readout index to ``sink``.
 
-    ``sink`` must be a list whose attribute-free protocol is: before each forward, the caller
-    sets ``positions`` (a ``(batch,)`` LongTensor of last-token indices) via
-    :func:`set_positions`; after it, ``sink`` holds ``n_layers + 1`` tensors in readout order.
-    Hooks are removed in ``finally``.
+    Yields a dict whose ``"positions"`` the caller sets, before each forward, to a ``(batch,)``
+    LongTensor of last-token indices; after the forward, ``sink`` holds ``n_layers + 1``
+    tensors in readout order. Hooks are removed in ``finally``.
     """
     state: dict = {"positions": None}
 
@@ -64,13 +63,25 @@ def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64)
     current: list[int] = []
     for i in order:
         # sorted ascending, so the newest item is the longest of the batch
-        if current and (len(current) + 1) * lengths[i] > max_tokens or len(current) >= max_batch:
+        if current and ((len(current) + 1) * lengths[i] > max_tokens or len(current) >= max_batch):
             batches.append(current)
             current = []
         current.append(i)
     if current:
         batches.append(current)
     return batches
+
+
+def pad_batch(input_ids: Sequence[Sequence[int]], batch: Sequence[int]):
+    """Right-padded ``(tokens, attention_mask, last_positions)`` of the items in ``batch``."""
+    lengths = [len(input_ids[i]) for i in batch]
+    width = max(lengths)
+    tokens = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, i in enumerate(batch):
+        tokens[row, : lengths[row]] = torch.as_tensor(input_ids[i])
+        mask[row, : lengths[row]] = 1
+    return tokens, mask, torch.tensor(lengths) - 1
 
 
 @torch.inference_mode()
@@ -106,13 +117,7 @@ def read_options(
     bar = tqdm(total=len(input_ids), unit="item", desc="readout", disable=not progress)
     with readout_hooks(parts, ids_t, sink) as state:
         for batch in length_batches(lengths, max_tokens):
-            width = max(lengths[i] for i in batch)
-            tokens = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, i in enumerate(batch):
-                tokens[row, : lengths[i]] = torch.tensor(input_ids[i])
-                mask[row, : lengths[i]] = 1
-            state["positions"] = torch.tensor([lengths[i] - 1 for i in batch])
+            tokens, mask, state["positions"] = pad_batch(input_ids, batch)
             sink.clear()
             parts.base(input_ids=tokens.to(device), attention_mask=mask.to(device), use_cache=False)
             if len(sink) != n_readout:

@@ -23,10 +23,25 @@ from phaseprune.phases import PhaseResult
 
 SCHEMA_VERSION = 1
 SUMMARY_KEYS = (
-    "schema_version", "kind", "phaseprune_version", "created", "model", "task", "accuracy",
-    "accuracy_ci", "chance", "n_layers", "gold_frequency", "layers", "transition_layer",
-    "transition_ci", "p_no_transition", "phases", "timing", "settings",
-)  # fmt: skip
+    "schema_version",
+    "kind",
+    "phaseprune_version",
+    "created",
+    "model",
+    "task",
+    "accuracy",
+    "accuracy_ci",
+    "chance",
+    "n_layers",
+    "gold_frequency",
+    "layers",
+    "transition_layer",
+    "transition_ci",
+    "p_no_transition",
+    "phases",
+    "timing",
+    "settings",
+)
 
 
 def layer_record(stats: LayerStats) -> dict:

@@ -1,0 +1,320 @@
+"""``phaseprune prune``: remove layers step by step and re-read the decision after each step.
+
+Wires the strategies (:mod:`phaseprune.strategies`) to the evaluation readout and to files.
+After every removal the pruned model's full decision readout (per-layer margins, option
+frequencies, layer accuracies, phases) is measured on the evaluation items, and the step is
+written at once (atomically) to ``trajectory.json`` and ``candidates.parquet``. ``--resume``
+continues from the last completed step; every number is deterministic given the settings, so a
+resumed run ends with the same trajectory as an uninterrupted one (``timing`` aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phaseprune import __version__
+from phaseprune.analyze import task_record
+from phaseprune.collapse import collapse_step
+from phaseprune.config import STRATEGIES, PruneConfig
+from phaseprune.encoding import encode_prompts
+from phaseprune.errors import UsageError
+from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
+from phaseprune.models import load_model, load_tokenizer, resolve_model
+from phaseprune.objectives import OBJECTIVES
+from phaseprune.phases import detect_phases
+from phaseprune.prompts import build_prompts
+from phaseprune.readout import read_options
+from phaseprune.records import layer_record, parquet_bytes, phases_record
+from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint
+from phaseprune.strategies import STRATEGIES as STRATEGY_FUNCS
+from phaseprune.strategies import PruneContext
+from phaseprune.surgery import kept_layers, without_layers
+from phaseprune.tasks import load_task
+
+TRAJECTORY_SCHEMA = 1
+VOLATILE = ("resume", "overwrite", "quiet", "plots")
+
+
+def check_config(cfg: PruneConfig) -> None:
+    """Refuse inconsistent settings with one clear line each."""
+    if cfg.strategy not in STRATEGIES:
+        raise UsageError(f"unknown --strategy {cfg.strategy!r}; one of {', '.join(STRATEGIES)}")
+    if cfg.objective not in OBJECTIVES:
+        raise UsageError(f"unknown --objective {cfg.objective!r}; one of {', '.join(OBJECTIVES)}")
+    for name in ("steps", "calib", "eval", "block_size"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.task.limit is not None:
+        raise UsageError("prune takes --calib and --eval instead of --limit")
+
+
+def readout_record(
+    logits: np.ndarray, gold: np.ndarray, n_options: int, cfg: PruneConfig
+) -> tuple[dict, object]:
+    """Accuracy, interval, per-layer records and phases of one evaluation readout."""
+    m = item_metrics(logits, gold)
+    stats = layer_stats(m, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    phases = detect_phases(m.correct, m.margin, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    k = int(m.correct[:, -1].sum())
+    lo, hi = wilson_interval(np.array(k), len(gold))
+    record = {
+        "eval_accuracy": k / len(gold),
+        "eval_accuracy_ci": [float(lo), float(hi)],
+        "transition_layer": phases.transition_layer,
+        "transition_ci": list(phases.transition_ci) if phases.transition_ci else None,
+        "phases": phases_record(phases, logits.shape[1] - 1),
+        "layers": [layer_record(s) for s in stats],
+    }
+    return record, phases
+
+
+class PruneRun:
+    """State of one pruning run: model, items, context and the trajectory so far."""
+
+    def __init__(self, cfg: PruneConfig):
+        check_config(cfg)
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.started = time.perf_counter()
+        tc, mc = cfg.task, cfg.model
+        task = load_task(
+            tc.task,
+            subjects=tc.subjects or None,
+            data_dir=tc.data_dir,
+            shots=tc.shots,
+            limit=cfg.calib + cfg.eval,
+        )
+        if len(task.items) < cfg.calib + cfg.eval:
+            raise UsageError(
+                f"{tc.task} has {len(task.items)} items; --calib {cfg.calib} + --eval {cfg.eval} "
+                "need more: lower them or add subjects"
+            )
+        self.task = task
+        spec = resolve_model(mc.model)
+        self._check_out()
+        tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
+        enc = encode_prompts(
+            tokenizer,
+            build_prompts(task),
+            task.n_options,
+            family=config.model_type,
+            chat=tc.chat,
+            add_bos=tc.bos,
+        )
+        self.enc = enc
+        self.model, self.info = load_model(
+            spec,
+            dtype=mc.dtype,
+            device=mc.device,
+            trust_remote_code=mc.trust_remote_code,
+            progress=not cfg.quiet,
+        )
+        gold = np.array([it.answer for it in task.items])
+        self.calib = slice(0, cfg.calib)
+        self.eval = slice(cfg.calib, cfg.calib + cfg.eval)
+        self.eval_ids = enc.input_ids[self.eval]
+        self.eval_gold = gold[self.eval]
+        letter_ids = [tokenizer.encode(t, add_special_tokens=False)[-1] for t in enc.options.texts]
+        text_ids = [row + [letter_ids[g]] for row, g in zip(enc.input_ids, gold, strict=True)]
+        self.record_task = task_record(task, enc, None)
+        self.ctx = PruneContext(
+            model=self.model,
+            n_layers=self.info.n_layers,
+            calib_ids=enc.input_ids[self.calib],
+            calib_text_ids=text_ids[self.calib],
+            calib_gold=gold[self.calib],
+            option_ids=enc.options.ids,
+            ref_logits=np.zeros(0),
+            objective=cfg.objective,
+            protect=frozenset(cfg.protect),
+            guard=cfg.guard,
+            block_size=cfg.block_size,
+            seed=cfg.seed,
+            n_boot=cfg.n_boot,
+            max_tokens=cfg.max_tokens,
+            progress=not cfg.quiet,
+        )
+        bad = [k for k in cfg.protect if not 0 <= k < self.info.n_layers]
+        if bad:
+            raise UsageError(f"--protect {bad}: layers are 0..{self.info.n_layers - 1}")
+
+    def _check_out(self) -> None:
+        exists = (self.out / "trajectory.json").exists() or (self.out / "summary.json").exists()
+        if exists and not (self.cfg.resume or self.cfg.overwrite):
+            raise UsageError(
+                f"--out {self.out} already holds a run; pass --resume to continue it or --overwrite"
+            )
+
+    def key(self) -> str:
+        """Fingerprint of everything that determines the trajectory."""
+        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in VOLATILE}
+        return fingerprint(settings, dataclasses.asdict(self.info), self.record_task, __version__)
+
+    def eval_readout(self, removed) -> tuple[dict, object]:
+        """Full decision readout of the model without ``removed`` on the evaluation items."""
+        with without_layers(self.model, removed) as parts:
+            logits = read_options(
+                parts,
+                self.eval_ids,
+                self.enc.options.ids,
+                max_tokens=self.cfg.max_tokens,
+                progress=not self.cfg.quiet,
+            ).numpy()
+        return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
+
+
+def _header(run: PruneRun, step0: dict) -> dict:
+    cfg = run.cfg
+    items = [it.item_id for it in run.task.items]
+    return {
+        "schema_version": TRAJECTORY_SCHEMA,
+        "kind": "prune",
+        "phaseprune_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": run.key(),
+        "model": dataclasses.asdict(run.info),
+        "task": run.record_task,
+        "strategy": cfg.strategy,
+        "objective": cfg.objective,
+        "settings": dataclasses.asdict(cfg),
+        "calib_items": items[run.calib],
+        "eval_items": items[run.eval],
+        "chance": 1.0 / run.task.n_options,
+        "n_layers": run.info.n_layers,
+        "step0": step0,
+        "steps": [],
+        "complete": False,
+        "timing": {},
+    }
+
+
+def _load_previous(run: PruneRun) -> tuple[dict | None, list[dict]]:
+    path = run.out / "trajectory.json"
+    if not (run.cfg.resume and path.exists()):
+        return None, []
+    traj = json.loads(path.read_text())
+    if traj.get("fingerprint") != run.key():
+        raise UsageError(
+            f"{path} was made with other settings, model or items; use --overwrite to start over"
+        )
+    cand = run.out / "candidates.parquet"
+    rows = pd.read_parquet(cand).to_dict("records") if cand.exists() else []
+    done = {s["step"] for s in traj["steps"]}
+    return traj, [r for r in rows if r["step"] in done]
+
+
+def _step_record(
+    run: PruneRun, step: int, choice, removed: list[int], phase_of_removed: str, readout: dict
+) -> dict:
+    best = choice.scores[choice.layers[0]]
+    return {
+        "step": step,
+        "removed_layer": choice.layers[0] if len(choice.layers) == 1 else list(choice.layers),
+        "removed_layers": list(choice.layers),
+        "removed_so_far": list(removed),
+        "remaining_layers": kept_layers(run.info.n_layers, removed),
+        "phase_of_removed": phase_of_removed,
+        "calib_score": best["score"],
+        "calib_metrics": {k: v for k, v in best.items() if k != "score"},
+        "criterion": choice.criterion,
+        "note": choice.note,
+        "calib_phases": choice.calib_phases,
+        **readout,
+    }
+
+
+def _write(run: PruneRun, traj: dict, rows: list[dict]) -> None:
+    atomic_write_bytes(run.out / "candidates.parquet", parquet_bytes(pd.DataFrame(rows)))
+    atomic_write_json(run.out / "trajectory.json", traj)
+
+
+def _candidate_rows(step: int, choice) -> list[dict]:
+    chosen = choice.layers[0]
+    rows = []
+    for layer, metrics in choice.scores.items():
+        rows.append(
+            {
+                "step": step,
+                "layer": int(layer),
+                "score": float(metrics["score"]),
+                "selected": layer == chosen,
+                "criterion": choice.criterion,
+                **{k: float(v) for k, v in metrics.items() if k != "score"},
+            }
+        )
+    return rows
+
+
+def _finish(run: PruneRun, traj: dict) -> None:
+    step0 = traj["step0"]
+    traj["collapse"] = collapse_step(
+        step0["eval_accuracy"],
+        step0["eval_accuracy_ci"][0],
+        traj["steps"],
+        traj["chance"],
+        run.cfg.collapse_fraction,
+    )
+    traj["complete"] = True
+
+
+def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
+    if len(traj["steps"]) >= run.cfg.steps:
+        return True
+    if (
+        run.cfg.min_accuracy is not None
+        and traj["steps"]
+        and traj["steps"][-1]["eval_accuracy"] < run.cfg.min_accuracy
+    ):
+        return True
+    return len(kept_layers(run.info.n_layers, removed)) <= run.cfg.block_size
+
+
+def run_prune(cfg: PruneConfig) -> dict:
+    """Run (or resume) a pruning run and return its trajectory record."""
+    run = PruneRun(cfg)
+    traj, rows = _load_previous(run)
+    if cfg.overwrite and not cfg.resume:
+        for name in ("trajectory.json", "candidates.parquet"):
+            (run.out / name).unlink(missing_ok=True)
+    run.out.mkdir(parents=True, exist_ok=True)
+    with without_layers(run.model, ()) as parts:
+        ref = read_options(
+            parts, run.ctx.calib_ids, run.enc.options.ids, max_tokens=cfg.max_tokens, progress=False
+        )
+    run.ctx.ref_logits = ref[:, -1].numpy()
+    if traj is None:
+        step0, phases = run.eval_readout([])
+        traj = _header(run, step0)
+        _write(run, traj, rows)
+    removed = [k for s in traj["steps"] for k in s["removed_layers"]]
+    prev = traj["steps"][-1] if traj["steps"] else traj["step0"]
+    while not traj.get("complete") and not _should_stop(run, traj, removed):
+        step = len(traj["steps"]) + 1
+        choice = STRATEGY_FUNCS[cfg.strategy](run.ctx, removed)
+        kept = kept_layers(run.info.n_layers, removed)
+        t = prev["transition_layer"]
+        p = kept.index(choice.layers[0])
+        phase = "decisive" if t is not None and p + 1 >= t else "silent"
+        removed = [*removed, *choice.layers]
+        readout, _ = run.eval_readout(removed)
+        record = _step_record(run, step, choice, removed, phase, readout)
+        traj["steps"].append(record)
+        rows += _candidate_rows(step, choice)
+        traj["timing"][f"step_{step}_s"] = round(time.perf_counter() - run.started, 2)
+        _write(run, traj, rows)
+        prev = record
+    _finish(run, traj)
+    traj["timing"]["total_s"] = round(time.perf_counter() - run.started, 2)
+    if cfg.plots:
+        from phaseprune.prune_plots import write_prune_plots
+
+        write_prune_plots(traj, run.out / "plots")
+    _write(run, traj, rows)
+    return traj

@@ -1,0 +1,45 @@
+"""Suffix-only candidate scoring equals a plain forward of each pruned view."""
+
+import pytest
+import torch
+from tiny_models import OPTION_IDS, VOCAB, build_tiny
+
+from phaseprune.candidates import final_readout, option_reduce, score_removals
+from phaseprune.surgery import without_layers
+
+CASES = ["llama", "gemma2", "gpt2", "falcon-new", "opt-project-out", "qwen2"]
+
+
+def prompts(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, 12, (n,), generator=g).tolist()
+    return [torch.randint(3, VOCAB, (k,), generator=g).tolist() for k in lengths]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("removed", [(), (1,)])
+def test_suffix_resume_equals_full_forward(case, removed):
+    model = build_tiny(case)
+    ids = prompts()
+    reduce = option_reduce(OPTION_IDS.tolist())
+    n = model.config.num_hidden_layers
+    candidates = [k for k in range(n) if k not in removed]
+    scores = score_removals(model, removed, candidates, ids, reduce, max_tokens=40)
+    for k in candidates:
+        # reference: the model's own logits inside the view, one prompt at a time
+        with torch.inference_mode(), without_layers(model, [*removed, k]):
+            ref = torch.stack([model(torch.tensor([row])).logits[0, -1, OPTION_IDS] for row in ids])
+        torch.testing.assert_close(scores[k], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_final_readout_and_restoration():
+    model = build_tiny("llama")
+    ids = prompts()
+    reduce = option_reduce(OPTION_IDS.tolist())
+    before = final_readout(model, (), ids, reduce)
+    score_removals(model, (), [0, 1, 2], ids, reduce)
+    after = final_readout(model, (), ids, reduce)
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
+    with torch.inference_mode():
+        own = torch.stack([model(torch.tensor([r])).logits[0, -1, OPTION_IDS] for r in ids])
+    torch.testing.assert_close(before, own, atol=1e-5, rtol=1e-5)
