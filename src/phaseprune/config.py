@@ -92,13 +92,11 @@ def _base_type(tp):
 def _converter(tp, optional: bool):
     base, _ = _base_type(tp)
     if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
 
         def conv(s):
-            return tuple(x.strip() for x in s.split(",") if x.strip())
-    elif base is bool:
+            return tuple(item(x.strip()) for x in s.split(",") if x.strip())
 
-        def conv(s):
-            return s.lower() in ("1", "true", "yes")
     else:
         conv = base
     if not optional:

@@ -39,7 +39,7 @@ from phaseprune.surgery import kept_layers, without_layers
 from phaseprune.tasks import load_task
 
 TRAJECTORY_SCHEMA = 1
-VOLATILE = ("resume", "overwrite", "quiet", "plots")
+VOLATILE = ("out", "resume", "overwrite", "quiet", "plots")
 
 
 def check_config(cfg: PruneConfig) -> None:

@@ -1,0 +1,202 @@
+"""Pruning runs end to end on tiny models: planted identities, resume after kill -9, export,
+compare, and the bad-input cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import transformers as tf
+from conftest import write_mmlu_csv
+from tiny_tokenizers import byte_bpe
+
+from phaseprune.cli import main
+
+IDENTITY = (2, 4)
+N_LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory) -> Path:
+    """A random 6-layer Llama whose layers 2 and 4 are exact identities."""
+    path = tmp_path_factory.mktemp("planted")
+    tok = byte_bpe()
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=None,
+    )  # fmt: skip
+    model = tf.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        for i in IDENTITY:
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def items_dir(tmp_path_factory) -> Path:
+    rows = [
+        [
+            f"Item {i}: which of these fits best here?",
+            "red",
+            "green",
+            "blue",
+            "black",
+            "ABCD"[i % 4],
+        ]
+        for i in range(24)
+    ]
+    return write_mmlu_csv(tmp_path_factory.mktemp("items"), {"toy": rows})
+
+
+def prune_args(model, data, out, *extra):
+    return ["prune", "--model", str(model), "--task", "mmlu", "--data-dir", str(data),
+            "--calib", "8", "--eval", "12", "--out", str(out), "--quiet", "--n-boot", "50",
+            "--no-plots", *map(str, extra)]  # fmt: skip
+
+
+def run(capsys, argv):
+    code = main(argv)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads((Path(argv[argv.index("--out") + 1]) / "trajectory.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--strategy", "iterative", "--objective", "kl"),
+        ("--strategy", "block-influence"),
+        ("--strategy", "angular"),
+        ("--strategy", "logit-js"),
+    ],
+    ids=lambda e: e[1] + ("-" + e[3] if len(e) > 2 else ""),
+)
+def test_identity_layers_removed_first(capsys, planted_dir, items_dir, tmp_path, extra):
+    traj = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "r", "--steps", "2", *extra))
+    assert [s["removed_layer"] for s in traj["steps"]] == list(IDENTITY)
+    # removing exact identities changes nothing in the evaluation readout
+    for s in traj["steps"]:
+        assert s["eval_accuracy"] == traj["step0"]["eval_accuracy"]
+        assert s["layers"][-1]["margin_mean"] == pytest.approx(
+            traj["step0"]["layers"][-1]["margin_mean"], abs=1e-5
+        )
+    assert traj["complete"] and len(traj["calib_items"]) == 8 and len(traj["eval_items"]) == 12
+    assert not set(traj["calib_items"]) & set(traj["eval_items"])
+    cands = pd.read_parquet(tmp_path / "r" / "candidates.parquet")
+    assert cands.groupby("step").selected.sum().tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("strategy", ["phase-aware", "sleb", "ppl", "taylor", "last", "random"])
+def test_other_strategies_run_and_record(capsys, planted_dir, items_dir, tmp_path, strategy):
+    traj = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "r", "--steps", "2",
+                                  "--strategy", strategy, "--protect", "5"))  # fmt: skip
+    removed = [k for s in traj["steps"] for k in s["removed_layers"]]
+    assert len(removed) == 2 and 5 not in removed and len(set(removed)) == 2
+    for s in traj["steps"]:
+        assert s["remaining_layers"] == [k for k in range(N_LAYERS) if k not in s["removed_so_far"]]
+        assert len(s["layers"]) == len(s["remaining_layers"]) + 1
+        assert s["phase_of_removed"] in ("silent", "decisive")
+    if strategy == "last":
+        assert removed == [4, 3]
+    if strategy == "phase-aware":
+        # a random model never decides: every step says it fell back, and how
+        assert all("fallback" in (s["note"] or "") for s in traj["steps"])
+    assert "statement" in traj["collapse"]
+
+
+def _strip(traj: dict) -> dict:
+    traj = dict(traj)
+    for key in ("timing", "created", "settings"):
+        traj.pop(key, None)
+    return traj
+
+
+def test_resume_after_kill_9_is_identical(capsys, planted_dir, items_dir, tmp_path):
+    args = ["--steps", "4", "--strategy", "iterative"]
+    full = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "full", *args))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "phaseprune.cli", *prune_args(planted_dir, items_dir, out, *args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        path = out / "trajectory.json"
+        if path.exists() and len(json.loads(path.read_text())["steps"]) >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = json.loads((out / "trajectory.json").read_text())
+    assert not partial["complete"] and 1 <= len(partial["steps"]) < 4
+    code = main(prune_args(planted_dir, items_dir, out, *args))
+    assert code == 2 and "--resume" in capsys.readouterr().err
+    resumed = run(capsys, prune_args(planted_dir, items_dir, out, *args, "--resume"))
+    assert _strip(resumed) == _strip(full)
+    a = pd.read_parquet(tmp_path / "full" / "candidates.parquet")
+    b = pd.read_parquet(out / "candidates.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_export_round_trip_and_compare(capsys, planted_dir, items_dir, tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    run(capsys, prune_args(planted_dir, items_dir, a, "--steps", "3", "--strategy", "iterative"))
+    run(capsys, prune_args(planted_dir, items_dir, b, "--steps", "3", "--strategy", "last"))
+    export = tmp_path / "exported"
+    assert main(["export", str(a), "--step", "2", "--out", str(export)]) == 0
+    capsys.readouterr()
+    config = json.loads((export / "config.json").read_text())
+    assert config["num_hidden_layers"] == N_LAYERS - 2
+    assert any(p.suffix == ".safetensors" for p in export.iterdir())
+    model = tf.AutoModelForCausalLM.from_pretrained(export)
+    assert len(model.model.layers) == N_LAYERS - 2
+    # the exported model reproduces the run's step-2 evaluation answers
+    analyze_out = tmp_path / "analyze-export"
+    assert main(["analyze", "--model", str(export), "--task", "mmlu", "--data-dir", str(items_dir),
+                 "--out", str(analyze_out), "--quiet", "--no-plots", "--n-boot", "50"]) == 0  # fmt: skip
+    capsys.readouterr()
+    traj = json.loads((a / "trajectory.json").read_text())
+    items = pd.read_parquet(analyze_out / "items.parquet")
+    last = items[items.layer == N_LAYERS - 2].set_index("item_id")
+    acc = last.loc[traj["eval_items"], "correct"].mean()
+    assert acc == pytest.approx(traj["steps"][1]["eval_accuracy"])
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert list(table.strategy) == ["iterative", "last"]
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+
+
+def test_bad_prune_inputs(capsys, planted_dir, items_dir, tmp_path):
+    def err(argv):
+        code = main(argv)
+        e = capsys.readouterr().err
+        assert code == 2 and len(e.strip().splitlines()) == 1, e
+        return e
+
+    assert "strategy" in err(
+        prune_args(planted_dir, items_dir, tmp_path / "x", "--strategy", "nope")
+    )
+    assert "need more" in err(prune_args(planted_dir, items_dir, tmp_path / "x", "--eval", "100"))
+    assert "--protect" in err(prune_args(planted_dir, items_dir, tmp_path / "x", "--protect", "9"))
+    run(
+        capsys,
+        prune_args(planted_dir, items_dir, tmp_path / "ok", "--steps", "1", "--strategy", "last"),
+    )
+    assert "does not exist" in err(
+        ["export", str(tmp_path / "ok"), "--step", "5", "--out", str(tmp_path / "e")]
+    )
+    assert "not a pruning run" in err(["compare", str(tmp_path), "--out", str(tmp_path / "c")])
