@@ -121,3 +121,26 @@ def test_bad_data_files(capsys, tmp_path, tiny_llama_dir):
 def test_tasks_lists_sources(capsys, toy_mmlu_dir):
     code, out, _ = run_cli(capsys, "tasks", "--data-dir", toy_mmlu_dir)
     assert code == 0 and "mmlu" in out and "winogrande" in out
+
+
+def test_analyze_finds_transition_on_trained_decider(capsys, decider, tmp_path):
+    """A model that really decides: Silent picks pile up, Decisive picks follow the gold letters."""
+    out = tmp_path / "decider-run"
+    task = f"jsonl:{decider.path / 'eval.jsonl'}"
+    code, _, err = run_cli(capsys, *analyze_args(decider.path, out, task=task))
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    t = s["transition_layer"]
+    assert t is not None and 0 < t <= s["n_layers"], s["phases"]["statement"]
+    assert s["accuracy"] >= 0.8
+    lo, hi = s["transition_ci"]
+    assert lo <= t <= hi
+    layers = s["layers"]
+    gold = s["gold_frequency"]
+    # Silent Phase: picks concentrated (low entropy) compared with the gold letters' spread
+    silent_entropy = max(r["pick_entropy"] for r in layers[:t])
+    assert silent_entropy < 1.5  # of a maximum 2 bits for 4 letters
+    # Decisive Phase output: picks follow the gold distribution
+    last = layers[-1]["option_frequency"]
+    assert max(abs(last[c] - gold[c]) for c in gold) < 0.1
+    assert s["phases"]["layer_phases"][t - 1] == "decisive"

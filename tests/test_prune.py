@@ -166,8 +166,9 @@ def test_export_round_trip_and_compare(capsys, planted_dir, items_dir, tmp_path)
     assert len(model.model.layers) == N_LAYERS - 2
     # the exported model reproduces the run's step-2 evaluation answers
     analyze_out = tmp_path / "analyze-export"
-    assert main(["analyze", "--model", str(export), "--task", "mmlu", "--data-dir", str(items_dir),
-                 "--out", str(analyze_out), "--quiet", "--no-plots", "--n-boot", "50"]) == 0  # fmt: skip
+    argv = ["analyze", "--model", export, "--task", "mmlu", "--data-dir", items_dir,
+            "--out", analyze_out, "--quiet", "--no-plots", "--n-boot", "50"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
     capsys.readouterr()
     traj = json.loads((a / "trajectory.json").read_text())
     items = pd.read_parquet(analyze_out / "items.parquet")
