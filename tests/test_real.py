@@ -90,3 +90,38 @@ def test_smollm_is_silent_on_mmlu(olmo_eval_run):
     picks = np.bincount(m.pred[:, -1], minlength=4)
     assert picks.max() / N_ITEMS > 0.5
     assert m.correct[:, -1].mean() < 0.45
+
+
+def test_iterative_pruning_three_steps(tmp_path, smollm):
+    """Iterative Pruning of SmolLM2, 3 steps, 40 calibration and 60 evaluation items."""
+    import json
+
+    import torch
+
+    from phaseprune.cli import main
+    from phaseprune.surgery import without_layers
+
+    out = tmp_path / "iter"
+    argv = ["prune", "--model", "smollm2-135m", "--task", "mmlu", "--subjects", SUBJECT,
+            "--strategy", "iterative", "--steps", "3", "--calib", "40", "--eval", "60",
+            "--out", str(out), "--quiet", "--no-plots", "--n-boot", "200"]  # fmt: skip
+    assert main(argv) == 0
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert traj["complete"] and len(traj["steps"]) == 3
+    assert len(traj["calib_items"]) == 40 and len(traj["eval_items"]) == 60
+    assert not set(traj["calib_items"]) & set(traj["eval_items"])
+    removed = [s["removed_layer"] for s in traj["steps"]]
+    assert len(set(removed)) == 3 and all(0 <= k < 30 for k in removed)
+    assert traj["collapse"]["step"] is None  # at chance from the start: nothing to blame
+    # the first choice, checked against a plain full forward of the pruned view (naive reference)
+    tokenizer, model, info = smollm
+    task = load_task("mmlu", subjects=[SUBJECT], limit=100)
+    enc = encode_prompts(tokenizer, build_prompts(task), 4, family=info.family)
+    gold = np.array([it.answer for it in task.items[:40]])
+    with torch.inference_mode(), without_layers(model, [removed[0]]):
+        logits = np.stack([
+            model(torch.tensor([row])).logits[0, -1, list(enc.options.ids)].numpy()
+            for row in enc.input_ids[:40]
+        ])  # fmt: skip
+    acc = float((logits.argmax(-1) == gold).mean())
+    assert acc == pytest.approx(traj["steps"][0]["calib_metrics"]["accuracy"])

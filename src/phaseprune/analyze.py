@@ -17,10 +17,10 @@ import torch
 
 from phaseprune import __version__
 from phaseprune.arch import decoder_parts
-from phaseprune.config import AnalyzeConfig
+from phaseprune.config import AnalyzeConfig, ModelConfig, TaskConfig
 from phaseprune.encoding import encode_prompts
 from phaseprune.metrics import item_metrics, layer_stats
-from phaseprune.models import load_model, load_tokenizer, resolve_model
+from phaseprune.models import default_max_tokens, load_model, load_tokenizer, resolve_model
 from phaseprune.phases import detect_phases
 from phaseprune.prompts import build_prompts
 from phaseprune.readout import read_options
@@ -68,18 +68,13 @@ def task_record(task, enc, limit: int | None) -> dict:
     }
 
 
-def run_analyze(cfg: AnalyzeConfig) -> dict:
-    """Run the analysis described by ``cfg`` and write it to ``cfg.out``; return the summary."""
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    tc, mc = cfg.task, cfg.model
-    task = load_task(
-        tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit
-    )
-    spec = resolve_model(mc.model)
-    check_out_dir(out, overwrite=cfg.overwrite)
+def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bool):
+    """Tokenise and verify the prompts, then load the weights; ``(enc, model, info)``.
+
+    The option tokens are checked before the weights load, so a bad tokenizer or an
+    unsupported family fails in seconds.
+    """
     tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
-    # tokens are verified before the weights load, so a bad tokenizer fails in seconds
     enc = encode_prompts(
         tokenizer,
         build_prompts(task),
@@ -93,8 +88,22 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
         dtype=mc.dtype,
         device=mc.device,
         trust_remote_code=mc.trust_remote_code,
-        progress=not cfg.quiet,
+        progress=progress,
     )
+    return enc, model, info
+
+
+def run_analyze(cfg: AnalyzeConfig) -> dict:
+    """Run the analysis described by ``cfg`` and write it to ``cfg.out``; return the summary."""
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    tc, mc = cfg.task, cfg.model
+    task = load_task(
+        tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit
+    )
+    spec = resolve_model(mc.model)
+    check_out_dir(out, overwrite=cfg.overwrite)
+    enc, model, info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
     loaded = time.perf_counter()
     prepare_out_dir(out, overwrite=cfg.overwrite)
     parts = decoder_parts(model)
@@ -108,7 +117,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
             parts,
             [enc.input_ids[i] for i in todo],
             enc.options.ids,
-            max_tokens=cfg.max_tokens,
+            max_tokens=cfg.max_tokens or default_max_tokens(mc.device),
             progress=not cfg.quiet,
             on_batch=lambda batch, logits: partial.update([todo[j] for j in batch], logits.numpy()),
         )

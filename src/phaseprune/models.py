@@ -113,6 +113,15 @@ def pick_device(device: str) -> str:
     return device
 
 
+def default_max_tokens(device: str) -> int:
+    """Padded tokens per forward batch: 512 on CPU, 16384 on GPUs.
+
+    On CPU small batches keep activations in cache: scoring SmolLM2 candidates took 11.5 s at
+    512 against 19.4 s at 8192 for the same work (and length-sorted small batches pad less).
+    """
+    return 512 if pick_device(device) == "cpu" else 16384
+
+
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     """sha256 of a file, streamed."""
     digest = hashlib.sha256()

@@ -20,16 +20,14 @@ import numpy as np
 import pandas as pd
 
 from phaseprune import __version__
-from phaseprune.analyze import task_record
+from phaseprune.analyze import encode_and_load, task_record
 from phaseprune.collapse import collapse_step
 from phaseprune.config import STRATEGIES, PruneConfig
-from phaseprune.encoding import encode_prompts
 from phaseprune.errors import UsageError
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
-from phaseprune.models import load_model, load_tokenizer, resolve_model
+from phaseprune.models import default_max_tokens, resolve_model
 from phaseprune.objectives import OBJECTIVES
 from phaseprune.phases import detect_phases
-from phaseprune.prompts import build_prompts
 from phaseprune.readout import read_options
 from phaseprune.records import layer_record, parquet_bytes, phases_record
 from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint
@@ -97,32 +95,18 @@ class PruneRun:
                 "need more: lower them or add subjects"
             )
         self.task = task
+        self.max_tokens = cfg.max_tokens or default_max_tokens(mc.device)
         spec = resolve_model(mc.model)
         self._check_out()
-        tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
-        enc = encode_prompts(
-            tokenizer,
-            build_prompts(task),
-            task.n_options,
-            family=config.model_type,
-            chat=tc.chat,
-            add_bos=tc.bos,
-        )
+        enc, self.model, self.info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
         self.enc = enc
-        self.model, self.info = load_model(
-            spec,
-            dtype=mc.dtype,
-            device=mc.device,
-            trust_remote_code=mc.trust_remote_code,
-            progress=not cfg.quiet,
-        )
         gold = np.array([it.answer for it in task.items])
         self.calib = slice(0, cfg.calib)
         self.eval = slice(cfg.calib, cfg.calib + cfg.eval)
         self.eval_ids = enc.input_ids[self.eval]
         self.eval_gold = gold[self.eval]
-        letter_ids = [tokenizer.encode(t, add_special_tokens=False)[-1] for t in enc.options.texts]
-        text_ids = [row + [letter_ids[g]] for row, g in zip(enc.input_ids, gold, strict=True)]
+        # plain calibration text: the prompt followed by its gold letter's (verified) token
+        text_ids = [row + [enc.options.ids[g]] for row, g in zip(enc.input_ids, gold, strict=True)]
         self.record_task = task_record(task, enc, None)
         self.ctx = PruneContext(
             model=self.model,
@@ -138,7 +122,7 @@ class PruneRun:
             block_size=cfg.block_size,
             seed=cfg.seed,
             n_boot=cfg.n_boot,
-            max_tokens=cfg.max_tokens,
+            max_tokens=self.max_tokens,
             progress=not cfg.quiet,
         )
         bad = [k for k in cfg.protect if not 0 <= k < self.info.n_layers]
@@ -164,7 +148,7 @@ class PruneRun:
                 parts,
                 self.eval_ids,
                 self.enc.options.ids,
-                max_tokens=self.cfg.max_tokens,
+                max_tokens=self.max_tokens,
                 progress=not self.cfg.quiet,
             ).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
@@ -286,7 +270,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     run.out.mkdir(parents=True, exist_ok=True)
     with without_layers(run.model, ()) as parts:
         ref = read_options(
-            parts, run.ctx.calib_ids, run.enc.options.ids, max_tokens=cfg.max_tokens, progress=False
+            parts, run.ctx.calib_ids, run.enc.options.ids, max_tokens=run.max_tokens, progress=False
         )
     run.ctx.ref_logits = ref[:, -1].numpy()
     if traj is None:

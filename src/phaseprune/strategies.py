@@ -253,21 +253,21 @@ def _mean_nll(values: torch.Tensor) -> float:
     return float(values[:, 0].sum() / values[:, 1].sum())
 
 
-def sleb(ctx: PruneContext, removed: Sequence[int]) -> Choice:
-    """SLEB: iteratively remove the layer whose removal gives the lowest calibration NLL."""
+def _iterative_scores(ctx, removed, input_ids, reduce, score) -> dict[int, float]:
+    """Score "current model minus k" for every removable k with ``score(reduced values)``."""
     candidates = _remaining(ctx, removed)
     if not candidates:
         raise _no_candidate(removed)
     values = score_removals(
-        ctx.model,
-        removed,
-        candidates,
-        ctx.calib_text_ids,
-        _nll_reduce,
-        max_tokens=ctx.max_tokens,
-        progress=ctx.progress,
-    )
-    ranking = {k: _mean_nll(v) for k, v in values.items()}
+        ctx.model, removed, candidates, input_ids, reduce,
+        max_tokens=ctx.max_tokens, progress=ctx.progress,
+    )  # fmt: skip
+    return {k: score(v) for k, v in values.items()}
+
+
+def sleb(ctx: PruneContext, removed: Sequence[int]) -> Choice:
+    """SLEB: iteratively remove the layer whose removal gives the lowest calibration NLL."""
+    ranking = _iterative_scores(ctx, removed, ctx.calib_text_ids, _nll_reduce, _mean_nll)
     return _walk(ctx, removed, ranking, "calibration NLL per token without the layer (min)")
 
 
@@ -326,19 +326,10 @@ def logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
             ctx.model, (), ctx.calib_ids, _logprob_reduce, max_tokens=ctx.max_tokens
         )
     ref = ctx.cache["logit-js-ref"]
-    candidates = _remaining(ctx, removed)
-    if not candidates:
-        raise _no_candidate(removed)
-    values = score_removals(
-        ctx.model,
-        removed,
-        candidates,
-        ctx.calib_ids,
-        _logprob_reduce,
-        max_tokens=ctx.max_tokens,
-        progress=ctx.progress,
-    )
-    ranking = {k: float(baselines.js_divergence(ref, v).mean()) for k, v in values.items()}
+    ranking = _iterative_scores(
+        ctx, removed, ctx.calib_ids, _logprob_reduce,
+        lambda v: float(baselines.js_divergence(ref, v).mean()),
+    )  # fmt: skip
     return _walk(ctx, removed, ranking, "JS divergence from the unpruned output distribution (min)")
 
 
