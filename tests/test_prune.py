@@ -201,3 +201,20 @@ def test_bad_prune_inputs(capsys, planted_dir, items_dir, tmp_path):
         ["export", str(tmp_path / "ok"), "--step", "5", "--out", str(tmp_path / "e")]
     )
     assert "not a pruning run" in err(["compare", str(tmp_path), "--out", str(tmp_path / "c")])
+
+
+def test_phase_aware_on_decider_removes_decisive_layers(capsys, decider, tmp_path):
+    """On a model that decides, phase-aware pruning only removes Decisive-Phase layers."""
+    task = f"jsonl:{decider.path / 'eval.jsonl'}"
+    argv = ["prune", "--model", str(decider.path), "--task", task, "--calib", "60", "--eval", "100",
+            "--strategy", "phase-aware", "--steps", "1", "--out", str(tmp_path / "pa"), "--quiet",
+            "--no-plots", "--n-boot", "200"]  # fmt: skip
+    traj = run(capsys, argv)
+    step = traj["steps"][0]
+    t = step["calib_phases"]["transition_layer"]
+    assert t is not None and step["note"] is None
+    # eligible: decoder layers whose output index is after the transition
+    assert step["removed_layer"] + 1 > t
+    assert step["phase_of_removed"] == "decisive"
+    cands = pd.read_parquet(tmp_path / "pa" / "candidates.parquet")
+    assert all(k + 1 > t for k in cands.layer)
