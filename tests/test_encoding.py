@@ -45,3 +45,16 @@ def test_bos_policy_follows_lm_eval():
 def test_chat_without_template_refused():
     with pytest.raises(UsageError, match="no chat template"):
         encode_prompts(byte_bpe(), PROMPTS, 4, family="llama", chat=True)
+
+
+def test_chat_template_wraps_prompt_and_scores_bare_letters():
+    tok = byte_bpe()
+    tok.chat_template = (
+        "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}"
+    )
+    enc = encode_prompts(tok, PROMPTS, 4, family="gemma", chat=True)
+    assert not enc.add_bos and enc.chat  # the template brings its own special tokens
+    assert enc.options.texts == ("A", "B", "C", "D")
+    text = tok.decode(enc.input_ids[0])
+    assert text.startswith("<bos>user: Which river") and text.endswith("Answer:\nassistant:\n")

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _points(traj: dict):
@@ -49,6 +50,7 @@ def accuracy_figure(trajs: Sequence[dict], labels: Sequence[str] | None = None):
             )
     ax.axhline(trajs[0]["chance"], color="black", ls=":", lw=1, label="chance")
     ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layers removed")
     ax.set_ylabel("evaluation accuracy (95% interval)")
     model = trajs[0]["model"]["name"]
