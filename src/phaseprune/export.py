@@ -11,6 +11,7 @@ with the view's.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +27,21 @@ def removed_at(traj: dict, step: int) -> list[int]:
     if not 0 <= step <= n:
         raise UsageError(f"run has steps 0..{n}; --step {step} does not exist")
     return [k for s in traj["steps"][:step] for k in s["removed_layers"]]
+
+
+@contextmanager
+def _plain_checkpoint(model):
+    """Let a model loaded from GGUF (already dequantised) save as a plain checkpoint.
+
+    transformers marks GGUF-loaded models with a quantizer that refuses ``save_pretrained``;
+    their weights are ordinary tensors once loaded, so the mark is lifted while saving.
+    """
+    quantizer, config = getattr(model, "hf_quantizer", None), model.config
+    model.hf_quantizer = None
+    try:
+        yield
+    finally:
+        model.hf_quantizer, model.config = quantizer, config
 
 
 def _spec(traj: dict) -> ModelSpec:
@@ -56,16 +72,12 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
         raise UsageError(
             f"the model at {spec.path} is not the one this run pruned (revision differs)"
         )
-    config = export_config(model, removed)
     probe = torch.tensor([tokenizer.encode("Answer:", add_special_tokens=False)])
-    with torch.inference_mode(), without_layers(model, removed):
+    with torch.inference_mode(), without_layers(model, removed), _plain_checkpoint(model):
         expected = model(probe).logits[0, -1]
-        config_backup = model.config
-        model.config = config
-        try:
-            model.save_pretrained(out_dir, safe_serialization=True)
-        finally:
-            model.config = config_backup
+        model.config = export_config(model, ())  # the view's config, already edited
+        model.config.__dict__.pop("quantization_config", None)
+        model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=model.dtype).eval()
     with torch.inference_mode():
