@@ -6,9 +6,11 @@ of every candidate it considered (written to ``candidates.parquet``). Candidate 
 one convention per strategy, stated in ``Choice.criterion``; one-shot strategies rank layers
 once on the unpruned model and then walk down that ranking.
 
-Calibration *text* for the perplexity-style baselines (SLEB, PPL, Taylor+, block influence,
-angular) is the calibration items' prompts followed by their gold answer (``prompt + " B"``):
-real text from the task, available offline, disjoint from the evaluation items.
+Calibration data. The hidden-state baselines (block influence, angular distance, phase-aware's
+fallback) read the calibration prompts exactly as the model sees them when it answers, so
+angular distance's "last token" is the answer position. The NLL baselines (SLEB, PPL, Taylor+)
+read the calibration items as plain text: each prompt followed by its gold letter
+(``prompt + " B"``), real task text available offline and disjoint from the evaluation items.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     if not free:
         raise _no_candidate(removed)
     with without_layers(ctx.model, removed) as parts:
-        bi = baselines.block_influence(parts, ctx.calib_text_ids, max_tokens=ctx.max_tokens)
+        bi = baselines.block_influence(parts, ctx.calib_ids, max_tokens=ctx.max_tokens)
     scores = {k: {"score": float(bi[p])} for p, k in enumerate(kept) if k in free}
     best = min(scores, key=lambda k: (scores[k]["score"], k))
     note = f"fallback: {why} on the calibration items; removed the lowest block-influence layer"
@@ -209,7 +211,7 @@ def block_influence(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
     def compute():
         with without_layers(ctx.model, ()) as parts:
-            bi = baselines.block_influence(parts, ctx.calib_text_ids, max_tokens=ctx.max_tokens)
+            bi = baselines.block_influence(parts, ctx.calib_ids, max_tokens=ctx.max_tokens)
         return {k: float(v) for k, v in enumerate(bi)}
 
     ranking = _one_shot(ctx, "block-influence", compute)
@@ -224,7 +226,7 @@ def angular(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
     def compute():
         with without_layers(ctx.model, ()) as parts:
-            d = baselines.angular_distances(parts, ctx.calib_text_ids, n, max_tokens=ctx.max_tokens)
+            d = baselines.angular_distances(parts, ctx.calib_ids, n, max_tokens=ctx.max_tokens)
         return {k: float(v) for k, v in enumerate(d)}
 
     ranking = _one_shot(ctx, f"angular-{n}", compute)
