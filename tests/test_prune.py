@@ -218,3 +218,23 @@ def test_phase_aware_on_decider_removes_decisive_layers(capsys, decider, tmp_pat
     assert step["phase_of_removed"] == "decisive"
     cands = pd.read_parquet(tmp_path / "pa" / "candidates.parquet")
     assert all(k + 1 > t for k in cands.layer)
+
+
+@pytest.mark.parametrize("objective", ["accuracy", "margin", "prob-margin"])
+def test_objectives_pick_their_best(capsys, planted_dir, items_dir, tmp_path, objective):
+    out = tmp_path / "o"
+    args = prune_args(planted_dir, items_dir, out, "--steps", "1", "--objective", objective)
+    traj = run(capsys, args)
+    cands = pd.read_parquet(out / "candidates.parquet")
+    column = {"accuracy": "accuracy", "margin": "margin", "prob-margin": "prob_margin"}[objective]
+    assert (cands.score == cands[column]).all()
+    best = cands.sort_values([column, "margin" if column == "accuracy" else "accuracy", "layer"],
+                             ascending=[False, False, True]).iloc[0]  # fmt: skip
+    assert traj["steps"][0]["removed_layer"] == best.layer
+    assert cands[cands.selected].layer.tolist() == [best.layer]
+
+
+def test_min_accuracy_stops_early(capsys, planted_dir, items_dir, tmp_path):
+    traj = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "m", "--steps", "4",
+                                  "--strategy", "last", "--min-accuracy", "1.01"))  # fmt: skip
+    assert len(traj["steps"]) == 1 and traj["complete"]
