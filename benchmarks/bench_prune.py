@@ -1,0 +1,174 @@
+"""Benchmark: phaseprune's Iterative Pruning against a naive reference, same items, one run.
+
+    .venv/bin/python benchmarks/bench_prune.py --model smollm2-135m --task mmlu
+        --data-dir ../shared/data/mmlu --subjects high_school_geography --shots 5
+        --calib 64 --steps 3
+
+Each side runs in its own child process (so each peak RSS is its own) on the same model file
+and the same calibration items, and reports the layers it removed. Model loading is excluded
+from the wall times. The last line printed is one JSON object: wall seconds of each, `speedup`
+(naive / phaseprune), `identical_decisions` with the first differing step, peak memory of each,
+and phaseprune's measured GFLOP/s against a FLOP lower bound.
+
+FLOP lower bound, per step with L remaining layers, P = 2 x (parameters of one decoder layer):
+one pass over all calibration tokens to cache every layer's input, then for the candidate at
+position p the L-1-p layers after it over the item tokens, with each subject's shared few-shot
+prefix counted once per candidate instead of once per item; attention's sequence-length terms
+and the option-row readout are left out (they only add), so the bound is an underestimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _setup(args):
+    import numpy as np
+
+    from phaseprune.encoding import encode_prompts
+    from phaseprune.models import load_model, load_tokenizer, resolve_model
+    from phaseprune.prompts import build_prompts, split_prefix
+    from phaseprune.tasks import load_task
+
+    subjects = args.subjects.split(",") if args.subjects else None
+    task = load_task(
+        args.task, subjects=subjects, data_dir=args.data_dir, shots=args.shots, limit=args.calib
+    )
+    spec = resolve_model(args.model)
+    tokenizer, config = load_tokenizer(spec)
+    enc = encode_prompts(tokenizer, build_prompts(task), task.n_options, family=config.model_type)
+    model, info = load_model(spec, progress=False)
+    gold = np.array([it.answer for it in task.items])
+    # tokens of each subject's shared prefix (description + exemplars), tokenised alone
+    prefix_tokens = {}
+    for (prefix, _), item in zip(split_prefix(task), task.items, strict=True):
+        if item.subject not in prefix_tokens:
+            prefix_tokens[item.subject] = len(
+                tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            )
+    return task, enc, model, info, gold, prefix_tokens
+
+
+def flop_lower_bound(task, enc, model, n_layers: int, steps: int, prefix_tokens: dict) -> float:
+    """The FLOP count described in the module docstring, in GFLOP."""
+    from phaseprune.arch import decoder_parts
+
+    per_token_layer = 2 * sum(p.numel() for p in decoder_parts(model).layers[0].parameters())
+    total = sum(len(r) for r in enc.input_ids)
+    shared = sum(prefix_tokens.values())
+    own = total - sum(prefix_tokens[it.subject] for it in task.items)  # item tokens only
+    flops = 0.0
+    for step in range(steps):
+        remaining = n_layers - step
+        flops += remaining * (shared + own) * per_token_layer  # caching pass, prefix once
+        for p in range(remaining):
+            flops += (remaining - 1 - p) * (shared + own) * per_token_layer
+    return flops / 1e9
+
+
+def child(args) -> dict:
+    """Run one side and return its record."""
+    task, enc, model, info, gold, prefix_tokens = _setup(args)
+    start = time.perf_counter()
+    if args.which == "naive":
+        sys.path.insert(0, str(HERE))
+        from naive_prune import naive_iterative
+
+        removed = naive_iterative(
+            model, info.n_layers, enc.input_ids, enc.options.ids, gold, args.steps
+        )
+    else:
+        from phaseprune.candidates import final_readout, option_reduce
+        from phaseprune.models import default_max_tokens
+        from phaseprune.strategies import PruneContext, iterative
+
+        ref = final_readout(model, (), enc.input_ids, option_reduce(enc.options.ids)).numpy()
+        ctx = PruneContext(
+            model=model,
+            n_layers=info.n_layers,
+            calib_ids=enc.input_ids,
+            calib_text_ids=enc.input_ids,
+            calib_gold=gold,
+            option_ids=enc.options.ids,
+            ref_logits=ref,
+            max_tokens=default_max_tokens("cpu"),
+        )
+        removed = []
+        for _ in range(args.steps):
+            removed += list(iterative(ctx, removed).layers)
+    wall = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gflop = flop_lower_bound(task, enc, model, info.n_layers, args.steps, prefix_tokens)
+    return {
+        "removed": removed,
+        "wall_s": round(wall, 2),
+        "peak_mb": round(peak_mb, 1),
+        "gflop_lower_bound": round(gflop, 1),
+    }
+
+
+def main() -> None:
+    """Run both sides in child processes and print the comparison as the last line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="mmlu")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--subjects", default="high_school_geography")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--which", choices=["phaseprune", "naive"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.which:
+        print(json.dumps(child(args)))
+        return
+    argv = [a for a in sys.argv[1:]]
+    results = {}
+    for which in ("phaseprune", "naive"):
+        out = subprocess.run(
+            [sys.executable, __file__, *argv, "--which", which],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results[which] = json.loads(out.strip().splitlines()[-1])
+        print(f"{which}: {results[which]}", file=sys.stderr)
+    ours, naive = results["phaseprune"], results["naive"]
+    pairs = zip(ours["removed"], naive["removed"], strict=True)
+    first_diff = next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), None)
+    gflop = ours["gflop_lower_bound"]
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "task": args.task,
+                "subjects": args.subjects,
+                "shots": args.shots,
+                "calib": args.calib,
+                "steps": args.steps,
+                "phaseprune_wall_s": ours["wall_s"],
+                "naive_wall_s": naive["wall_s"],
+                "speedup": round(naive["wall_s"] / ours["wall_s"], 2),
+                "identical_decisions": first_diff is None,
+                "first_differing_step": first_diff,
+                "removed_phaseprune": ours["removed"],
+                "removed_naive": naive["removed"],
+                "phaseprune_peak_mb": ours["peak_mb"],
+                "naive_peak_mb": naive["peak_mb"],
+                "flop_lower_bound_gflop": round(gflop, 1),
+                "phaseprune_gflops_per_s": round(gflop / ours["wall_s"], 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
