@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -165,8 +164,3 @@ def final_readout(
             for row, i in enumerate(batch):
                 rows[i] = values[row]
     return torch.stack(rows)
-
-
-def as_numpy(scores: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
-    """Convert a :func:`score_removals` result to numpy."""
-    return {k: v.numpy() for k, v in scores.items()}

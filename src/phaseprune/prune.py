@@ -53,9 +53,7 @@ def check_config(cfg: PruneConfig) -> None:
         raise UsageError("prune takes --calib and --eval instead of --limit")
 
 
-def readout_record(
-    logits: np.ndarray, gold: np.ndarray, n_options: int, cfg: PruneConfig
-) -> tuple[dict, object]:
+def readout_record(logits: np.ndarray, gold: np.ndarray, n_options: int, cfg: PruneConfig) -> dict:
     """Accuracy, interval, per-layer records and phases of one evaluation readout."""
     m = item_metrics(logits, gold)
     stats = layer_stats(m, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -70,7 +68,7 @@ def readout_record(
         "phases": phases_record(phases, logits.shape[1] - 1),
         "layers": [layer_record(s) for s in stats],
     }
-    return record, phases
+    return record
 
 
 class PruneRun:
@@ -141,7 +139,7 @@ class PruneRun:
         settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in VOLATILE}
         return fingerprint(settings, dataclasses.asdict(self.info), self.record_task, __version__)
 
-    def eval_readout(self, removed) -> tuple[dict, object]:
+    def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items."""
         with without_layers(self.model, removed) as parts:
             logits = read_options(
@@ -274,7 +272,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         )
     run.ctx.ref_logits = ref[:, -1].numpy()
     if traj is None:
-        step0, phases = run.eval_readout([])
+        step0 = run.eval_readout([])
         traj = _header(run, step0)
         _write(run, traj, rows)
     removed = [k for s in traj["steps"] for k in s["removed_layers"]]
@@ -287,7 +285,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         p = kept.index(choice.layers[0])
         phase = "decisive" if t is not None and p + 1 >= t else "silent"
         removed = [*removed, *choice.layers]
-        readout, _ = run.eval_readout(removed)
+        readout = run.eval_readout(removed)
         record = _step_record(run, step, choice, removed, phase, readout)
         traj["steps"].append(record)
         rows += _candidate_rows(step, choice)
