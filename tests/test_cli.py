@@ -144,3 +144,40 @@ def test_analyze_finds_transition_on_trained_decider(capsys, decider, tmp_path):
     last = layers[-1]["option_frequency"]
     assert max(abs(last[c] - gold[c]) for c in gold) < 0.1
     assert s["phases"]["layer_phases"][t - 1] == "decisive"
+
+
+def test_interrupted_analyze_resumes_from_partial(
+    capsys, monkeypatch, tiny_llama_dir, toy_mmlu_dir, tmp_path
+):
+    """An analyze run stopped after its first batch keeps it and the rerun only does the rest."""
+    import phaseprune.analyze as analyze
+
+    full = tmp_path / "full"
+    base = analyze_args(
+        tiny_llama_dir, full, "--max-tokens", "64", "--no-plots", data_dir=toy_mmlu_dir
+    )
+    assert run_cli(capsys, *base)[0] == 0
+    real_read = analyze.read_options
+
+    def read_one_batch_then_stop(*args, on_batch=None, **kwargs):
+        def stop_after_first(batch, logits):
+            on_batch(batch, logits)
+            raise KeyboardInterrupt
+
+        return real_read(*args, on_batch=stop_after_first, **kwargs)
+
+    out = tmp_path / "stopped"
+    argv = analyze_args(
+        tiny_llama_dir, out, "--max-tokens", "64", "--no-plots", data_dir=toy_mmlu_dir
+    )
+    monkeypatch.setattr(analyze, "read_options", read_one_batch_then_stop)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 130 and "rerun the same command" in err
+    assert (out / "partial" / "readout.npz").exists() and not (out / "summary.json").exists()
+    monkeypatch.setattr(analyze, "read_options", real_read)
+    assert run_cli(capsys, *argv)[0] == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    reference = json.loads((full / "summary.json").read_text())
+    assert 0 < resumed["timing"]["items_resumed"] < resumed["task"]["n_items"]
+    assert resumed["layers"] == reference["layers"]
+    assert not (out / "partial").exists()
