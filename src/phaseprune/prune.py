@@ -21,6 +21,7 @@ import pandas as pd
 
 from phaseprune import __version__
 from phaseprune.analyze import encode_and_load, task_record
+from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import collapse_step
 from phaseprune.config import STRATEGIES, PruneConfig
 from phaseprune.errors import UsageError
@@ -266,11 +267,10 @@ def run_prune(cfg: PruneConfig) -> dict:
         for name in ("trajectory.json", "candidates.parquet"):
             (run.out / name).unlink(missing_ok=True)
     run.out.mkdir(parents=True, exist_ok=True)
-    with without_layers(run.model, ()) as parts:
-        ref = read_options(
-            parts, run.ctx.calib_ids, run.enc.options.ids, max_tokens=run.max_tokens, progress=False
-        )
-    run.ctx.ref_logits = ref[:, -1].numpy()
+    # the unpruned calibration answers, by the same code path as every candidate's
+    reduce = option_reduce(run.enc.options.ids)
+    ref = final_readout(run.model, (), run.ctx.calib_ids, reduce, max_tokens=run.max_tokens)
+    run.ctx.ref_logits = ref.numpy()
     if traj is None:
         step0 = run.eval_readout([])
         traj = _header(run, step0)
