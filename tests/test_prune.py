@@ -4,11 +4,9 @@ compare, and the bad-input cases."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -126,22 +124,32 @@ def _strip(traj: dict) -> dict:
     return traj
 
 
+# Runs the CLI in a child process that SIGKILLs itself in the middle of writing step 3's
+# trajectory (temp file half written, not yet moved into place): a kill -9 at a known moment.
+KILLER = """
+import os, signal, sys
+import phaseprune.prune as prune
+real = prune.atomic_write_json
+def write(path, record):
+    if len(record.get("steps", [])) == 3:
+        (path.parent / ".trajectory.json.partial.tmp").write_text('{"steps": [')
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, record)
+prune.atomic_write_json = write
+from phaseprune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_kill_9_is_identical(capsys, planted_dir, items_dir, tmp_path):
     args = ["--steps", "4", "--strategy", "iterative"]
     full = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "full", *args))
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "phaseprune.cli", *prune_args(planted_dir, items_dir, out, *args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        path = out / "trajectory.json"
-        if path.exists() and len(json.loads(path.read_text())["steps"]) >= 1:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cmd = [sys.executable, "-c", KILLER, *prune_args(planted_dir, items_dir, out, *args)]
+    proc = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     partial = json.loads((out / "trajectory.json").read_text())
-    assert not partial["complete"] and 1 <= len(partial["steps"]) < 4
+    assert not partial["complete"] and len(partial["steps"]) == 2
     code = main(prune_args(planted_dir, items_dir, out, *args))
     assert code == 2 and "--resume" in capsys.readouterr().err
     resumed = run(capsys, prune_args(planted_dir, items_dir, out, *args, "--resume"))
