@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import OPTION_IDS, VOCAB, build_tiny
+from tiny_models import CASES, OPTION_IDS, VOCAB, build_tiny
 
 from phaseprune.arch import decoder_parts
 from phaseprune.readout import length_batches, read_options
@@ -66,3 +66,19 @@ def test_length_batches_respect_budget_and_cover_all():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) * max(lengths[i] for i in b) <= 32 or len(b) == 1
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shared_prefix_equals_full_prompts(case):
+    """Items sharing a few-shot prefix: prefix KV cache + own tokens == full prompts."""
+    parts = decoder_parts(build_tiny(case))
+    g = torch.Generator().manual_seed(3)
+    prefix = torch.randint(3, VOCAB, (9,), generator=g).tolist()  # longer than sliding windows
+    rows = [prefix + torch.randint(3, VOCAB, (k,), generator=g).tolist() for k in (2, 5, 3, 1, 4)]
+    other = [torch.randint(3, VOCAB, (k,), generator=g).tolist() for k in (6, 3)]
+    ids = rows + other
+    full = read_options(parts, ids, OPTION_IDS.tolist(), progress=False)
+    shared = read_options(
+        parts, ids, OPTION_IDS.tolist(), progress=False, max_tokens=12, groups=[range(5), [5, 6]]
+    )
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)

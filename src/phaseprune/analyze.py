@@ -44,6 +44,14 @@ def _tokens_hash(input_ids: list[list[int]]) -> str:
     return digest.hexdigest()
 
 
+def subject_groups(subjects: list[str]) -> list[list[int]]:
+    """Indices of items grouped by subject: each group shares its few-shot prefix."""
+    groups: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        groups.setdefault(subject, []).append(i)
+    return list(groups.values())
+
+
 def task_record(task, enc, limit: int | None) -> dict:
     """``summary["task"]``: what was scored and how it was tokenised."""
     return {
@@ -120,6 +128,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
             max_tokens=cfg.max_tokens or default_max_tokens(mc.device),
             progress=not cfg.quiet,
             on_batch=lambda batch, logits: partial.update([todo[j] for j in batch], logits.numpy()),
+            groups=subject_groups([task.items[i].subject for i in todo]),
         )
     read = time.perf_counter()
     logits = partial.logits

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from phaseprune import __version__
-from phaseprune.analyze import encode_and_load, task_record
+from phaseprune.analyze import encode_and_load, subject_groups, task_record
 from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import collapse_step
 from phaseprune.config import STRATEGIES, PruneConfig
@@ -149,6 +149,7 @@ class PruneRun:
                 self.enc.options.ids,
                 max_tokens=self.max_tokens,
                 progress=not self.cfg.quiet,
+                groups=subject_groups([it.subject for it in self.task.items[self.eval]]),
             ).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
 

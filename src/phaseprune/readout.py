@@ -17,8 +17,10 @@ as unpadded, so batching does not change the readout beyond floating-point reass
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -34,9 +36,11 @@ def readout_hooks(parts: DecoderParts, option_ids: torch.Tensor, sink: list):
     LongTensor of last-token indices; after the forward, ``sink`` holds ``n_layers + 1``
     tensors in readout order. Hooks are removed in ``finally``.
     """
-    state: dict = {"positions": None}
+    state: dict = {"positions": None, "skip": False}
 
     def read(hidden: torch.Tensor) -> None:
+        if state["skip"]:  # a shared-prefix pass: nothing to read there
+            return
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, state["positions"].to(hidden.device)]  # (batch, d_model)
         sink.append(parts.option_logits(last, option_ids).float().cpu())
@@ -84,6 +88,59 @@ def pad_batch(input_ids: Sequence[Sequence[int]], batch: Sequence[int]):
     return tokens, mask, torch.tensor(lengths) - 1
 
 
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by all rows, leaving each row one own token."""
+    first = rows[0]
+    n = min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _batches(parts, input_ids, groups, max_tokens, state):
+    """Yield ``(item indices, run)``: ``run()`` does the forward whose hooks read that batch."""
+    device = parts.embed.weight.device
+    for group in groups or [range(len(input_ids))]:
+        group = list(group)
+        n_prefix = common_prefix([input_ids[i] for i in group]) if groups else 0
+        cache = None
+        if n_prefix:
+            state["skip"] = True
+            prefix = torch.tensor([list(input_ids[group[0]][:n_prefix])], device=device)
+            cache = parts.base(input_ids=prefix, use_cache=True).cache
+            state["skip"] = False
+        own = [input_ids[i][n_prefix:] for i in group]
+        for sub in length_batches([len(r) for r in own], max_tokens):
+            tokens, mask, positions = pad_batch(own, sub)
+            state["positions"] = positions
+            yield [group[j] for j in sub], partial(_forward, parts, tokens, mask, cache, n_prefix)
+
+
+def _forward(parts, tokens, mask, cache, n_prefix: int) -> None:
+    """One forward of right-padded tokens, after a shared prefix's KV cache when there is one."""
+    device = parts.embed.weight.device
+    tokens, mask = tokens.to(device), mask.to(device)
+    if cache is None:
+        parts.base(input_ids=tokens, attention_mask=mask, use_cache=False)
+        return
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(tokens.shape[0])
+    full_mask = torch.cat(
+        [torch.ones(tokens.shape[0], n_prefix, dtype=mask.dtype, device=device), mask], 1
+    )
+    positions = torch.arange(n_prefix, n_prefix + tokens.shape[1], device=device).expand_as(tokens)
+    parts.base(
+        input_ids=tokens,
+        attention_mask=full_mask,
+        position_ids=positions,
+        cache=batch_cache,
+        use_cache=True,
+    )
+
+
 @torch.inference_mode()
 def read_options(
     parts: DecoderParts,
@@ -93,6 +150,7 @@ def read_options(
     max_tokens: int = 8192,
     progress: bool = True,
     on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Option logits of every item at every readout index.
 
@@ -104,22 +162,22 @@ def read_options(
         progress: show a progress bar with ETA.
         on_batch: called with ``(item indices, their (batch, n_layers + 1, n_options) logits)``
             after every batch, e.g. to persist partial results.
+        groups: item indices whose prompts share a prefix (e.g. one few-shot subject each).
+            Each group's common token prefix runs once, its KV cache is reused for every item,
+            and only the items' own tokens are computed (:func:`common_prefix`).
 
     Returns:
         ``(n_items, n_layers + 1, n_options)`` float32 tensor on the CPU, in item order.
     """
-    device = parts.embed.weight.device
     ids_t = torch.tensor(list(option_ids), device=parts.unembed.weight.device)
-    lengths = [len(row) for row in input_ids]
     n_readout = len(parts.layers) + 1
     out = torch.empty(len(input_ids), n_readout, len(option_ids))
     sink: list[torch.Tensor] = []
     bar = tqdm(total=len(input_ids), unit="item", desc="readout", disable=not progress)
     with readout_hooks(parts, ids_t, sink) as state:
-        for batch in length_batches(lengths, max_tokens):
-            tokens, mask, state["positions"] = pad_batch(input_ids, batch)
+        for batch, run in _batches(parts, input_ids, groups, max_tokens, state):
             sink.clear()
-            parts.base(input_ids=tokens.to(device), attention_mask=mask.to(device), use_cache=False)
+            run()
             if len(sink) != n_readout:
                 raise RuntimeError(f"captured {len(sink)} readouts, expected {n_readout}")
             logits = torch.stack(sink, dim=1)  # (batch, n_readout, n_options)
