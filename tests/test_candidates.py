@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_models import CASES as ALL_CASES
 from tiny_models import OPTION_IDS, VOCAB, build_tiny
 
 from phaseprune.candidates import final_readout, option_reduce, score_removals
@@ -43,3 +44,25 @@ def test_final_readout_and_restoration():
     with torch.inference_mode():
         own = torch.stack([model(torch.tensor([r])).logits[0, -1, OPTION_IDS] for r in ids])
     torch.testing.assert_close(before, own, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
+@pytest.mark.parametrize("removed", [(), (2,)])
+def test_shared_prefix_candidates_equal_full_forward(case, removed):
+    """Candidates scored with a shared few-shot prefix cache == plain forward of each view."""
+    model = build_tiny(case, n_layers=4)
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(3, VOCAB, (9,), generator=g).tolist()
+    ids = [prefix + torch.randint(3, VOCAB, (k,), generator=g).tolist() for k in (3, 1, 4, 2)]
+    ids += [torch.randint(3, VOCAB, (k,), generator=g).tolist() for k in (5, 7)]
+    reduce = option_reduce(OPTION_IDS.tolist())
+    candidates = [k for k in range(4) if k not in removed]
+    scores = score_removals(
+        model, removed, candidates, ids, reduce, max_tokens=12, groups=[[0, 1, 2, 3], [4, 5]]
+    )
+    for k in candidates:
+        with torch.inference_mode(), without_layers(model, [*removed, k]):
+            ref = torch.stack(
+                [model(torch.tensor([row])).logits[0, -1, OPTION_IDS] for row in ids]
+            )
+        torch.testing.assert_close(scores[k], ref, atol=1e-5, rtol=1e-5)

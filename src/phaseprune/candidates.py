@@ -16,13 +16,15 @@ holds ``(L + 1) x tokens x d_model`` values per chunk; chunks are sized by ``max
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from phaseprune.arch import CachedLayer, DecoderParts, layer_output
-from phaseprune.readout import length_batches, pad_batch
+from phaseprune.readout import common_prefix, length_batches, pad_batch
 from phaseprune.surgery import kept_layers, without_layers
 
 # reduce(parts, final hidden (batch, seq, d_model), positions (batch,), tokens, mask) -> (batch, ..)
@@ -42,8 +44,11 @@ def option_reduce(option_ids: Sequence[int]) -> Reduce:
     return reduce
 
 
-def _capture_inputs(parts: DecoderParts, tokens, mask) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run the model once; return each layer's input and the last layer's output."""
+def _capture_inputs(parts: DecoderParts, tokens, **forward) -> tuple[list, torch.Tensor, object]:
+    """Run the model once; return each layer's input, the last layer's output and the cache.
+
+    ``forward`` holds the base call's other arguments (attention mask, cache, positions).
+    """
     inputs: list[torch.Tensor] = []
     final: list[torch.Tensor] = []
 
@@ -55,17 +60,18 @@ def _capture_inputs(parts: DecoderParts, tokens, mask) -> tuple[list[torch.Tenso
         parts.layers[-1].register_forward_hook(lambda m, a, o: final.append(layer_output(o)))
     )
     try:
-        parts.base(input_ids=tokens, attention_mask=mask, use_cache=False)
+        out = parts.base(input_ids=tokens, **forward)
     finally:
         for h in handles:
             h.remove()
-    return inputs, final[0]
+    return inputs, final[0], getattr(out, "cache", None)
 
 
-def _resume(parts: DecoderParts, start: int, resid: torch.Tensor, tokens, mask) -> torch.Tensor:
+def _resume(parts: DecoderParts, start: int, resid: torch.Tensor, tokens, **forward):
     """Forward through ``parts`` with layers ``< start`` replaced by cached stand-ins.
 
-    ``resid`` is the input of layer ``start``; returns the last layer's output.
+    ``resid`` is the input of layer ``start``. Returns the last layer's output and the cache
+    (the stand-ins write nothing into it).
     """
     final: list[torch.Tensor] = []
     originals = [parts.layers[i] for i in range(start)]
@@ -73,12 +79,115 @@ def _resume(parts: DecoderParts, start: int, resid: torch.Tensor, tokens, mask) 
         parts.layers[i] = CachedLayer(originals[i], resid, parts.family)
     handle = parts.layers[-1].register_forward_hook(lambda m, a, o: final.append(layer_output(o)))
     try:
-        parts.base(input_ids=tokens, attention_mask=mask, use_cache=False)
+        out = parts.base(input_ids=tokens, **forward)
     finally:
         handle.remove()
         for i, layer in enumerate(originals):
             parts.layers[i] = layer
-    return final[0]
+    return final[0], getattr(out, "cache", None)
+
+
+def _after_prefix(cache, n_prefix: int, mask: torch.Tensor) -> dict:
+    """Base-call arguments for right-padded tokens that follow a shared prefix in ``cache``."""
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(mask.shape[0])
+    ones = torch.ones(mask.shape[0], n_prefix, dtype=mask.dtype, device=mask.device)
+    positions = torch.arange(n_prefix, n_prefix + mask.shape[1], device=mask.device)
+    return {
+        "attention_mask": torch.cat([ones, mask], 1),
+        "position_ids": positions.expand(mask.shape[0], -1),
+        "cache": batch_cache,
+        "use_cache": True,
+    }
+
+
+@dataclass
+class _Batch:
+    """One batch of one group, with what the current model left at every layer's input."""
+
+    items: list[int]
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    inputs: list[torch.Tensor]
+    final: torch.Tensor
+
+
+def _prefix_cache(parts, start, prefix_inputs, prefix, cache_cur):
+    """The candidate's KV cache of the shared prefix.
+
+    Layers before ``start`` are unchanged by the removal, so their entries are the current
+    model's; the layers after it are recomputed on the prefix from the cached input.
+    """
+    _, cache = _resume(parts, start, prefix_inputs[start], prefix, use_cache=True)
+    for j in range(start):
+        cache.layers[j] = copy.deepcopy(cache_cur.layers[j])
+    return cache
+
+
+@dataclass
+class _Group:
+    """A group of items run through the current model: shared prefix and per-batch inputs."""
+
+    n_prefix: int
+    prefix: torch.Tensor | None
+    prefix_inputs: list[torch.Tensor] | None
+    cache: object
+    batches: list[_Batch]
+
+
+def _run_group(parts, rows, group, share: bool, max_tokens: int) -> _Group:
+    """Run the current model (``parts``) over one group, keeping every layer's input."""
+    device = parts.embed.weight.device
+    n_prefix = common_prefix([rows[i] for i in group]) if share and len(group) > 1 else 0
+    own = [rows[i][n_prefix:] for i in group]
+    prefix = torch.tensor([list(rows[group[0]][:n_prefix])], device=device) if n_prefix else None
+    prefix_inputs = cache = None
+    if n_prefix:
+        prefix_inputs, _, cache = _capture_inputs(parts, prefix, use_cache=True)
+    batches = []
+    for sub in length_batches([len(r) for r in own], max_tokens):
+        tokens, mask, positions = pad_batch(own, sub)
+        tokens, mask = tokens.to(device), mask.to(device)
+        extra = (
+            _after_prefix(cache, n_prefix, mask)
+            if n_prefix
+            else {"attention_mask": mask, "use_cache": False}
+        )
+        inputs, final, _ = _capture_inputs(parts, tokens, **extra)
+        batches.append(_Batch([group[j] for j in sub], tokens, mask, positions, inputs, final))
+    return _Group(n_prefix, prefix, prefix_inputs, cache, batches)
+
+
+def _score_group(
+    model, removed, candidates, position, rows, group, share, reduce, max_tokens, bar, out
+):
+    """Score every candidate on one group of items (sharing its token prefix if ``share``)."""
+    with without_layers(model, removed) as parts:
+        run = _run_group(parts, rows, group, share, max_tokens)
+    for k in candidates:
+        p = position[k]
+        with without_layers(model, [*removed, k]) as parts:
+            last = p == len(parts.layers)  # k was the last layer: the output is k's input
+            cand_cache = (
+                _prefix_cache(parts, p, run.prefix_inputs, run.prefix, run.cache)
+                if run.n_prefix and not last
+                else None
+            )
+            for b in run.batches:
+                if last:
+                    final = b.inputs[p]
+                else:
+                    extra = (
+                        _after_prefix(cand_cache, run.n_prefix, b.mask)
+                        if run.n_prefix
+                        else {"attention_mask": b.mask, "use_cache": False}
+                    )
+                    final, _ = _resume(parts, p, b.inputs[p], b.tokens, **extra)
+                values = reduce(parts, final, b.positions, b.tokens, b.mask)
+                for row, i in enumerate(b.items):
+                    out[k][i] = values[row]
+        bar.update(len(group))
 
 
 @torch.inference_mode()
@@ -91,6 +200,7 @@ def score_removals(
     *,
     max_tokens: int = 8192,
     progress: bool = False,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Reduce the final hidden states of "model without ``removed`` and ``k``" for each ``k``.
 
@@ -100,8 +210,12 @@ def score_removals(
         candidates: original indices to try removing next (not in ``removed``).
         input_ids: one token list per calibration item.
         reduce: turns final hidden states into per-item values (e.g. :func:`option_reduce`).
+            With ``groups`` it sees only the items' own tokens, so it must read the last
+            position only.
         max_tokens: padded tokens per chunk.
         progress: show a progress bar over candidate evaluations.
+        groups: item indices sharing a few-shot prefix (one group per subject); each group's
+            common token prefix is computed once per candidate instead of once per item.
 
     Returns:
         ``{k: (n_items, ...)}`` in item order.
@@ -112,27 +226,22 @@ def score_removals(
     missing = [k for k in candidates if k not in position]
     if missing:
         raise ValueError(f"candidates {missing} are not among the remaining layers")
-    device = next(model.parameters()).device
     out: dict[int, list] = {k: [None] * len(input_ids) for k in candidates}
-    batches = length_batches([len(r) for r in input_ids], max_tokens)
-    bar = tqdm(total=len(batches) * len(candidates), desc="candidates", disable=not progress)
-    for batch in batches:
-        tokens, mask, positions = pad_batch(input_ids, batch)
-        tokens, mask = tokens.to(device), mask.to(device)
-        with without_layers(model, removed) as parts:
-            inputs, _ = _capture_inputs(parts, tokens, mask)
-        for k in candidates:
-            p = position[k]
-            with without_layers(model, [*removed, k]) as parts:
-                final = (
-                    _resume(parts, p, inputs[p], tokens, mask) if p < len(parts.layers) else None
-                )
-                if final is None:  # k was the last layer: the output is k's input
-                    final = inputs[p]
-                values = reduce(parts, final, positions, tokens, mask)
-            for row, i in enumerate(batch):
-                out[k][i] = values[row]
-            bar.update(1)
+    bar = tqdm(total=len(input_ids) * len(candidates), desc="candidates", disable=not progress)
+    for group in groups or [list(range(len(input_ids)))]:
+        _score_group(
+            model,
+            removed,
+            candidates,
+            position,
+            input_ids,
+            list(group),
+            groups is not None,
+            reduce,
+            max_tokens,
+            bar,
+            out,
+        )
     bar.close()
     return {k: torch.stack(rows) for k, rows in out.items()}
 
@@ -151,16 +260,18 @@ def final_readout(
     reduce: Reduce,
     *,
     max_tokens: int = 8192,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> torch.Tensor:
-    """Reduce the final hidden states of the model without ``removed`` (one plain forward)."""
-    device = next(model.parameters()).device
+    """Reduce the final hidden states of the model without ``removed`` (one plain pass).
+
+    With ``groups``, shared prefixes run once per group, exactly as in :func:`score_removals`.
+    """
     rows: list = [None] * len(input_ids)
     with torch.inference_mode(), without_layers(model, removed) as parts:
-        for batch in length_batches([len(r) for r in input_ids], max_tokens):
-            tokens, mask, positions = pad_batch(input_ids, batch)
-            tokens, mask = tokens.to(device), mask.to(device)
-            _, final = _capture_inputs(parts, tokens, mask)
-            values = reduce(parts, final, positions, tokens, mask)
-            for row, i in enumerate(batch):
-                rows[i] = values[row]
+        for group in groups or [list(range(len(input_ids)))]:
+            run = _run_group(parts, input_ids, list(group), groups is not None, max_tokens)
+            for b in run.batches:
+                values = reduce(parts, b.final, b.positions, b.tokens, b.mask)
+                for row, i in enumerate(b.items):
+                    rows[i] = values[row]
     return torch.stack(rows)

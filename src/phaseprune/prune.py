@@ -123,6 +123,7 @@ class PruneRun:
             n_boot=cfg.n_boot,
             max_tokens=self.max_tokens,
             progress=not cfg.quiet,
+            calib_groups=subject_groups([it.subject for it in task.items[self.calib]]),
         )
         bad = [k for k in cfg.protect if not 0 <= k < self.info.n_layers]
         if bad:
@@ -270,7 +271,14 @@ def run_prune(cfg: PruneConfig) -> dict:
     run.out.mkdir(parents=True, exist_ok=True)
     # the unpruned calibration answers, by the same code path as every candidate's
     reduce = option_reduce(run.enc.options.ids)
-    ref = final_readout(run.model, (), run.ctx.calib_ids, reduce, max_tokens=run.max_tokens)
+    ref = final_readout(
+        run.model,
+        (),
+        run.ctx.calib_ids,
+        reduce,
+        max_tokens=run.max_tokens,
+        groups=run.ctx.calib_groups,
+    )
     run.ctx.ref_logits = ref.numpy()
     if traj is None:
         step0 = run.eval_readout([])

@@ -48,6 +48,8 @@ class PruneContext:
     """Token ids of the option letters."""
     ref_logits: np.ndarray
     """``(n_calib, n_options)`` option logits of the unpruned model (for ``kl``)."""
+    calib_groups: list[list[int]] | None = None
+    """Calibration items grouped by subject; each group's shared prompt prefix runs once."""
     objective: str = "accuracy"
     """Objective of iterative and phase-aware pruning."""
     protect: frozenset[int] = frozenset()
@@ -106,6 +108,7 @@ def _by_objective(
         option_reduce(ctx.option_ids),
         max_tokens=ctx.max_tokens,
         progress=ctx.progress,
+        groups=ctx.calib_groups,
     )
     scores = {}
     for k, value in logits.items():
@@ -255,15 +258,21 @@ def _mean_nll(values: torch.Tensor) -> float:
     return float(values[:, 0].sum() / values[:, 1].sum())
 
 
-def _iterative_scores(ctx, removed, input_ids, reduce, score) -> dict[int, float]:
+def _iterative_scores(ctx, removed, input_ids, reduce, score, groups=None) -> dict[int, float]:
     """Score "current model minus k" for every removable k with ``score(reduced values)``."""
     candidates = _remaining(ctx, removed)
     if not candidates:
         raise _no_candidate(removed)
     values = score_removals(
-        ctx.model, removed, candidates, input_ids, reduce,
-        max_tokens=ctx.max_tokens, progress=ctx.progress,
-    )  # fmt: skip
+        ctx.model,
+        removed,
+        candidates,
+        input_ids,
+        reduce,
+        max_tokens=ctx.max_tokens,
+        progress=ctx.progress,
+        groups=groups,
+    )
     return {k: score(v) for k, v in values.items()}
 
 
@@ -325,13 +334,22 @@ def logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     """
     if "logit-js-ref" not in ctx.cache:
         ctx.cache["logit-js-ref"] = final_readout(
-            ctx.model, (), ctx.calib_ids, _logprob_reduce, max_tokens=ctx.max_tokens
+            ctx.model,
+            (),
+            ctx.calib_ids,
+            _logprob_reduce,
+            max_tokens=ctx.max_tokens,
+            groups=ctx.calib_groups,
         )
     ref = ctx.cache["logit-js-ref"]
     ranking = _iterative_scores(
-        ctx, removed, ctx.calib_ids, _logprob_reduce,
+        ctx,
+        removed,
+        ctx.calib_ids,
+        _logprob_reduce,
         lambda v: float(baselines.js_divergence(ref, v).mean()),
-    )  # fmt: skip
+        groups=ctx.calib_groups,  # reads the last position only, so prefixes can be shared
+    )
     return _walk(ctx, removed, ranking, "JS divergence from the unpruned output distribution (min)")
 
 
