@@ -86,11 +86,15 @@ def child(args) -> dict:
             model, info.n_layers, enc.input_ids, enc.options.ids, gold, args.steps
         )
     else:
+        from phaseprune.analyze import subject_groups
         from phaseprune.candidates import final_readout, option_reduce
         from phaseprune.models import default_max_tokens
         from phaseprune.strategies import PruneContext, iterative
 
-        ref = final_readout(model, (), enc.input_ids, option_reduce(enc.options.ids)).numpy()
+        groups = subject_groups([it.subject for it in task.items])
+        reduce = option_reduce(enc.options.ids)
+        max_tokens = default_max_tokens("cpu")
+        ref = final_readout(model, (), enc.input_ids, reduce, max_tokens=max_tokens, groups=groups)
         ctx = PruneContext(
             model=model,
             n_layers=info.n_layers,
@@ -98,8 +102,9 @@ def child(args) -> dict:
             calib_text_ids=enc.input_ids,
             calib_gold=gold,
             option_ids=enc.options.ids,
-            ref_logits=ref,
-            max_tokens=default_max_tokens("cpu"),
+            ref_logits=ref.numpy(),
+            calib_groups=groups,
+            max_tokens=max_tokens,
         )
         removed = []
         for _ in range(args.steps):
