@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phaseprune.arch import DecoderParts, layer_output
-from phaseprune.readout import length_batches
+from phaseprune.readout import length_batches, pad_batch
 
 
 def _padded_batches(
@@ -36,12 +36,7 @@ def _padded_batches(
     if not lengths or min(lengths) == 0:
         raise ValueError("need at least one text, and every text needs at least one token")
     for batch in length_batches(lengths, max_tokens):
-        width = max(lengths[i] for i in batch)
-        tokens = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):
-            tokens[row, : lengths[i]] = torch.tensor(list(input_ids[i]))
-            mask[row, : lengths[i]] = 1
+        tokens, mask, _ = pad_batch(input_ids, batch)
         yield batch, tokens.to(device), mask.to(device)
 
 

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from phaseprune.arch import CachedLayer, DecoderParts, layer_output
-from phaseprune.readout import common_prefix, length_batches, pad_batch
+from phaseprune.readout import after_prefix, common_prefix, length_batches, pad_batch
 from phaseprune.surgery import kept_layers, without_layers
 
 # reduce(parts, final hidden (batch, seq, d_model), positions (batch,), tokens, mask) -> (batch, ..)
@@ -96,20 +96,6 @@ def _resume(parts: DecoderParts, start: int, resid: torch.Tensor, tokens, **forw
     return final[0], getattr(out, "cache", None)
 
 
-def _after_prefix(cache, n_prefix: int, mask: torch.Tensor) -> dict:
-    """Base-call arguments for right-padded tokens that follow a shared prefix in ``cache``."""
-    batch_cache = copy.deepcopy(cache)
-    batch_cache.batch_repeat_interleave(mask.shape[0])
-    ones = torch.ones(mask.shape[0], n_prefix, dtype=mask.dtype, device=mask.device)
-    positions = torch.arange(n_prefix, n_prefix + mask.shape[1], device=mask.device)
-    return {
-        "attention_mask": torch.cat([ones, mask], 1),
-        "position_ids": positions.expand(mask.shape[0], -1),
-        "cache": batch_cache,
-        "use_cache": True,
-    }
-
-
 @dataclass
 class _Batch:
     """One batch of one group, with what the current model left at every layer's input."""
@@ -159,7 +145,7 @@ def _run_group(parts, rows, group, share: bool, max_tokens: int) -> _Group:
         tokens, mask, positions = pad_batch(own, sub)
         tokens, mask = tokens.to(device), mask.to(device)
         extra = (
-            _after_prefix(cache, n_prefix, mask)
+            after_prefix(cache, n_prefix, mask)
             if n_prefix
             else {"attention_mask": mask, "use_cache": False}
         )
@@ -188,7 +174,7 @@ def _score_group(
                     final = b.inputs[p]
                 else:
                     extra = (
-                        _after_prefix(cand_cache, run.n_prefix, b.mask)
+                        after_prefix(cand_cache, run.n_prefix, b.mask)
                         if run.n_prefix
                         else {"attention_mask": b.mask, "use_cache": False}
                     )

@@ -119,26 +119,32 @@ def _batches(parts, input_ids, groups, max_tokens, state):
             yield [group[j] for j in sub], partial(_forward, parts, tokens, mask, cache, n_prefix)
 
 
+def after_prefix(cache, n_prefix: int, mask: torch.Tensor) -> dict:
+    """Base-call arguments for right-padded tokens that follow a shared prefix in ``cache``.
+
+    The cache is copied and repeated per row, the mask covers prefix and tokens, and positions
+    continue after the prefix.
+    """
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(mask.shape[0])
+    ones = torch.ones(mask.shape[0], n_prefix, dtype=mask.dtype, device=mask.device)
+    positions = torch.arange(n_prefix, n_prefix + mask.shape[1], device=mask.device)
+    return {
+        "attention_mask": torch.cat([ones, mask], 1),
+        "position_ids": positions.expand(mask.shape[0], -1),
+        "cache": batch_cache,
+        "use_cache": True,
+    }
+
+
 def _forward(parts, tokens, mask, cache, n_prefix: int) -> None:
     """One forward of right-padded tokens, after a shared prefix's KV cache when there is one."""
     device = parts.embed.weight.device
     tokens, mask = tokens.to(device), mask.to(device)
     if cache is None:
         parts.base(input_ids=tokens, attention_mask=mask, use_cache=False)
-        return
-    batch_cache = copy.deepcopy(cache)
-    batch_cache.batch_repeat_interleave(tokens.shape[0])
-    full_mask = torch.cat(
-        [torch.ones(tokens.shape[0], n_prefix, dtype=mask.dtype, device=device), mask], 1
-    )
-    positions = torch.arange(n_prefix, n_prefix + tokens.shape[1], device=device).expand_as(tokens)
-    parts.base(
-        input_ids=tokens,
-        attention_mask=full_mask,
-        position_ids=positions,
-        cache=batch_cache,
-        use_cache=True,
-    )
+    else:
+        parts.base(input_ids=tokens, **after_prefix(cache, n_prefix, mask))
 
 
 @torch.inference_mode()
