@@ -5,7 +5,13 @@ import torch
 from tiny_models import CASES as ALL_CASES
 from tiny_models import OPTION_IDS, VOCAB, build_tiny
 
-from phaseprune.candidates import final_readout, option_reduce, score_removals
+from phaseprune.candidates import (
+    budget_chunks,
+    cached_tokens_budget,
+    final_readout,
+    option_reduce,
+    score_removals,
+)
 from phaseprune.surgery import without_layers
 
 CASES = ["llama", "gemma2", "gpt2", "falcon-new", "opt-project-out", "qwen2"]
@@ -62,7 +68,41 @@ def test_shared_prefix_candidates_equal_full_forward(case, removed):
     )
     for k in candidates:
         with torch.inference_mode(), without_layers(model, [*removed, k]):
-            ref = torch.stack(
-                [model(torch.tensor([row])).logits[0, -1, OPTION_IDS] for row in ids]
-            )
+            ref = torch.stack([model(torch.tensor([row])).logits[0, -1, OPTION_IDS] for row in ids])
         torch.testing.assert_close(scores[k], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("share", [False, True])
+def test_cache_budget_chunks_give_identical_scores(case, share):
+    """A budget smaller than a group splits it into chunks; every score stays bit-identical."""
+    model = build_tiny(case, n_layers=4)
+    g = torch.Generator().manual_seed(7)
+    prefix = torch.randint(3, VOCAB, (6,), generator=g).tolist()
+    ids = [prefix + torch.randint(3, VOCAB, (k,), generator=g).tolist() for k in range(1, 9)]
+    reduce = option_reduce(OPTION_IDS.tolist())
+    groups = [list(range(8))] if share else None
+    kwargs = {"max_tokens": 10, "groups": groups}
+    whole = score_removals(model, (1,), [0, 2, 3], ids, reduce, **kwargs)
+    hidden = model.config.hidden_size
+    for budget in (1, 4 * hidden * 4 * 12, None):  # one batch per chunk, ~12 tokens, unlimited
+        chunked = score_removals(model, (1,), [0, 2, 3], ids, reduce, cache_budget=budget, **kwargs)
+        for k in whole:
+            torch.testing.assert_close(chunked[k], whole[k], atol=0, rtol=0)
+
+
+def test_budget_chunks_pack_batches_within_budget():
+    lengths = [3, 3, 5, 5, 8]
+    batches = [[0, 1], [2, 3], [4]]  # padded sizes 6, 10, 8
+    assert budget_chunks(batches, lengths, None) == [batches]
+    assert budget_chunks(batches, lengths, 16) == [[[0, 1], [2, 3]], [[4]]]
+    assert budget_chunks(batches, lengths, 1) == [[b] for b in batches]
+    assert budget_chunks(batches, lengths, 24) == [batches]
+
+
+def test_cached_tokens_budget_counts_every_layer_input():
+    model = build_tiny("llama", n_layers=4)
+    per_token = 5 * model.config.hidden_size * 4  # 4 layer inputs + output, float32
+    assert cached_tokens_budget(model, 4, 10 * per_token) == 10
+    assert cached_tokens_budget(model, 4, 1) == 1
+    assert cached_tokens_budget(model, 4, None) is None

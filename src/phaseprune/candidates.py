@@ -18,9 +18,14 @@ entries of the layers before ``k`` and recomputes the layers after ``k`` once, a
 then runs only its own tokens on it. The prefix then costs ``L - 1 - p`` layer passes per
 candidate instead of per item.
 
-Memory: the layer inputs of a whole group are held while its candidates are scored,
-``(L + 1) x own tokens x d_model`` values (SmolLM2, 64 five-shot items: about 0.3 GB), plus
-the prefix caches; a budget that splits large groups is still to come.
+Memory: the layer inputs of the items being scored are held while every candidate runs on
+them, ``(L + 1) x padded own tokens x d_model`` values (SmolLM2, 64 five-shot items: about
+0.3 GB in float32; a 7B model with 500 items would need tens of GB). ``cache_budget`` bounds
+it: a group's batches are packed into chunks whose cached inputs fit, and each chunk is
+scored by every candidate before the next runs. Chunking costs nothing on the items' own
+tokens; only the shared prefix is recomputed, ``L - 1 - p`` layer passes per candidate per
+extra chunk. Peak memory is then about the budget plus one batch's activations
+(``max_tokens``) plus the prefix caches.
 """
 
 from __future__ import annotations
@@ -121,68 +126,119 @@ def _prefix_cache(parts, start, prefix_inputs, prefix, cache_cur):
 
 
 @dataclass
-class _Group:
-    """A group of items run through the current model: shared prefix and per-batch inputs."""
+class _Prefix:
+    """A group's shared token prefix, run once through the current model (``n == 0``: none)."""
 
-    n_prefix: int
-    prefix: torch.Tensor | None
-    prefix_inputs: list[torch.Tensor] | None
-    cache: object
-    batches: list[_Batch]
+    n: int
+    tokens: torch.Tensor | None = None
+    inputs: list[torch.Tensor] | None = None
+    cache: object = None
+
+    def forward_args(self, mask: torch.Tensor) -> dict:
+        """Base-call arguments for a batch of the group's own tokens."""
+        if self.n:
+            return after_prefix(self.cache, self.n, mask)
+        return {"attention_mask": mask, "use_cache": False}
 
 
-def _run_group(parts, rows, group, share: bool, max_tokens: int) -> _Group:
-    """Run the current model (``parts``) over one group, keeping every layer's input."""
+def _run_prefix(parts, rows, group, share: bool) -> _Prefix:
+    """Run the group's common token prefix through ``parts``, keeping its layer inputs."""
+    n = common_prefix([rows[i] for i in group]) if share and len(group) > 1 else 0
+    if not n:
+        return _Prefix(0)
+    tokens = torch.tensor([list(rows[group[0]][:n])], device=parts.embed.weight.device)
+    inputs, _, cache = _capture_inputs(parts, tokens, use_cache=True)
+    return _Prefix(n, tokens, inputs, cache)
+
+
+def _run_batch(parts, prefix: _Prefix, rows, group, sub) -> _Batch:
+    """Run one batch of the group's own tokens, keeping every layer's input."""
+    own = [rows[group[j]][prefix.n :] for j in sub]
+    tokens, mask, positions = pad_batch(own, range(len(own)))
     device = parts.embed.weight.device
-    n_prefix = common_prefix([rows[i] for i in group]) if share and len(group) > 1 else 0
-    own = [rows[i][n_prefix:] for i in group]
-    prefix = torch.tensor([list(rows[group[0]][:n_prefix])], device=device) if n_prefix else None
-    prefix_inputs = cache = None
-    if n_prefix:
-        prefix_inputs, _, cache = _capture_inputs(parts, prefix, use_cache=True)
-    batches = []
-    for sub in length_batches([len(r) for r in own], max_tokens):
-        tokens, mask, positions = pad_batch(own, sub)
-        tokens, mask = tokens.to(device), mask.to(device)
-        extra = (
-            after_prefix(cache, n_prefix, mask)
-            if n_prefix
-            else {"attention_mask": mask, "use_cache": False}
-        )
-        inputs, final, _ = _capture_inputs(parts, tokens, **extra)
-        batches.append(_Batch([group[j] for j in sub], tokens, mask, positions, inputs, final))
-    return _Group(n_prefix, prefix, prefix_inputs, cache, batches)
+    tokens, mask = tokens.to(device), mask.to(device)
+    inputs, final, _ = _capture_inputs(parts, tokens, **prefix.forward_args(mask))
+    return _Batch([group[j] for j in sub], tokens, mask, positions, inputs, final)
+
+
+def _group_batches(rows, group, n_prefix: int, max_tokens: int) -> list[list[int]]:
+    """Length-bucketed batches (positions within ``group``) of the items' own tokens."""
+    return length_batches([len(rows[i]) - n_prefix for i in group], max_tokens)
+
+
+def budget_chunks(batches, lengths, tokens_budget: int | None) -> list[list[list[int]]]:
+    """Pack consecutive batches into chunks of at most ``tokens_budget`` padded tokens.
+
+    A chunk always holds at least one batch, so a budget below one batch still makes progress
+    (one batch at a time).
+    """
+    if tokens_budget is None:
+        return [batches]
+    chunks: list[list[list[int]]] = [[]]
+    used = 0
+    for sub in batches:
+        size = len(sub) * max(lengths[j] for j in sub)
+        if chunks[-1] and used + size > tokens_budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(sub)
+        used += size
+    return chunks
+
+
+def cached_tokens_budget(model, n_layers: int, budget_bytes: int | None) -> int | None:
+    """How many padded tokens' layer inputs fit in ``budget_bytes`` (None: no limit).
+
+    Each token holds ``n_layers + 1`` hidden vectors (every layer's input and the output).
+    """
+    if budget_bytes is None:
+        return None
+    from phaseprune.arch import decoder_parts
+
+    weight = decoder_parts(model).embed.weight
+    hidden = getattr(model.config.get_text_config(), "hidden_size", None) or weight.shape[1]
+    per_token = (n_layers + 1) * hidden * weight.element_size()
+    return max(1, budget_bytes // per_token)
 
 
 def _score_group(
-    model, removed, candidates, position, rows, group, share, reduce, max_tokens, bar, out
+    model, removed, candidates, position, rows, group, share, reduce, limits, bar, out
 ):
-    """Score every candidate on one group of items (sharing its token prefix if ``share``)."""
+    """Score every candidate on one group of items (sharing its token prefix if ``share``).
+
+    ``limits`` is ``(max_tokens, tokens_budget)``: padded tokens per forward batch, and padded
+    tokens whose layer inputs may be held at once (None: the whole group).
+    """
+    max_tokens, tokens_budget = limits
     with without_layers(model, removed) as parts:
-        run = _run_group(parts, rows, group, share, max_tokens)
-    for k in candidates:
-        p = position[k]
-        with without_layers(model, [*removed, k]) as parts:
-            last = p == len(parts.layers)  # k was the last layer: the output is k's input
-            cand_cache = (
-                _prefix_cache(parts, p, run.prefix_inputs, run.prefix, run.cache)
-                if run.n_prefix and not last
-                else None
-            )
-            for b in run.batches:
-                if last:
-                    final = b.inputs[p]
-                else:
-                    extra = (
-                        after_prefix(cand_cache, run.n_prefix, b.mask)
-                        if run.n_prefix
-                        else {"attention_mask": b.mask, "use_cache": False}
-                    )
-                    final, _ = _resume(parts, p, b.inputs[p], b.tokens, **extra)
-                values = reduce(parts, final, b.positions, b.tokens, b.mask)
-                for row, i in enumerate(b.items):
-                    out[k][i] = values[row]
-        bar.update(len(group))
+        prefix = _run_prefix(parts, rows, group, share)
+    lengths = [len(rows[i]) - prefix.n for i in group]
+    batches = _group_batches(rows, group, prefix.n, max_tokens)
+    for chunk in budget_chunks(batches, lengths, tokens_budget):
+        with without_layers(model, removed) as parts:
+            run = [_run_batch(parts, prefix, rows, group, sub) for sub in chunk]
+        for k in candidates:
+            _score_candidate(model, removed, k, position[k], prefix, run, reduce, out)
+            bar.update(sum(len(b.items) for b in run))
+        del run
+
+
+def _score_candidate(model, removed, k, p, prefix: _Prefix, run, reduce, out) -> None:
+    """Score candidate ``k`` (at position ``p`` of the current model) on the batches ``run``."""
+    with without_layers(model, [*removed, k]) as parts:
+        last = p == len(parts.layers)  # k was the last layer: the output is k's input
+        cand = prefix
+        if prefix.n and not last:
+            cache = _prefix_cache(parts, p, prefix.inputs, prefix.tokens, prefix.cache)
+            cand = _Prefix(prefix.n, cache=cache)
+        for b in run:
+            if last:
+                final = b.inputs[p]
+            else:
+                final, _ = _resume(parts, p, b.inputs[p], b.tokens, **cand.forward_args(b.mask))
+            values = reduce(parts, final, b.positions, b.tokens, b.mask)
+            for row, i in enumerate(b.items):
+                out[k][i] = values[row]
 
 
 @torch.inference_mode()
@@ -196,6 +252,7 @@ def score_removals(
     max_tokens: int = 8192,
     progress: bool = False,
     groups: Sequence[Sequence[int]] | None = None,
+    cache_budget: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Reduce the final hidden states of "model without ``removed`` and ``k``" for each ``k``.
 
@@ -211,6 +268,9 @@ def score_removals(
         progress: show a progress bar over candidate evaluations.
         groups: item indices sharing a few-shot prefix (one group per subject); each group's
             common token prefix is computed once per candidate instead of once per item.
+        cache_budget: bytes the cached layer inputs may take at once; a group that needs
+            more is scored in chunks (each chunk recomputes the group's prefix cache per
+            candidate). None: no limit.
 
     Returns:
         ``{k: (n_items, ...)}`` in item order.
@@ -223,6 +283,7 @@ def score_removals(
         raise ValueError(f"candidates {missing} are not among the remaining layers")
     out: dict[int, list] = {k: [None] * len(input_ids) for k in candidates}
     bar = tqdm(total=len(input_ids) * len(candidates), desc="candidates", disable=not progress)
+    limits = (max_tokens, cached_tokens_budget(model, len(kept), cache_budget))
     for group in groups or [list(range(len(input_ids)))]:
         _score_group(
             model,
@@ -233,7 +294,7 @@ def score_removals(
             list(group),
             groups is not None,
             reduce,
-            max_tokens,
+            limits,
             bar,
             out,
         )
@@ -263,9 +324,10 @@ def final_readout(
     """
     rows: list = [None] * len(input_ids)
     with torch.inference_mode(), without_layers(model, removed) as parts:
-        for group in groups or [list(range(len(input_ids)))]:
-            run = _run_group(parts, input_ids, list(group), groups is not None, max_tokens)
-            for b in run.batches:
+        for group in map(list, groups or [range(len(input_ids))]):
+            prefix = _run_prefix(parts, input_ids, group, groups is not None)
+            for sub in _group_batches(input_ids, group, prefix.n, max_tokens):
+                b = _run_batch(parts, prefix, input_ids, group, sub)
                 values = reduce(parts, b.final, b.positions, b.tokens, b.mask)
                 for row, i in enumerate(b.items):
                     rows[i] = values[row]

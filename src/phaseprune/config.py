@@ -184,6 +184,12 @@ class PruneConfig:
     )
     seed: int = _doc("Seed for random and bootstrap.", 0)
     max_tokens: int | None = _doc("Padded tokens per forward batch (default as in analyze).", None)
+    cache_budget: str = _doc(
+        "Memory for the layer inputs held while candidates are scored: a size (2GB, 500MB) or "
+        "a share of the memory free at start (0.25). Larger groups are scored in chunks; "
+        "the result does not change.",
+        "0.25",
+    )
     n_boot: int = _doc("Bootstrap resamples for intervals.", 1000)
     resume: bool = _doc("Continue an interrupted run in --out from its last completed step.", False)
     overwrite: bool = _doc("Replace a previous run in --out.", False)

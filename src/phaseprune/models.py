@@ -122,6 +122,43 @@ def default_max_tokens(device: str) -> int:
     return 512 if pick_device(device) == "cpu" else 16384
 
 
+_UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def free_memory(device: str) -> int:
+    """Bytes free now on ``device``: MemAvailable on CPU, the least free GPU's memory on CUDA."""
+    resolved = pick_device(device)
+    if resolved.startswith("cuda"):
+        indices = [torch.device(resolved).index or 0] if ":" in resolved else None
+        indices = indices or range(torch.cuda.device_count())
+        return min(torch.cuda.mem_get_info(i)[0] for i in indices)
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cache_budget_bytes(value: str, device: str) -> int:
+    """Parse ``--cache-budget``: a size (``2GB``, ``500MB``) or a share of free memory (0-1]."""
+    text = value.strip().upper().replace("IB", "B")
+    number = text.rstrip("KMGTB")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or amount <= 0 or (not unit and amount > 1 and amount != int(amount)):
+        raise UsageError(
+            f"--cache-budget {value!r}: give a size such as 2GB or 500MB, "
+            "or a share of free memory between 0 and 1 such as 0.25"
+        )
+    if not unit and amount <= 1:
+        return int(amount * free_memory(device))
+    return int(amount * _UNITS[unit])
+
+
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     """sha256 of a file, streamed."""
     digest = hashlib.sha256()

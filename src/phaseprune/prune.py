@@ -26,7 +26,7 @@ from phaseprune.collapse import collapse_step
 from phaseprune.config import STRATEGIES, PruneConfig
 from phaseprune.errors import UsageError
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
-from phaseprune.models import default_max_tokens, resolve_model
+from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
 from phaseprune.objectives import OBJECTIVES
 from phaseprune.phases import detect_phases
 from phaseprune.readout import read_options
@@ -38,7 +38,7 @@ from phaseprune.surgery import kept_layers, without_layers
 from phaseprune.tasks import load_task
 
 TRAJECTORY_SCHEMA = 1
-VOLATILE = ("out", "resume", "overwrite", "quiet", "plots")
+VOLATILE = ("out", "resume", "overwrite", "quiet", "plots", "cache_budget")
 
 
 def check_config(cfg: PruneConfig) -> None:
@@ -95,6 +95,7 @@ class PruneRun:
             )
         self.task = task
         self.max_tokens = cfg.max_tokens or default_max_tokens(mc.device)
+        cache_budget = cache_budget_bytes(cfg.cache_budget, mc.device)
         spec = resolve_model(mc.model)
         self._check_out()
         enc, self.model, self.info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
@@ -122,6 +123,7 @@ class PruneRun:
             seed=cfg.seed,
             n_boot=cfg.n_boot,
             max_tokens=self.max_tokens,
+            cache_budget=cache_budget,
             progress=not cfg.quiet,
             calib_groups=subject_groups([it.subject for it in task.items[self.calib]]),
         )

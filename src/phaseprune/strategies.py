@@ -64,6 +64,8 @@ class PruneContext:
     """Bootstrap resamples for phase estimates."""
     max_tokens: int = 8192
     """Padded tokens per forward batch."""
+    cache_budget: int | None = None
+    """Bytes the cached layer inputs of candidate scoring may take (None: no limit)."""
     progress: bool = False
     """Show progress bars."""
     cache: dict = field(default_factory=dict)
@@ -107,6 +109,7 @@ def _by_objective(
         ctx.calib_ids,
         option_reduce(ctx.option_ids),
         max_tokens=ctx.max_tokens,
+        cache_budget=ctx.cache_budget,
         progress=ctx.progress,
         groups=ctx.calib_groups,
     )
@@ -270,6 +273,7 @@ def _iterative_scores(ctx, removed, input_ids, reduce, score, groups=None) -> di
         input_ids,
         reduce,
         max_tokens=ctx.max_tokens,
+        cache_budget=ctx.cache_budget,
         progress=ctx.progress,
         groups=groups,
     )
@@ -293,6 +297,7 @@ def ppl(ctx: PruneContext, removed: Sequence[int]) -> Choice:
             ctx.calib_text_ids,
             _nll_reduce,
             max_tokens=ctx.max_tokens,
+            cache_budget=ctx.cache_budget,
             progress=ctx.progress,
         )
         return {k: float(np.exp(_mean_nll(v))) for k, v in values.items()}
