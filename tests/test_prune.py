@@ -87,6 +87,11 @@ def run(capsys, argv):
 def test_identity_layers_removed_first(capsys, planted_dir, items_dir, tmp_path, extra):
     traj = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "r", "--steps", "2", *extra))
     assert [s["removed_layer"] for s in traj["steps"]] == list(IDENTITY)
+    first = traj["steps"][0]
+    assert first["score_gap"] >= 0
+    if extra[1] in ("iterative", "logit-js"):
+        # the two identities are an exact tie, broken by the lower index
+        assert (first["runner_up_layer"], first["score_gap"]) == (IDENTITY[1], 0.0)
     # removing exact identities changes nothing in the evaluation readout
     for s in traj["steps"]:
         assert s["eval_accuracy"] == traj["step0"]["eval_accuracy"]

@@ -211,9 +211,32 @@ def _step_record(
         "calib_score": best["score"],
         "calib_metrics": {k: v for k, v in best.items() if k != "score"},
         "criterion": choice.criterion,
+        **runner_up(choice),
         "note": choice.note,
         "calib_phases": choice.calib_phases,
         **readout,
+    }
+
+
+def runner_up(choice) -> dict:
+    """The best candidate not chosen and how far behind it scored (near ties made visible).
+
+    ``score_gap`` is signed in the criterion's better direction: positive when the chosen
+    layer scored better, 0 for an exact tie (broken by the lowest original index), negative
+    when a rule other than the score decided (phase-aware's restriction to Decisive layers).
+    On a GPU in bfloat16 a gap within rounding noise is where two runs may choose differently.
+    """
+    chosen = choice.layers[0]
+    others = {k: v["score"] for k, v in choice.scores.items() if k != chosen}
+    if not others:
+        return {"runner_up_layer": None, "runner_up_score": None, "score_gap": None}
+    sign = 1.0 if choice.criterion.endswith("(max)") else -1.0
+    layer = max(others, key=lambda k: (sign * others[k], -k))
+    gap = sign * (choice.scores[chosen]["score"] - others[layer])
+    return {
+        "runner_up_layer": int(layer),
+        "runner_up_score": float(others[layer]),
+        "score_gap": float(gap),
     }
 
 
