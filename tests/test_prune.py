@@ -255,3 +255,13 @@ def test_min_accuracy_stops_early(capsys, planted_dir, items_dir, tmp_path):
     traj = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "m", "--steps", "4",
                                   "--strategy", "last", "--min-accuracy", "1.01"))  # fmt: skip
     assert len(traj["steps"]) == 1 and traj["complete"]
+
+
+def test_calibration_and_evaluation_spread_over_subjects(capsys, planted_dir, tmp_path):
+    row = ["Which letter?", "one", "two", "three", "four", "B"]
+    data = write_mmlu_csv(tmp_path / "two", {"anatomy": [row] * 10, "virology": [row] * 10})
+    argv = prune_args(planted_dir, data, tmp_path / "r", "--steps", "1", "--strategy", "last")
+    argv[argv.index("--calib") + 1], argv[argv.index("--eval") + 1] = "4", "6"
+    traj = run(capsys, argv)
+    assert traj["calib_items"] == ["anatomy/0", "anatomy/1", "virology/0", "virology/1"]
+    assert traj["eval_items"] == [f"{s}/{i}" for s in ("anatomy", "virology") for i in (2, 3, 4)]

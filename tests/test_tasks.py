@@ -73,9 +73,9 @@ def test_mmlu_subject_order_and_limit_span_subjects():
     )
     assert task.subjects == ("virology", "anatomy")
     counts = collections.Counter(i.subject for i in task.items)
-    assert counts == {"virology": 165, "anatomy": 35}  # virology has 166 rows, 1 is an exemplar
+    assert counts == {"virology": 100, "anatomy": 100}  # spread evenly over the subjects
     assert task.excluded == ("virology/0", "anatomy/0")
-    assert task.items[0].item_id == "virology/1" and task.items[-1].item_id == "anatomy/35"
+    assert task.items[0].item_id == "virology/1" and task.items[-1].item_id == "anatomy/100"
 
 
 def test_mmlu_csv_parsing_and_dev_exemplars(tmp_path):
@@ -364,3 +364,26 @@ def test_hub_failure_becomes_usage_error(monkeypatch):
     with pytest.raises(UsageError, match=r"hub failed \(Couldn't reach the hub\); pass --data-dir"):
         load_task("winogrande")
     assert available_tasks()[0].source_kind == "hub"
+
+
+def test_round_robin_spreads_over_subjects():
+    from phaseprune.tasks import round_robin
+
+    subjects = ["a", "a", "a", "b", "c", "c"]
+    assert round_robin(subjects) == [0, 3, 4, 1, 5, 2]
+    assert round_robin([]) == []
+
+
+def test_limit_spreads_over_subjects(tmp_path):
+    from conftest import write_mmlu_csv
+
+    from phaseprune.tasks import load_task
+
+    row = ["q?", "w", "x", "y", "z", "A"]
+    data = write_mmlu_csv(tmp_path, {"anatomy": [row] * 5, "virology": [row] * 2})
+    task = load_task("mmlu", data_dir=data, limit=5)
+    assert [it.item_id for it in task.items] == [
+        "anatomy/0", "anatomy/1", "anatomy/2", "virology/0", "virology/1",
+    ]  # fmt: skip
+    task = load_task("mmlu", data_dir=data, limit=3)
+    assert [it.item_id for it in task.items] == ["anatomy/0", "anatomy/1", "virology/0"]

@@ -55,7 +55,9 @@ class TaskConfig:
         None,
     )
     shots: int = _doc("Few-shot exemplars per prompt (lm-evaluation-harness layout).", 0)
-    limit: int | None = _doc("Keep the first N scored items (source order).", None)
+    limit: int | None = _doc(
+        "Keep N scored items, spread evenly over the subjects (each subject's first rows).", None
+    )
     chat: bool = _doc("Wrap each prompt in the tokenizer's chat template.", False)
     bos: bool | None = _doc(
         "Prepend BOS (default: as lm-evaluation-harness, only for Gemma).", None
@@ -169,8 +171,8 @@ class PruneConfig:
         "accuracy",
     )
     steps: int = _doc("Number of removals (steps).", 8)
-    calib: int = _doc("Calibration items: the first N items of the task.", 100)
-    eval: int = _doc("Evaluation items: the next M items, disjoint from calibration.", 200)
+    calib: int = _doc("Calibration items, spread evenly over the subjects.", 100)
+    eval: int = _doc("Evaluation items, spread over the subjects, disjoint from calibration.", 200)
     min_accuracy: float | None = _doc("Stop once evaluation accuracy falls below this.", None)
     block_size: int = _doc(
         "angular: remove the best contiguous block of this many layers per step.", 1

@@ -35,7 +35,7 @@ from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint
 from phaseprune.strategies import STRATEGIES as STRATEGY_FUNCS
 from phaseprune.strategies import PruneContext
 from phaseprune.surgery import kept_layers, without_layers
-from phaseprune.tasks import load_task
+from phaseprune.tasks import load_task, round_robin
 
 TRAJECTORY_SCHEMA = 1
 VOLATILE = ("out", "resume", "overwrite", "quiet", "plots", "cache_budget")
@@ -101,9 +101,11 @@ class PruneRun:
         enc, self.model, self.info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
         self.enc = enc
         gold = np.array([it.answer for it in task.items])
-        self.calib = slice(0, cfg.calib)
-        self.eval = slice(cfg.calib, cfg.calib + cfg.eval)
-        self.eval_ids = enc.input_ids[self.eval]
+        # calibration and evaluation both spread over every subject, disjoint
+        order = round_robin([it.subject for it in task.items])
+        self.calib = sorted(order[: cfg.calib])
+        self.eval = sorted(order[cfg.calib : cfg.calib + cfg.eval])
+        self.eval_ids = [enc.input_ids[i] for i in self.eval]
         self.eval_gold = gold[self.eval]
         # plain calibration text: the prompt followed by its gold letter's (verified) token
         text_ids = [row + [enc.options.ids[g]] for row, g in zip(enc.input_ids, gold, strict=True)]
@@ -111,8 +113,8 @@ class PruneRun:
         self.ctx = PruneContext(
             model=self.model,
             n_layers=self.info.n_layers,
-            calib_ids=enc.input_ids[self.calib],
-            calib_text_ids=text_ids[self.calib],
+            calib_ids=[enc.input_ids[i] for i in self.calib],
+            calib_text_ids=[text_ids[i] for i in self.calib],
             calib_gold=gold[self.calib],
             option_ids=enc.options.ids,
             ref_logits=np.zeros(0),
@@ -125,7 +127,7 @@ class PruneRun:
             max_tokens=self.max_tokens,
             cache_budget=cache_budget,
             progress=not cfg.quiet,
-            calib_groups=subject_groups([it.subject for it in task.items[self.calib]]),
+            calib_groups=subject_groups([task.items[i].subject for i in self.calib]),
         )
         bad = [k for k in cfg.protect if not 0 <= k < self.info.n_layers]
         if bad:
@@ -152,7 +154,7 @@ class PruneRun:
                 self.enc.options.ids,
                 max_tokens=self.max_tokens,
                 progress=not self.cfg.quiet,
-                groups=subject_groups([it.subject for it in self.task.items[self.eval]]),
+                groups=subject_groups([self.task.items[i].subject for i in self.eval]),
             ).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
 
@@ -171,8 +173,8 @@ def _header(run: PruneRun, step0: dict) -> dict:
         "strategy": cfg.strategy,
         "objective": cfg.objective,
         "settings": dataclasses.asdict(cfg),
-        "calib_items": items[run.calib],
-        "eval_items": items[run.eval],
+        "calib_items": [items[i] for i in run.calib],
+        "eval_items": [items[i] for i in run.eval],
         "chance": 1.0 / run.task.n_options,
         "n_layers": run.info.n_layers,
         "step0": step0,

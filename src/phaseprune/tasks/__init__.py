@@ -4,7 +4,7 @@
 (2 to 10 options, one correct); :mod:`phaseprune.prompts` turns them into prompt text.
 """
 
-from phaseprune.tasks.items import LETTERS, MCItem, TaskData
+from phaseprune.tasks.items import LETTERS, MCItem, TaskData, round_robin
 from phaseprune.tasks.registry import TASK_NAMES, TaskSource, available_tasks, load_task
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "TaskSource",
     "available_tasks",
     "load_task",
+    "round_robin",
 ]

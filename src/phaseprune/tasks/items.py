@@ -151,8 +151,9 @@ def assemble(
 
     With a dev split, a subject's exemplars are its first ``shots`` dev items. Without one, they
     are the first ``shots`` items of the scored split, which are then not scored and are
-    recorded in ``excluded``. ``limit`` keeps the first N remaining items overall, in the
-    order of ``scored`` (subject order, then row order).
+    recorded in ``excluded``. ``limit`` keeps N remaining items spread evenly over the
+    subjects (each subject's first rows, see :func:`round_robin`), returned in the order of
+    ``scored`` (subject order, then row order).
 
     Args:
         name: Task name as given.
@@ -189,7 +190,8 @@ def assemble(
             rows = rows[shots:]
         items.extend(rows)
     if limit is not None:
-        items = items[:limit]
+        keep = sorted(round_robin([item.subject for item in items])[:limit])
+        items = [items[i] for i in keep]
     if not items:
         raise UsageError(f"{name}: no items left to score in {source}; lower --shots or add data")
     n_options = _uniform_options(name, items, exemplars)
@@ -222,6 +224,23 @@ def _uniform_options(
                 f" {items[0].item_id} has {n_options}; all items must have the same number"
             )
     return n_options
+
+
+def round_robin(subjects: Sequence[str]) -> list[int]:
+    """Item indices taken one per subject in turn: every subject's first item, then second...
+
+    Subjects keep their order of first appearance and items their order within a subject, so
+    any prefix of the result spreads evenly over the subjects (a subject that runs out is
+    skipped). Used by ``limit`` and by prune's calibration/evaluation split.
+    """
+    rank: dict[str, int] = {}
+    first: dict[str, int] = {}
+    keys = []
+    for i, subject in enumerate(subjects):
+        first.setdefault(subject, len(first))
+        keys.append((rank.get(subject, 0), first[subject], i))
+        rank[subject] = rank.get(subject, 0) + 1
+    return [i for _, _, i in sorted(keys)]
 
 
 def check_shots_limit(shots: int, limit: int | None) -> None:

