@@ -1,4 +1,4 @@
-"""Command-line entry point: ``phaseprune analyze | prune | compare | export | tasks``.
+"""Command-line entry point: ``phaseprune analyze | prune | compare | export | report | tasks``.
 
 Thin by design: parse arguments into a typed config, call the library, print a short
 report. A :class:`~phaseprune.errors.UsageError` becomes one line on stderr and exit code 2.
@@ -85,6 +85,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Run ``report``."""
+    from phaseprune.report import build_report
+
+    report = build_report(args.runs, out=args.out)
+    print(f"wrote {report.html} ({report.n_figures} figures; PNGs in {report.files_dir}/)")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the tasks and where their data would come from."""
     from phaseprune.tasks import available_tasks
@@ -115,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="Output directory for the checkpoint.")
     export.add_argument("--overwrite", action="store_true", help="Write into a non-empty --out.")
     export.set_defaults(func=cmd_export)
+    report = sub.add_parser("report", help="One self-contained HTML report of runs.")
+    report.add_argument("runs", nargs="+", help="Run directories made by analyze or prune.")
+    report.add_argument(
+        "--out",
+        default=None,
+        help="HTML file to write (default RUN/report.html; FIRST_RUN/compare_report.html "
+        "for several runs).",
+    )
+    report.set_defaults(func=cmd_report)
     tasks = sub.add_parser("tasks", help="List tasks and their data sources.")
     tasks.add_argument("--data-dir", default=None, help="Directory to look in first.")
     tasks.set_defaults(func=cmd_tasks)
