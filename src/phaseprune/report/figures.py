@@ -57,8 +57,9 @@ def phase_shapes(phases: dict, transition: int | None, xs: Sequence[int]) -> lis
     if transition is not None:
         shapes.append({
             "type": "line", "xref": "x", "yref": "paper", "x0": xs[transition],
-            "x1": xs[transition], "y0": 0, "y1": 1, "name": f"transition (readout layer {transition})",
-            "line": {"color": TRANSITION_COLOR, "dash": "dash", "width": 2}, "showlegend": True,
+            "x1": xs[transition], "y0": 0, "y1": 1, "showlegend": True,
+            "name": f"transition (readout layer {transition})",
+            "line": {"color": TRANSITION_COLOR, "dash": "dash", "width": 2},
         })  # fmt: skip
     return shapes
 
