@@ -37,12 +37,12 @@ return [divs.length,
 """
 # Every loaded resource: the page must need none from the network.
 RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name);"
-# Pick step 1 in a step menu through the button's own arguments, then count visible traces.
-STEP_MENU = """
+# Pick step 1 on a step slider through that step's own arguments, then list visible traces.
+STEP_SLIDER = """
 const done = arguments[arguments.length - 1];
 const gd = document.getElementById(arguments[0]);
-const button = gd.layout.updatemenus[0].buttons[1];
-Plotly.update(gd, button.args[0], button.args[1]).then(() => done(
+const step = gd.layout.sliders[0].steps[1];
+Plotly.update(gd, step.args[0], step.args[1]).then(() => done(
     gd.data.map((t, i) => t.visible === true ? i : -1).filter(i => i >= 0)));
 """
 
@@ -109,7 +109,7 @@ def test_report_renders_in_chromium(report_runs, browser, tmp_path):
     assert browser.title.startswith("phaseprune report")
     assert _wait_rendered(browser, report.n_figures) == [report.n_figures, report.n_figures]
     assert report.n_figures == 1 + 5 + 5 + 3
-    visible = browser.execute_async_script(STEP_MENU, "run-1-margin-steps")
+    visible = browser.execute_async_script(STEP_SLIDER, "run-1-margin-steps")
     assert visible == [2, 3]  # band and curve of step 1 only
     resources = browser.execute_script(RESOURCES)
     assert not [r for r in resources if r.startswith(("http:", "https:"))], resources

@@ -63,6 +63,8 @@ class Section:
     """The phases statement of the (unpruned) model."""
     collapse: str = ""
     """The collapse sentence (pruning runs)."""
+    collapsed: bool = False
+    """Whether that sentence names a collapse step (drawn as an alarm, else as all clear)."""
     figures: list[FigureBlock] = field(default_factory=list)
     """Figures in page order."""
     settings: list = field(default_factory=list)
@@ -129,8 +131,8 @@ def analyze_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Sectio
     ]  # fmt: skip
     return Section(
         sid, "analyze", f"Analyze run {run.name}", _subtitle(s), run.warnings,
-        tables.analyze_cards(s), s["phases"]["statement"], "", blocks, tables.settings(run),
-        tables.layer_rows(s["layers"], s["phases"]),
+        cards=tables.analyze_cards(s), statement=s["phases"]["statement"], figures=blocks,
+        settings=tables.settings(run), layer_rows=tables.layer_rows(s["layers"], s["phases"]),
     )  # fmt: skip
 
 
@@ -153,7 +155,7 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
                png_dir / "margin_heatmap.png", html_dir),
         _block(prune_figures.stepped_margin_figure(traj), f"{sid}-margin-steps",
                "Decision Margin by layer, step by step",
-               "The unpruned model's margin curve and phases; the menu shows any later step "
+               "The unpruned model's margin curve and phases; the slider shows any later step "
                "(x: the original layer the readout follows).", None, html_dir),
         _block(figures.option_frequency_figure(s0["layers"], traj["task"]["letters"], None,
                                                s0["transition_layer"]),
@@ -168,9 +170,11 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
     ]  # fmt: skip
     return Section(
         sid, "prune", f"Pruning run {run.name} · {traj['strategy']}", _subtitle(traj),
-        run.warnings, tables.prune_cards(traj), s0["phases"]["statement"],
-        tables.prune_collapse_text(traj), blocks, tables.settings(run),
-        tables.layer_rows(s0["layers"], s0["phases"]), tables.step_rows(traj),
+        run.warnings, cards=tables.prune_cards(traj), statement=s0["phases"]["statement"],
+        collapse=tables.prune_collapse_text(traj),
+        collapsed=tables.collapse_record(traj).get("step") is not None, figures=blocks,
+        settings=tables.settings(run), layer_rows=tables.layer_rows(s0["layers"], s0["phases"]),
+        step_rows=tables.step_rows(traj),
     )  # fmt: skip
 
 

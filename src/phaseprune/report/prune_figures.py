@@ -3,7 +3,7 @@
 * accuracy against layers removed, one line per run with its interval, chance and collapse;
 * the layers x steps Decision Margin heatmap (the grid of
   :func:`phaseprune.prune_plots.margin_grid`), removed layers blank, transition starred;
-* the margin curve of every step, one step at a time through a menu;
+* the margin curve of every step, one step at a time through a slider;
 * the final layer's option frequency at every step.
 """
 
@@ -139,7 +139,7 @@ def margin_heatmap(traj: dict) -> go.Figure:
 
 
 def stepped_margin_figure(traj: dict) -> go.Figure:
-    """The margin curve with its band and phases after each step; a menu picks the step.
+    """The margin curve with its band and phases after each step; a slider picks the step.
 
     x is the original layer index the readout sits after (0 = embeddings), so curves of
     different steps line up and removed layers are simply absent.
@@ -158,19 +158,21 @@ def stepped_margin_figure(traj: dict) -> go.Figure:
                 "line": {"color": "black", "width": 1}}  # fmt: skip
         shapes.append([zero, *phase_shapes(s["phases"], s["transition_layer"], xs)])
     fig.update_layout(shapes=shapes[0])
+    base_layout(fig, 400)
     if len(steps) > 1:
-        buttons = [
+        slider_steps = [
             {"label": labels[i].replace("<br>", " "), "method": "update",
              "args": [{"visible": [j // 2 == i for j in range(2 * len(steps))]},
                       {"shapes": shapes[i]}]}
             for i in range(len(steps))
         ]  # fmt: skip
-        fig.update_layout(updatemenus=[{
-            "buttons": buttons, "direction": "down", "x": 1, "xanchor": "right", "y": 1.02,
-            "yanchor": "bottom", "showactive": True, "bgcolor": "white",
-        }])  # fmt: skip
-    base_layout(fig, 400)
-    fig.update_layout(margin={"t": 80})
+        fig.update_layout(
+            height=480,
+            margin={"b": 130},
+            sliders=[{"steps": slider_steps, "active": 0, "x": 0, "len": 1, "y": -0.2,
+                      "yanchor": "top", "pad": {"t": 8, "b": 0},
+                      "currentvalue": {"prefix": "showing step ", "font": {"size": 13}}}],
+        )  # fmt: skip
     fig.update_xaxes(title="after original layer (0 = embeddings)", range=[-0.6, n + 0.6])
     fig.update_yaxes(title="correct − best wrong (logits)")
     return fig

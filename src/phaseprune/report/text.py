@@ -96,6 +96,6 @@ def collapse_sentence(collapse: dict, steps: Sequence[dict], step0: dict, chance
     return (
         f"No collapse: after {n} layer{'s' if n != 1 else ''} removed in {len(steps)} "
         f"step{'s' if len(steps) != 1 else ''}, accuracy is {pct(last['eval_accuracy'])} "
-        f"(unpruned {pct(base)}); it never fell to chance ({pct(chance)}) or below "
-        f"{pct(fraction)} of the unpruned accuracy."
+        f"(unpruned {pct(base)}); its interval never reached chance ({pct(chance)}) and it "
+        f"never fell below {pct(fraction)} of the unpruned accuracy."
     )
