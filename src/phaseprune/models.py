@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,25 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
     return tokenizer, config
 
 
+_HELD: dict | None = None  # (path, gguf, dtype, device, remote) -> (model, info) inside hold_models
+
+
+@contextmanager
+def hold_models():
+    """Hand one loaded model to every later load of the same file, dtype and device.
+
+    Inside the block ``phaseprune demo`` (or a script) runs several commands on one model and
+    loads it once. Safe because the commands never change weights: pruned views restore the
+    layer list.
+    """
+    global _HELD
+    outer, _HELD = _HELD, ({} if _HELD is None else _HELD)
+    try:
+        yield
+    finally:
+        _HELD = outer
+
+
 def load_model(
     spec: ModelSpec,
     *,
@@ -226,6 +246,9 @@ def load_model(
     dtype = dtype or default_dtype(resolved)
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    key = (spec.path, spec.gguf_file, dtype, device, trust_remote_code)
+    if _HELD is not None and key in _HELD:
+        return _HELD[key]
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if spec.gguf_file:
         kwargs["gguf_file"] = spec.gguf_file
@@ -256,4 +279,6 @@ def load_model(
         dtype=dtype,
         device=str(parts.embed.weight.device),
     )
+    if _HELD is not None:
+        _HELD[key] = (model, info)
     return model, info

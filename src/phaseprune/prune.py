@@ -27,7 +27,7 @@ from phaseprune.config import STRATEGIES, PruneConfig
 from phaseprune.errors import UsageError
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
 from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
-from phaseprune.objectives import OBJECTIVES
+from phaseprune.objectives import OBJECTIVES, candidate_metrics
 from phaseprune.phases import detect_phases
 from phaseprune.readout import read_options
 from phaseprune.records import layer_record, parquet_bytes, phases_record
@@ -177,6 +177,10 @@ def _header(run: PruneRun, step0: dict) -> dict:
         "eval_items": [items[i] for i in run.eval],
         "chance": 1.0 / run.task.n_options,
         "n_layers": run.info.n_layers,
+        # the unpruned model on the calibration items, as candidates are scored there
+        "calib_step0": candidate_metrics(
+            run.ctx.ref_logits, run.ctx.calib_gold, run.ctx.ref_logits
+        ),
         "step0": step0,
         "steps": [],
         "complete": False,
@@ -292,6 +296,8 @@ def run_prune(cfg: PruneConfig) -> dict:
     """Run (or resume) a pruning run and return its trajectory record."""
     run = PruneRun(cfg)
     traj, rows = _load_previous(run)
+    if traj is not None and traj.get("complete"):
+        return traj  # resuming a finished run (same fingerprint): nothing to do or rewrite
     if cfg.overwrite and not cfg.resume:
         for name in ("trajectory.json", "candidates.parquet"):
             (run.out / name).unlink(missing_ok=True)
