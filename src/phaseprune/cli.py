@@ -1,7 +1,8 @@
-"""Command-line entry point: ``phaseprune analyze | prune | compare | export | report | tasks``.
+"""Command-line entry point: ``phaseprune COMMAND``.
 
-Thin by design: parse arguments into a typed config, call the library, print a short
-report. A :class:`~phaseprune.errors.UsageError` becomes one line on stderr and exit code 2.
+Commands: analyze, prune, compare, export, report, demo, tasks. Thin by design: parse
+arguments into a typed config, call the library, print a short report. A
+:class:`~phaseprune.errors.UsageError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 from phaseprune import __version__
 from phaseprune.config import AnalyzeConfig, PruneConfig, add_arguments, from_args
+from phaseprune.demo import DemoConfig
 from phaseprune.errors import UsageError
 
 
@@ -94,6 +96,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run ``demo``: analyze, prune with several strategies, compare, report."""
+    from phaseprune.demo import DemoConfig, run_demo
+
+    cfg = from_args(DemoConfig, args)
+    result = run_demo(cfg)
+    summary = result["analyze"]
+    print(
+        f"analyze: {summary['model']['name']}, {summary['task']['n_items']} items "
+        f"{summary['task']['shots']}-shot: accuracy {summary['accuracy']:.1%} "
+        f"(chance {summary['chance']:.0%}). {summary['phases']['statement']}"
+    )
+    for strategy, traj in result["prune"].items():
+        accs = ", ".join(f"{s['eval_accuracy']:.0%}" for s in traj["steps"])
+        removed = ", ".join(str(s["removed_layer"]) for s in traj["steps"])
+        print(f"prune {strategy}: removed {removed} -> accuracy {accs}")
+    print(f"demo finished in {result['wall_s']:.0f} s; runs in {cfg.out}/")
+    print(f"report: {result['report'].html}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the tasks and where their data would come from."""
     from phaseprune.tasks import available_tasks
@@ -133,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "for several runs).",
     )
     report.set_defaults(func=cmd_report)
+    demo = sub.add_parser("demo", help=DemoConfig.__doc__.splitlines()[0])
+    add_arguments(demo, DemoConfig)
+    demo.set_defaults(func=cmd_demo)
     tasks = sub.add_parser("tasks", help="List tasks and their data sources.")
     tasks.add_argument("--data-dir", default=None, help="Directory to look in first.")
     tasks.set_defaults(func=cmd_tasks)

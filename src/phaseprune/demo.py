@@ -1,0 +1,138 @@
+"""``phaseprune demo``: the whole story in a few minutes on the embedded model and offline data.
+
+One process, one model load (:func:`~phaseprune.models.hold_models`): ``analyze`` reads every
+layer's decision, ``prune`` removes layers with several strategies on disjoint calibration and
+evaluation items, ``compare`` puts them side by side, and ``report`` writes one HTML page.
+Each stage is an ordinary run directory under ``--out``, so every command the demo ran can be
+rerun, inspected or resumed alone; a rerun of the demo resumes whatever is unfinished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from phaseprune.config import STRATEGIES, AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig, _doc
+from phaseprune.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``phaseprune demo``: analyze, prune, compare and report on the embedded model."""
+
+    out: str = _doc("Directory for every run of the demo and its report.", "runs/demo")
+    model: str = _doc("Model (as in analyze); the default ships with `make setup`.", "smollm2-135m")
+    task: str = _doc("Task (as in analyze).", "mmlu")
+    subjects: tuple[str, ...] = _doc(
+        "Comma-separated subjects.", ("high_school_geography", "marketing")
+    )
+    data_dir: str | None = _doc("Data directory (as in analyze; default the offline copies).", None)
+    shots: int = _doc("Few-shot exemplars per prompt.", 5)
+    items: int = _doc("Items for analyze, spread over the subjects.", 80)
+    calib: int = _doc("Calibration items for pruning.", 16)
+    eval: int = _doc("Evaluation items for pruning (disjoint from calibration).", 40)
+    steps: int = _doc("Layers each strategy removes.", 4)
+    strategies: tuple[str, ...] = _doc(
+        "Comma-separated strategies to compare.",
+        ("iterative", "phase-aware", "block-influence", "last"),
+    )
+    overwrite: bool = _doc("Start again instead of resuming a previous demo in --out.", False)
+
+
+def _check(cfg: DemoConfig) -> None:
+    bad = [s for s in cfg.strategies if s not in STRATEGIES]
+    if bad or not cfg.strategies:
+        raise UsageError(
+            f"--strategies {','.join(bad) or '(none)'}: choose from {', '.join(STRATEGIES)}"
+        )
+
+
+def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
+    out = Path(cfg.out)
+    mc = ModelConfig(model=cfg.model)
+    tc = TaskConfig(task=cfg.task, subjects=cfg.subjects, data_dir=cfg.data_dir, shots=cfg.shots)
+    analyze = AnalyzeConfig(
+        out=str(out / "analyze"),
+        model=mc,
+        task=dataclasses.replace(tc, limit=cfg.items),
+        overwrite=cfg.overwrite,
+        quiet=True,
+    )
+    prunes = []
+    for strategy in cfg.strategies:
+        run_dir = out / f"prune-{strategy}"
+        exists = (run_dir / "trajectory.json").exists()
+        prunes.append(
+            PruneConfig(
+                out=str(run_dir),
+                model=mc,
+                task=tc,
+                strategy=strategy,
+                steps=cfg.steps,
+                calib=cfg.calib,
+                eval=cfg.eval,
+                resume=exists and not cfg.overwrite,
+                overwrite=cfg.overwrite,
+                quiet=True,
+            )
+        )
+    return analyze, prunes
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage (resuming finished ones) and return what was written and measured."""
+    from phaseprune.analyze import run_analyze
+    from phaseprune.compare import run_compare
+    from phaseprune.models import hold_models
+    from phaseprune.prune import run_prune
+    from phaseprune.report import build_report
+
+    _check(cfg)
+    out = Path(cfg.out)
+    analyze_cfg, prune_cfgs = _stage_configs(cfg)
+    started = time.perf_counter()
+    stages = ["analyze", *(f"prune {p.strategy}" for p in prune_cfgs), "compare", "report"]
+    bar = tqdm(total=len(stages), desc="demo", unit="stage")
+    result: dict = {"out": str(out)}
+    with hold_models():
+        bar.set_postfix_str("analyze (loads the model)")
+        summary = _analyze(run_analyze, analyze_cfg)
+        result["analyze"] = summary
+        bar.update()
+        trajs = {}
+        for pc in prune_cfgs:
+            bar.set_postfix_str(f"prune {pc.strategy}")
+            trajs[pc.strategy] = run_prune(pc)
+            bar.update()
+    bar.set_postfix_str("compare")
+    result["compare"] = run_compare([p.out for p in prune_cfgs], str(out / "compare"))
+    bar.update()
+    bar.set_postfix_str("report")
+    runs = [analyze_cfg.out, *(p.out for p in prune_cfgs)]
+    result["report"] = build_report(runs, out / "report.html")
+    bar.update()
+    bar.close()
+    result["prune"] = trajs
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def _analyze(run_analyze, cfg: AnalyzeConfig) -> dict:
+    """Analyze, reusing a finished run with the same settings (an unfinished one resumes)."""
+    summary = Path(cfg.out) / "summary.json"
+    if summary.exists() and not cfg.overwrite:
+        record = json.loads(summary.read_text())
+        same = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        if _without_volatile(record.get("settings", {})) == _without_volatile(same):
+            return record
+        cfg = dataclasses.replace(cfg, overwrite=True)
+    return run_analyze(cfg)
+
+
+def _without_volatile(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in ("overwrite", "quiet")}
