@@ -1,0 +1,97 @@
+"""The four claims as numbers: pure functions of hand-made run records."""
+
+import pytest
+
+from phaseprune.evidence import (
+    claims,
+    layers_before_collapse,
+    phase_effects,
+    removal_effects,
+    single_removals,
+    transition_evidence,
+)
+
+
+def layer(margin, acc):
+    return {"margin_mean": margin, "accuracy": acc}
+
+
+SUMMARY = {
+    "layers": [layer(-1, 0.2), layer(-1, 0.25), layer(-0.5, 0.3), layer(2.0, 0.8), layer(3, 0.9)],
+    "transition_layer": 3,
+    "transition_ci": [3, 3],
+    "p_no_transition": 0.0,
+}
+
+
+def traj(strategy, removed, phases, accs, collapse_step=None, base=0.9, transition=3):
+    steps = []
+    for i, (k, ph, a) in enumerate(zip(removed, phases, accs, strict=True)):
+        steps.append({"step": i + 1, "removed_layer": k, "phase_of_removed": ph,
+                      "eval_accuracy": a, "removed_so_far": removed[: i + 1]})  # fmt: skip
+    return {
+        "strategy": strategy,
+        "step0": {"eval_accuracy": base, "transition_layer": transition,
+                  "phases": {"layer_phases": ["silent", "silent", "decisive", "decisive"]}},
+        "calib_step0": {"accuracy": 0.8},
+        "steps": steps,
+        "collapse": {"step": collapse_step, "reason": "within chance" if collapse_step else None},
+    }  # fmt: skip
+
+
+def test_transition_evidence_measures_the_jump():
+    ev = transition_evidence(SUMMARY)
+    assert ev["margin_jump"] == pytest.approx(2.5) and ev["accuracy_jump"] == pytest.approx(0.5)
+    assert ev["width"] == 0 and ev["sharp"]
+    wide = transition_evidence({**SUMMARY, "transition_ci": [1, 4]})
+    assert wide["width"] == 3 and wide["sharp"]  # 3 layers is the stated limit
+    assert not transition_evidence({**SUMMARY, "transition_ci": [0, 4]})["sharp"]
+    none = transition_evidence({**SUMMARY, "transition_layer": None, "transition_ci": None})
+    assert none["sharp"] is False and none["margin_jump"] is None
+
+
+def test_removal_effects_and_phase_grouping_stop_at_collapse():
+    t = traj("last", [3, 2, 1, 0], ["decisive", "decisive", "silent", "silent"],
+             [0.88, 0.86, 0.3, 0.25], collapse_step=3)  # fmt: skip
+    rows = removal_effects(t)
+    assert [round(r["delta"], 2) for r in rows] == [-0.02, -0.02, -0.56, -0.05]
+    eff = phase_effects([t])
+    assert eff["decisive"]["n"] == 2 and eff["decisive"]["mean_delta"] == pytest.approx(-0.02)
+    assert eff["silent"]["n"] == 1  # the removal after the collapse is not counted
+    assert eff["silent"]["share_collapse_drop"] == 1.0
+    assert phase_effects([t], until_collapse=False)["silent"]["n"] == 2
+
+
+def test_layers_before_collapse():
+    t = traj("x", [3, 2, 1], ["decisive", "decisive", "silent"], [0.9, 0.9, 0.2], 3)
+    assert layers_before_collapse(t) == {"strategy": "x", "removed": 2, "collapsed": True,
+                                         "steps_run": 3}  # fmt: skip
+    t = traj("y", [3, 2], ["decisive", "decisive"], [0.9, 0.9])
+    assert layers_before_collapse(t)["removed"] == 2 and not layers_before_collapse(t)["collapsed"]
+
+
+def test_single_removals_group_by_phase():
+    t = traj("iterative", [3], ["decisive"], [0.9])
+    rows = [{"step": 1, "layer": k, "accuracy": a} for k, a in enumerate([0.25, 0.5, 0.8, 0.78])]
+    rows.append({"step": 2, "layer": 0, "accuracy": 0.0})  # later steps are ignored
+    s = single_removals(t, rows)
+    assert s["silent"]["mean_delta"] == pytest.approx((-0.55 - 0.3) / 2)
+    assert s["silent"]["share_collapse_drop"] == 1.0
+    assert s["decisive"]["worst_delta"] == pytest.approx(-0.02)
+
+
+def test_claims_verdicts():
+    pa = traj("phase-aware", [3, 2, 1], ["decisive"] * 2 + ["silent"], [0.9, 0.88, 0.3], 3)
+    bi = traj("block-influence", [1, 3], ["silent", "decisive"], [0.3, 0.25], 1)
+    it = traj("iterative", [3], ["decisive"], [0.9])
+    rows = [{"step": 1, "layer": k, "accuracy": a} for k, a in enumerate([0.25, 0.5, 0.8, 0.78])]
+    c = claims(SUMMARY, [pa, bi, it], single_removals(it, rows))
+    assert c["a"]["verdict"] and c["b"]["verdict"] and c["c"]["verdict"] and c["d"]["verdict"]
+    assert c["d"]["evidence"]["phase-aware"]["removed"] == 2
+    # a model that never decides: (a) false, (c) and (d) not testable
+    flat = {**SUMMARY, "transition_layer": None, "transition_ci": None}
+    never = [traj(s, [1], ["silent"], [0.25], None, base=0.25, transition=None)
+             for s in ("phase-aware", "block-influence")]  # fmt: skip
+    c = claims(flat, never)
+    assert c["a"]["verdict"] is False and c["c"]["verdict"] is None and c["d"]["verdict"] is None
+    assert c["b"]["verdict"] is None  # no Decisive-Phase layer was ever removed
