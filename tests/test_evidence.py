@@ -6,6 +6,7 @@ from phaseprune.evidence import (
     claims,
     layers_before_collapse,
     phase_effects,
+    pileup,
     removal_effects,
     single_removals,
     transition_evidence,
@@ -95,3 +96,16 @@ def test_claims_verdicts():
     c = claims(flat, never)
     assert c["a"]["verdict"] is False and c["c"]["verdict"] is None and c["d"]["verdict"] is None
     assert c["b"]["verdict"] is None  # no Decisive-Phase layer was ever removed
+
+
+def test_pileup_measures_letter_concentration_per_phase():
+    freq = [{"A": 1.0, "B": 0.0}, {"A": 0.8, "B": 0.2}, {"A": 0.5, "B": 0.5}]
+    summary = {
+        "layers": [{"option_frequency": f, "pick_entropy": 0.0} for f in freq],
+        "phases": {"silent": [0, 1], "decisive": [2, 2]},
+        "gold_frequency": {"A": 0.5, "B": 0.5},
+    }
+    p = pileup(summary)
+    assert p["silent"]["mean_top_share"] == pytest.approx(0.9)
+    assert p["silent"]["top_letters"] == {"A": 2} and p["silent"]["layers_with_top_over_90"] == 1
+    assert p["decisive"]["n_layers"] == 1 and p["gold_top_share"] == 0.5

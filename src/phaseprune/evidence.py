@@ -52,6 +52,35 @@ def transition_evidence(summary: Mapping) -> dict:
     return record
 
 
+def pileup(summary: Mapping) -> dict:
+    """How Silent-Phase picks pile onto letters: per phase, the top letter's mean share.
+
+    Silent layers are readout indices ``phases.silent``; Decisive ones ``phases.decisive``.
+    ``gold_top_share`` is the most common gold letter's share, what a pile-up is measured
+    against.
+    """
+    layers = summary["layers"]
+    phases = summary["phases"]
+    out: dict = {"gold_top_share": max(summary["gold_frequency"].values())}
+    for phase in ("silent", "decisive"):
+        span = phases.get(phase)
+        rows = [] if not span else layers[span[0] : span[1] + 1]
+        tops = [max(r["option_frequency"].items(), key=lambda kv: kv[1]) for r in rows]
+        letters: dict[str, int] = {}
+        for letter, _ in tops:
+            letters[letter] = letters.get(letter, 0) + 1
+        out[phase] = {
+            "n_layers": len(rows),
+            "mean_top_share": float(np.mean([share for _, share in tops])) if tops else None,
+            "layers_with_top_over_90": int(sum(share > 0.9 for _, share in tops)),
+            "top_letters": letters,
+            "mean_entropy_bits": float(np.mean([r["pick_entropy"] for r in rows]))
+            if rows
+            else None,
+        }
+    return out
+
+
 def removal_effects(traj: Mapping) -> list[dict]:
     """Every removal of a pruning run: the layer, its phase, accuracy before and after."""
     rows = []
