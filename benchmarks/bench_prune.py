@@ -46,6 +46,8 @@ def _setup(args):
     tokenizer, config = load_tokenizer(spec)
     enc = encode_prompts(tokenizer, build_prompts(task), task.n_options, family=config.model_type)
     model, info = load_model(spec, progress=False)
+    if args.layers:
+        info = _first_layers(model, info, args.layers)
     gold = np.array([it.answer for it in task.items])
     # tokens of each subject's shared prefix (description + exemplars), tokenised alone
     prefix_tokens = {}
@@ -55,6 +57,22 @@ def _setup(args):
                 tokenizer(prefix, add_special_tokens=False)["input_ids"]
             )
     return task, enc, model, info, gold, prefix_tokens
+
+
+def _first_layers(model, info, n: int):
+    """Keep only the first ``n`` decoder layers (for measuring how cost grows with depth)."""
+    import dataclasses
+
+    from phaseprune.arch import decoder_parts
+
+    parts = decoder_parts(model)
+    if not 1 <= n <= len(parts.layers):
+        raise SystemExit(f"--layers {n}: the model has {len(parts.layers)}")
+    del parts.layers[n:]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n]
+    return dataclasses.replace(info, n_layers=n)
 
 
 def flop_lower_bound(task, enc, model, n_layers: int, steps: int, prefix_tokens: dict) -> float:
@@ -130,6 +148,9 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--layers", type=int, default=None, help="use only the first N decoder layers"
+    )
     parser.add_argument("--which", choices=["phaseprune", "naive"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.which:
@@ -159,6 +180,7 @@ def main() -> None:
                 "shots": args.shots,
                 "calib": args.calib,
                 "steps": args.steps,
+                "layers": args.layers,
                 "phaseprune_wall_s": ours["wall_s"],
                 "naive_wall_s": naive["wall_s"],
                 "speedup": round(naive["wall_s"] / ours["wall_s"], 2),

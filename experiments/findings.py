@@ -1,0 +1,282 @@
+"""Reproduce docs/findings.md: the paper's phenomenon tested on real models with phaseprune.
+
+    .venv/bin/python experiments/findings.py                      # every model, every stage
+    .venv/bin/python experiments/findings.py --models smollm2-135m
+    .venv/bin/python experiments/findings.py --doc-only           # re-render from finished runs
+
+For each model it runs, through phaseprune's own commands (one model load per model):
+``analyze`` on MMLU (several subjects) and on ARC-Challenge, ``prune`` with each strategy on
+disjoint calibration/evaluation items, ``report`` over them; then it extracts the claims'
+numbers (:mod:`phaseprune.evidence`) and renders docs/findings.md from
+experiments/findings.md.j2. Runs go to ``runs/findings/<model>/`` and are resumed, so an
+interrupted or partial run continues where it stopped; the wall time of every invocation is
+logged there and summed in the document. Figures are copied to ``docs/findings/<model>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from phaseprune import __version__
+from phaseprune.analyze import run_analyze
+from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.evidence import THRESHOLDS, claims, pileup, single_removals
+from phaseprune.models import hold_models
+from phaseprune.prune import run_prune
+from phaseprune.report import build_report
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+# the five subjects of ../shared/models/README.md's accuracy table
+SUBJECTS = (
+    "high_school_geography",
+    "marketing",
+    "us_foreign_policy",
+    "high_school_psychology",
+    "sociology",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What is run for one model; every number in the document comes from these runs."""
+
+    name: str
+    model: str  # as passed to --model (alias, or how to fetch it: see resolve())
+    fetch: str | None = None  # get-model.sh name, when the model is fetched by that script
+    subjects: tuple[str, ...] = SUBJECTS
+    shots: int = 0
+    mmlu_items: int = 200
+    other_task: str = "arc_challenge"
+    other_items: int = 100
+    calib: int = 32
+    eval: int = 100
+    steps: int = 8
+    seed: int = 0
+    # cheapest first, so a partial run already answers most questions
+    strategies: tuple[str, ...] = (
+        "phase-aware",
+        "block-influence",
+        "last",
+        "angular",
+        "iterative",
+    )
+    notes: dict = field(default_factory=dict)
+
+
+PLANS = {
+    "qwen2.5-coder-1.5b": Plan("qwen2.5-coder-1.5b", "", fetch="qwen2.5-coder-1.5b"),
+    "smollm2-135m": Plan("smollm2-135m", "smollm2-135m"),
+}
+
+
+def resolve(plan: Plan) -> str:
+    """The --model argument: the alias, or the GGUF fetched by get-model.sh.
+
+    ../shared/models/get-model.sh verifies the file by checksum and returns at once when it is
+    already there.
+    """
+    if not plan.fetch:
+        return plan.model
+    script = SHARED_MODELS / "get-model.sh"
+    if not script.exists():
+        raise SystemExit(f"{plan.name}: needs {script} (the shared folder beside the repo)")
+    out = subprocess.run(["bash", str(script), plan.fetch], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{plan.name}: get-model.sh failed: {out.stderr.strip()[-500:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _log(run_root: Path, stage: str, seconds: float) -> None:
+    path = run_root / "log.json"
+    log = json.loads(path.read_text()) if path.exists() else []
+    log.append({"stage": stage, "wall_s": round(seconds, 1), "finished": _now()})
+    path.write_text(json.dumps(log, indent=1))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _done(run_dir: Path) -> bool:
+    if (run_dir / "summary.json").exists():
+        return True
+    traj = run_dir / "trajectory.json"
+    return traj.exists() and json.loads(traj.read_text()).get("complete", False)
+
+
+def run_plan(plan: Plan, run_root: Path, only: set[str] | None) -> None:
+    """Run every unfinished stage of ``plan`` (resuming partial ones)."""
+    model = ModelConfig(model=resolve(plan))
+    mmlu = TaskConfig(task="mmlu", subjects=plan.subjects, shots=plan.shots)
+    stages: list[tuple[str, object]] = [
+        ("analyze-mmlu", AnalyzeConfig(out="", model=model,
+                                       task=_with(mmlu, limit=plan.mmlu_items),
+                                       seed=plan.seed)),
+        ("analyze-" + plan.other_task, AnalyzeConfig(
+            out="", model=model,
+            task=TaskConfig(task=plan.other_task, shots=plan.shots, limit=plan.other_items),
+            seed=plan.seed)),
+    ]  # fmt: skip
+    for strategy in plan.strategies:
+        cfg = PruneConfig(out="", model=model, task=mmlu, strategy=strategy, steps=plan.steps,
+                          calib=plan.calib, eval=plan.eval, seed=plan.seed)  # fmt: skip
+        stages.append((f"prune-{strategy}", cfg))
+    run_root.mkdir(parents=True, exist_ok=True)
+    with hold_models():
+        for name, cfg in stages:
+            out = run_root / name
+            if (only and name not in only) or _done(out):
+                continue
+            started = time.perf_counter()
+            print(f"[{_now()}] {plan.name}: {name}", flush=True)
+            if isinstance(cfg, AnalyzeConfig):
+                run_analyze(_with(cfg, out=str(out)))
+            else:
+                resume = (out / "trajectory.json").exists()
+                run_prune(_with(cfg, out=str(out), resume=resume))
+            _log(run_root, name, time.perf_counter() - started)
+
+
+def _with(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
+    """Build the report, copy its figures into docs, and extract every number the doc uses."""
+    analyze = run_root / "analyze-mmlu"
+    committed = docs_root / plan.name / "numbers.json"
+    if not (analyze / "summary.json").exists():
+        # runs made elsewhere: the document is rebuilt from the numbers committed with it
+        return json.loads(committed.read_text()) if committed.exists() else None
+    other = run_root / f"analyze-{plan.other_task}"
+    prunes = [run_root / f"prune-{s}" for s in plan.strategies]
+    prunes = [p for p in prunes if (p / "trajectory.json").exists()]
+    runs = [analyze, *prunes]
+    report = build_report(runs, run_root / "report.html")
+    figures = docs_root / plan.name
+    if figures.exists():
+        shutil.rmtree(figures)
+    figures.mkdir(parents=True)
+    copied = {}
+    for png in report.pngs:
+        rel = png.relative_to(report.files_dir)
+        # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
+        run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
+        key = f"{run}/{png.stem}" if run else png.stem
+        target = figures / (key.replace("/", "__") + ".png")
+        shutil.copyfile(png, target)
+        copied[key] = target.relative_to(docs_root.parent).as_posix()
+    summary = json.loads((analyze / "summary.json").read_text())
+    other_summary = (
+        json.loads((other / "summary.json").read_text())
+        if (other / "summary.json").exists()
+        else None
+    )
+    trajs = [json.loads((p / "trajectory.json").read_text()) for p in prunes]
+    single = None
+    iterative = run_root / "prune-iterative"
+    if (iterative / "candidates.parquet").exists():
+        traj = json.loads((iterative / "trajectory.json").read_text())
+        rows = pd.read_parquet(iterative / "candidates.parquet").to_dict("records")
+        if any(r["step"] == 1 for r in rows):
+            single = single_removals(traj, rows)
+    log = (
+        json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
+    )
+    numbers = {
+        "plan": asdict(plan),
+        "model": summary["model"],
+        "phaseprune_version": __version__,
+        "wall_s": sum(e["wall_s"] for e in log),
+        "log": log,
+        "analyze": summary,
+        "other": other_summary,
+        "prune": trajs,
+        "single": single,
+        "claims": claims(summary, trajs, single),
+        "pileup": pileup(summary),
+        "figures": copied,
+        "report": os.path.relpath(report.html, ROOT),
+    }
+    numbers = _slim(numbers)
+    committed.write_text(json.dumps(numbers, indent=1))
+    return numbers
+
+
+def _slim(numbers: dict) -> dict:
+    """numbers.json keeps the trajectories' per-step headline numbers, not every layer."""
+    out = dict(numbers)
+    out["prune"] = [
+        {k: t[k] for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items")}
+        | {"step0_accuracy": t["step0"]["eval_accuracy"],
+           "step0_accuracy_ci": t["step0"]["eval_accuracy_ci"],
+           "step0_transition": t["step0"]["transition_layer"],
+           "steps": [{k: s[k] for k in ("step", "removed_layer", "phase_of_removed",
+                                        "eval_accuracy", "eval_accuracy_ci", "transition_layer")}
+                     for s in t["steps"]]}
+        for t in numbers["prune"]
+    ]  # fmt: skip
+    for key in ("analyze", "other"):
+        if out.get(key):
+            out[key] = {k: v for k, v in out[key].items() if k != "settings"}
+    return out
+
+
+def render(all_numbers: dict[str, dict | None], path: Path) -> None:
+    """docs/findings.md from the template and every model's numbers."""
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda x, d=1: "—" if x is None else f"{100 * x:.{d}f}%"
+    env.filters["pts"] = lambda x: "—" if x is None else f"{100 * x:+.1f} pts"
+    env.filters["pp"] = lambda x: f"{100 * x:.0f} points"
+    env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:.{d}f}"
+    env.filters["verdict"] = lambda v: {True: "supported", False: "not supported",
+                                        None: "not testable here"}[v]  # fmt: skip
+    text = env.get_template("findings.md.j2").render(
+        models=all_numbers, plans=PLANS, thresholds=THRESHOLDS, version=__version__
+    )
+    path.write_text(text)
+
+
+def main() -> None:
+    """Run the stages, then write the document."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(PLANS), help="comma-separated plan names")
+    parser.add_argument("--stages", default="", help="only these stages (e.g. analyze-mmlu)")
+    parser.add_argument("--doc-only", action="store_true", help="only re-render the document")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "findings"))
+    args = parser.parse_args()
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in PLANS]
+    if unknown:
+        raise SystemExit(f"unknown model plan {unknown}; choose from {', '.join(PLANS)}")
+    only = set(args.stages.split(",")) - {""} or None
+    if not args.doc_only:
+        for name in names:
+            run_plan(PLANS[name], Path(args.runs) / name, only)
+    docs = ROOT / "docs" / "findings"
+    numbers = {name: collect(PLANS[name], Path(args.runs) / name, docs) for name in PLANS}
+    render(numbers, ROOT / "docs" / "findings.md")
+    print(f"wrote {ROOT / 'docs' / 'findings.md'}")
+
+
+if __name__ == "__main__":
+    main()
