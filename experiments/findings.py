@@ -16,8 +16,8 @@ logged there and summed in the document. Figures are copied to ``docs/findings/<
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import shutil
 import subprocess
 import time
