@@ -118,13 +118,6 @@ def test_report_package_loads_no_torch():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_trajectory_schema_matches_prune():
-    from phaseprune.prune import TRAJECTORY_SCHEMA
-    from phaseprune.report.load import TRAJECTORY_SCHEMA as REPORT_SCHEMA
-
-    assert REPORT_SCHEMA == TRAJECTORY_SCHEMA
-
-
 def test_text_formats():
     assert [pct(0.61), pct(0.175), pct(1.0), pct(0.0), pct(None)] == [
         "61%", "17.5%", "100%", "0%", "n/a",

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from phaseprune.errors import UsageError
-from phaseprune.prune import TRAJECTORY_SCHEMA
+from phaseprune.evidence import layers_before_collapse
+from phaseprune.records import TRAJECTORY_SCHEMA
 from phaseprune.runio import atomic_write_bytes
 
 
@@ -55,8 +56,7 @@ def compare_table(trajs: Sequence[dict], labels: Sequence[str]) -> pd.DataFrame:
     for traj, label in zip(trajs, labels, strict=True):
         c = traj.get("collapse") or {}
         n_steps = len(traj["steps"])
-        before = (c["step"] - 1) if c.get("step") else n_steps
-        removed_before = len(traj["steps"][before - 1]["removed_so_far"]) if before > 0 else 0
+        removed_before = layers_before_collapse(traj)["removed"]
         rows.append(
             {
                 "run": label,

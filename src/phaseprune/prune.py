@@ -30,14 +30,13 @@ from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_mo
 from phaseprune.objectives import OBJECTIVES, candidate_metrics
 from phaseprune.phases import detect_phases
 from phaseprune.readout import read_options
-from phaseprune.records import layer_record, parquet_bytes, phases_record
+from phaseprune.records import TRAJECTORY_SCHEMA, layer_record, parquet_bytes, phases_record
 from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint
 from phaseprune.strategies import STRATEGIES as STRATEGY_FUNCS
 from phaseprune.strategies import PruneContext
 from phaseprune.surgery import kept_layers, without_layers
 from phaseprune.tasks import load_task, round_robin
 
-TRAJECTORY_SCHEMA = 1
 VOLATILE = ("out", "resume", "overwrite", "quiet", "plots", "cache_budget")
 
 
@@ -268,20 +267,26 @@ def _candidate_rows(step: int, choice) -> list[dict]:
     return rows
 
 
-def _finish(run: PruneRun, traj: dict) -> None:
+def _collapse(run: PruneRun, traj: dict) -> dict:
     step0 = traj["step0"]
-    traj["collapse"] = collapse_step(
+    return collapse_step(
         step0["eval_accuracy"],
         step0["eval_accuracy_ci"][0],
         traj["steps"],
         traj["chance"],
         run.cfg.collapse_fraction,
     )
+
+
+def _finish(run: PruneRun, traj: dict) -> None:
+    traj["collapse"] = _collapse(run, traj)
     traj["complete"] = True
 
 
 def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
     if len(traj["steps"]) >= run.cfg.steps:
+        return True
+    if run.cfg.stop_at_collapse and traj["steps"] and _collapse(run, traj)["step"] is not None:
         return True
     if (
         run.cfg.min_accuracy is not None

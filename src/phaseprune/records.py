@@ -22,6 +22,7 @@ from phaseprune.metrics import LETTERS, ItemMetrics, LayerStats, option_frequenc
 from phaseprune.phases import PhaseResult
 
 SCHEMA_VERSION = 1
+TRAJECTORY_SCHEMA = 1  # trajectory.json of prune runs
 SUMMARY_KEYS = (
     "schema_version",
     "kind",

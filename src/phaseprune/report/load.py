@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from phaseprune.errors import UsageError
-from phaseprune.records import SCHEMA_VERSION
-
-# phaseprune.prune.TRAJECTORY_SCHEMA, repeated because importing phaseprune.prune loads torch;
-# tests/test_report.py pins the two equal.
-TRAJECTORY_SCHEMA = 1
+from phaseprune.records import SCHEMA_VERSION, TRAJECTORY_SCHEMA
 
 RunKind = Literal["analyze", "prune"]
 

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from phaseprune import __version__
 from phaseprune.collapse import collapse_step
+from phaseprune.evidence import layers_before_collapse
 from phaseprune.report.load import Run
 from phaseprune.report.text import (
     collapse_sentence,
@@ -218,13 +219,10 @@ def step_rows(traj: dict) -> list[StepRow]:
 def removable_before_collapse(traj: dict) -> int:
     """Layers removed before the collapse step (all removed layers when nothing collapsed).
 
-    The rule of :func:`phaseprune.compare.compare_table`, which cannot be imported here
-    without loading torch.
+    :func:`phaseprune.evidence.layers_before_collapse`, with the provisional collapse of an
+    unfinished run.
     """
-    steps = traj["steps"]
-    c = collapse_record(traj)
-    before = c["step"] - 1 if c.get("step") else len(steps)
-    return len(steps[before - 1]["removed_so_far"]) if before > 0 else 0
+    return layers_before_collapse(traj, collapse_record(traj))["removed"]
 
 
 def compare_rows(runs: list[Run]) -> list[CompareRow]:
