@@ -237,6 +237,18 @@ def test_phase_aware_on_decider_removes_decisive_layers(capsys, decider, tmp_pat
     assert all(k + 1 > t for k in cands.layer)
 
 
+def test_stop_at_collapse_on_decider(capsys, decider, tmp_path):
+    """Removing the last layers of a model that decides collapses it; the run stops there."""
+    task = f"jsonl:{decider.path / 'eval.jsonl'}"
+    argv = ["prune", "--model", str(decider.path), "--task", task, "--calib", "20", "--eval", "100",
+            "--strategy", "last", "--steps", "5", "--stop-at-collapse", "--out",
+            str(tmp_path / "last"), "--quiet", "--no-plots", "--n-boot", "100"]  # fmt: skip
+    traj = run(capsys, argv)
+    c = traj["collapse"]
+    assert c["step"] is not None and c["step"] < 5
+    assert len(traj["steps"]) == c["step"] and traj["complete"]
+
+
 @pytest.mark.parametrize("objective", ["accuracy", "margin", "prob-margin"])
 def test_objectives_pick_their_best(capsys, planted_dir, items_dir, tmp_path, objective):
     out = tmp_path / "o"

@@ -174,6 +174,10 @@ class PruneConfig:
     calib: int = _doc("Calibration items, spread evenly over the subjects.", 100)
     eval: int = _doc("Evaluation items, spread over the subjects, disjoint from calibration.", 200)
     min_accuracy: float | None = _doc("Stop once evaluation accuracy falls below this.", None)
+    stop_at_collapse: bool = _doc(
+        "Stop at the collapse step (see --collapse-fraction) instead of running every step.",
+        False,
+    )
     block_size: int = _doc(
         "angular: remove the best contiguous block of this many layers per step.", 1
     )
