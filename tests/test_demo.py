@@ -1,12 +1,18 @@
-"""`phaseprune demo` end to end on a tiny model: every stage, one report, a rerun that resumes."""
+"""`phaseprune demo` end to end on a tiny model: every stage, one report, a rerun that resumes;
+and experiments/findings.py turning such runs into the findings document."""
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import transformers
 from conftest import write_mmlu_csv
 
 from phaseprune.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def demo_args(model, data, out, *extra):
@@ -15,13 +21,13 @@ def demo_args(model, data, out, *extra):
             "--strategies", "iterative,last", "--out", str(out), *extra]  # fmt: skip
 
 
-def two_subjects(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def demo_run(tiny_llama_dir, tmp_path_factory):
+    """Run the demo once, counting model loads; ``(argv, out, loads, stdout)``."""
+    tmp = tmp_path_factory.mktemp("demo")
     rows = [[f"Question {i}?", "one", "two", "three", "four", "ABCD"[i % 4]] for i in range(12)]
-    return write_mmlu_csv(tmp_path / "data", {"a": rows, "b": rows})
-
-
-def test_demo_runs_every_stage_and_resumes(capsys, tiny_llama_dir, tmp_path, monkeypatch):
-    data, out = two_subjects(tmp_path), tmp_path / "demo"
+    data = write_mmlu_csv(tmp / "data", {"a": rows, "b": rows})
+    out = tmp / "demo"
     loads = []
     original = transformers.AutoModelForCausalLM.from_pretrained
 
@@ -29,9 +35,18 @@ def test_demo_runs_every_stage_and_resumes(capsys, tiny_llama_dir, tmp_path, mon
         loads.append(args[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
-    assert main(demo_args(tiny_llama_dir, data, out)) == 0
-    printed = capsys.readouterr().out
+    mp = pytest.MonkeyPatch()
+    mp.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
+    try:
+        argv = demo_args(tiny_llama_dir, data, out)
+        assert main(argv) == 0
+    finally:
+        mp.undo()
+    return argv, out, loads
+
+
+def test_demo_runs_every_stage_with_one_model_load(demo_run, capsys):
+    _, out, loads = demo_run
     assert len(loads) == 1  # one model load for analyze and both pruning runs
     summary = json.loads((out / "analyze" / "summary.json").read_text())
     assert summary["task"]["n_items"] == 12 and summary["task"]["subjects"] == ["a", "b"]
@@ -40,11 +55,14 @@ def test_demo_runs_every_stage_and_resumes(capsys, tiny_llama_dir, tmp_path, mon
         assert traj["complete"] and len(traj["steps"]) == 2
         assert traj["strategy"] == strategy
     assert (out / "compare" / "compare.csv").exists()
-    report = out / "report.html"
-    assert report.exists() and str(report) in printed
-    # a rerun reuses every finished stage: no model load for analyze, pruning runs resume
+    assert (out / "report.html").stat().st_size > 100_000  # plotly inlined
+
+
+def test_demo_rerun_resumes_without_rewriting(demo_run, capsys):
+    argv, out, _ = demo_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
-    assert main(demo_args(tiny_llama_dir, data, out)) == 0
+    assert main(argv) == 0
+    assert str(out / "report.html") in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == before
 
 
@@ -52,3 +70,33 @@ def test_demo_rejects_unknown_strategy(capsys, tmp_path):
     code = main(["demo", "--strategies", "iterative,shortgpt", "--out", str(tmp_path / "d")])
     assert code == 2
     assert "shortgpt" in capsys.readouterr().err
+
+
+def test_findings_document_renders_from_runs(demo_run, tmp_path):
+    """experiments/findings.py: collect the numbers from runs, copy figures, render the doc."""
+    _, out, _ = demo_run
+    spec = importlib.util.spec_from_file_location("findings", ROOT / "experiments" / "findings.py")
+    findings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(findings)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(out / "analyze", runs / "analyze-mmlu")
+    for strategy in ("iterative", "last"):
+        shutil.copytree(out / f"prune-{strategy}", runs / f"prune-{strategy}")
+    docs = tmp_path / "docs" / "findings"
+    numbers = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    assert numbers["claims"]["a"]["verdict"] is False  # a random model has no transition
+    iterative = next(t for t in numbers["prune"] if t["strategy"] == "iterative")
+    assert numbers["single"]["base_accuracy"] == iterative["calib_step0"]["accuracy"]
+    doc = tmp_path / "docs" / "findings.md"
+    findings.render({"smollm2-135m": numbers, "qwen2.5-coder-1.5b": None}, doc)
+    text = doc.read_text()
+    assert "not run yet" in text and "| last |" in text
+    for rel in numbers["figures"].values():
+        assert (tmp_path / "docs" / rel).exists()
+    for key in ("analyze-mmlu/margin", "analyze-mmlu/option_frequency", "compare"):
+        assert f"]({numbers['figures'][key]})" in text
+    # rebuilt from the committed numbers alone when the runs are not on this machine
+    assert findings.collect(findings.PLANS["smollm2-135m"], tmp_path / "none", docs) == json.loads(
+        (docs / "smollm2-135m" / "numbers.json").read_text()
+    )
