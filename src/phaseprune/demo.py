@@ -33,10 +33,10 @@ class DemoConfig:
     )
     data_dir: str | None = _doc("Data directory (as in analyze; default the offline copies).", None)
     shots: int = _doc("Few-shot exemplars per prompt.", 5)
-    items: int = _doc("Items for analyze, spread over the subjects.", 80)
-    calib: int = _doc("Calibration items for pruning.", 16)
+    items: int = _doc("Items for analyze, spread over the subjects.", 60)
+    calib: int = _doc("Calibration items for pruning.", 12)
     eval: int = _doc("Evaluation items for pruning (disjoint from calibration).", 40)
-    steps: int = _doc("Layers each strategy removes.", 4)
+    steps: int = _doc("Layers each strategy removes.", 3)
     strategies: tuple[str, ...] = _doc(
         "Comma-separated strategies to compare.",
         ("iterative", "phase-aware", "block-influence", "last"),

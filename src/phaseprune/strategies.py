@@ -144,7 +144,12 @@ def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 def _calib_phases(ctx: PruneContext, removed: Sequence[int]):
     with without_layers(ctx.model, removed) as parts:
         logits = read_options(
-            parts, ctx.calib_ids, ctx.option_ids, max_tokens=ctx.max_tokens, progress=False
+            parts,
+            ctx.calib_ids,
+            ctx.option_ids,
+            max_tokens=ctx.max_tokens,
+            progress=False,
+            groups=ctx.calib_groups,  # each subject's few-shot prefix once
         ).numpy()
     m = item_metrics(logits, ctx.calib_gold)
     return detect_phases(m.correct, m.margin, len(ctx.option_ids), n_boot=ctx.n_boot, seed=ctx.seed)
