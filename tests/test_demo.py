@@ -4,6 +4,7 @@ and experiments/findings.py turning such runs into the findings document."""
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,7 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     _, out, _ = demo_run
     spec = importlib.util.spec_from_file_location("findings", ROOT / "experiments" / "findings.py")
     findings = importlib.util.module_from_spec(spec)
+    sys.modules["findings"] = findings  # dataclasses look their module up while it loads
     spec.loader.exec_module(findings)
     runs = tmp_path / "runs"
     runs.mkdir()
