@@ -168,7 +168,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         return json.loads(committed.read_text()) if committed.exists() else None
     other = run_root / f"analyze-{plan.other_task}"
     prunes = [run_root / f"prune-{s}" for s in plan.strategies]
-    prunes = [p for p in prunes if (p / "trajectory.json").exists()]
+    prunes = [p for p in prunes if _done(p)]  # unfinished runs wait for the next invocation
     runs = [analyze, *prunes]
     report = build_report(runs, run_root / "report.html")
     figures = docs_root / plan.name
