@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def run_plan(plan: Plan, run_root: Path, only: set[str] | None) -> None:
     mmlu = TaskConfig(task="mmlu", subjects=plan.subjects, shots=plan.shots)
     stages: list[tuple[str, object]] = [
         ("analyze-mmlu", AnalyzeConfig(out="", model=model,
-                                       task=_with(mmlu, limit=plan.mmlu_items),
+                                       task=replace(mmlu, limit=plan.mmlu_items),
                                        seed=plan.seed)),
         ("analyze-" + plan.other_task, AnalyzeConfig(
             out="", model=model,
@@ -146,17 +146,11 @@ def run_plan(plan: Plan, run_root: Path, only: set[str] | None) -> None:
             started = time.perf_counter()
             print(f"[{_now()}] {plan.name}: {name}", flush=True)
             if isinstance(cfg, AnalyzeConfig):
-                run_analyze(_with(cfg, out=str(out)))
+                run_analyze(replace(cfg, out=str(out)))
             else:
                 resume = (out / "trajectory.json").exists()
-                run_prune(_with(cfg, out=str(out), resume=resume))
+                run_prune(replace(cfg, out=str(out), resume=resume))
             _log(run_root, name, time.perf_counter() - started)
-
-
-def _with(cfg, **changes):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
