@@ -25,16 +25,16 @@ from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import collapse_step
 from phaseprune.config import STRATEGIES, PruneConfig
 from phaseprune.errors import UsageError
+from phaseprune.incremental import IncrementalReadout
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
 from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
 from phaseprune.objectives import OBJECTIVES, candidate_metrics
 from phaseprune.phases import detect_phases
-from phaseprune.readout import read_options
 from phaseprune.records import TRAJECTORY_SCHEMA, layer_record, parquet_bytes, phases_record
 from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint
 from phaseprune.strategies import STRATEGIES as STRATEGY_FUNCS
 from phaseprune.strategies import PruneContext
-from phaseprune.surgery import kept_layers, without_layers
+from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
 
 VOLATILE = ("out", "resume", "overwrite", "quiet", "plots", "cache_budget")
@@ -128,6 +128,16 @@ class PruneRun:
             progress=not cfg.quiet,
             calib_groups=subject_groups([task.items[i].subject for i in self.calib]),
         )
+        # the evaluation readout after each removal recomputes only the layers after it
+        self.eval_reader = IncrementalReadout(
+            self.model,
+            self.eval_ids,
+            enc.options.ids,
+            groups=subject_groups([task.items[i].subject for i in self.eval]),
+            max_tokens=self.max_tokens,
+            cache_budget=cache_budget,
+            progress=not cfg.quiet,
+        )
         bad = [k for k in cfg.protect if not 0 <= k < self.info.n_layers]
         if bad:
             raise UsageError(f"--protect {bad}: layers are 0..{self.info.n_layers - 1}")
@@ -146,15 +156,7 @@ class PruneRun:
 
     def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items."""
-        with without_layers(self.model, removed) as parts:
-            logits = read_options(
-                parts,
-                self.eval_ids,
-                self.enc.options.ids,
-                max_tokens=self.max_tokens,
-                progress=not self.cfg.quiet,
-                groups=subject_groups([self.task.items[i].subject for i in self.eval]),
-            ).numpy()
+        logits = self.eval_reader(removed).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
 
 

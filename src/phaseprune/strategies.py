@@ -23,10 +23,10 @@ import torch
 
 from phaseprune import baselines
 from phaseprune.candidates import final_readout, option_reduce, score_removals
+from phaseprune.incremental import IncrementalReadout
 from phaseprune.metrics import item_metrics
 from phaseprune.objectives import best_candidate, candidate_metrics, objective_key
 from phaseprune.phases import detect_phases
-from phaseprune.readout import read_options
 from phaseprune.surgery import kept_layers, without_layers
 
 
@@ -142,15 +142,16 @@ def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
 
 def _calib_phases(ctx: PruneContext, removed: Sequence[int]):
-    with without_layers(ctx.model, removed) as parts:
-        logits = read_options(
-            parts,
+    if "calib_readout" not in ctx.cache:  # kept across steps: each step recomputes only the suffix
+        ctx.cache["calib_readout"] = IncrementalReadout(
+            ctx.model,
             ctx.calib_ids,
             ctx.option_ids,
-            max_tokens=ctx.max_tokens,
-            progress=False,
             groups=ctx.calib_groups,  # each subject's few-shot prefix once
-        ).numpy()
+            max_tokens=ctx.max_tokens,
+            cache_budget=ctx.cache_budget,
+        )
+    logits = ctx.cache["calib_readout"](removed).numpy()
     m = item_metrics(logits, ctx.calib_gold)
     return detect_phases(m.correct, m.margin, len(ctx.option_ids), n_boot=ctx.n_boot, seed=ctx.seed)
 
