@@ -119,9 +119,11 @@ def _done(run_dir: Path) -> bool:
     return traj.exists() and json.loads(traj.read_text()).get("complete", False)
 
 
-def run_plan(plan: Plan, run_root: Path, only: set[str] | None) -> None:
-    """Run every unfinished stage of ``plan`` (resuming partial ones)."""
-    model = ModelConfig(model=resolve(plan))
+def run_plan(
+    plan: Plan, run_root: Path, only: set[str] | None, device: str = "cpu", dtype: str | None = None
+) -> None:
+    """Run every unfinished stage of ``plan`` (resuming partial ones) on ``device``."""
+    model = ModelConfig(model=resolve(plan), device=device, dtype=dtype)
     mmlu = TaskConfig(task="mmlu", subjects=plan.subjects, shots=plan.shots)
     stages: list[tuple[str, object]] = [
         ("analyze-mmlu", AnalyzeConfig(out="", model=model,
@@ -261,6 +263,13 @@ def main() -> None:
     parser.add_argument("--stages", default="", help="only these stages (e.g. analyze-mmlu)")
     parser.add_argument("--doc-only", action="store_true", help="only re-render the document")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "findings"))
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or auto; runs made on another device or dtype have another fingerprint, "
+        "so give them their own --runs folder",
+    )
+    parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
     args = parser.parse_args()
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in PLANS]
@@ -269,7 +278,7 @@ def main() -> None:
     only = set(args.stages.split(",")) - {""} or None
     if not args.doc_only:
         for name in names:
-            run_plan(PLANS[name], Path(args.runs) / name, only)
+            run_plan(PLANS[name], Path(args.runs) / name, only, args.device, args.dtype)
     docs = ROOT / "docs" / "findings"
     numbers = {name: collect(PLANS[name], Path(args.runs) / name, docs) for name in PLANS}
     render(numbers, ROOT / "docs" / "findings.md")
