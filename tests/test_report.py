@@ -333,3 +333,32 @@ def test_cli_usage_error_is_one_line(capsys, tmp_path):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a phaseprune run" in err[0]
+
+
+def test_pngs_copied_from_plots_only_while_their_record_is_unchanged(decider, tmp_path):
+    """A run made with plots gets its own PNGs copied; once its record changes, they are redrawn."""
+    from phaseprune.report.load import load_run
+    from phaseprune.report.static import _drawn
+
+    task = f"jsonl:{decider.path / 'eval.jsonl'}"
+    common = ["--model", decider.path, "--task", task, "--quiet", "--n-boot", "50"]
+    main([str(a) for a in ["analyze", *common, "--limit", "40", "--out", tmp_path / "a"]])
+    main([str(a) for a in ["prune", *common, "--calib", "20", "--eval", "20", "--strategy",
+                           "last", "--steps", "2", "--out", tmp_path / "p"]])  # fmt: skip
+    for run_dir in (tmp_path / "a", tmp_path / "p"):
+        run = load_run(run_dir)
+        assert _drawn(run) is not None, f"{run_dir.name}: stamp does not match its record"
+        report = build_report([run_dir], out=tmp_path / f"{run_dir.name}.html")
+        for png in report.pngs:  # byte-for-byte the run's own files
+            assert png.read_bytes() == (run_dir / "plots" / png.name).read_bytes()
+    record = tmp_path / "p" / "trajectory.json"
+    traj = load(record)
+    traj["steps"][0]["eval_accuracy"] = 0.5 if traj["steps"][0]["eval_accuracy"] != 0.5 else 0.25
+    record.write_text(json.dumps(traj))
+    assert _drawn(load_run(tmp_path / "p")) is None
+    report = build_report([tmp_path / "p"], out=tmp_path / "edited.html")
+    redrawn = {p.name: p.read_bytes() for p in report.pngs}
+    assert (
+        redrawn["accuracy_vs_removed.png"]
+        != (tmp_path / "p" / "plots" / "accuracy_vs_removed.png").read_bytes()
+    )

@@ -32,6 +32,7 @@ from phaseprune.runio import (
     check_out_dir,
     fingerprint,
     prepare_out_dir,
+    stamp_figures,
 )
 from phaseprune.tasks import load_task
 
@@ -163,6 +164,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
         from phaseprune.plots import write_plots  # presentation, loaded only when asked for
 
         write_plots(summary, out / "plots")
+        stamp_figures(summary, out / "plots")  # the report copies them while this stays true
     atomic_write_json(out / "summary.json", summary)  # last: marks the run complete
     partial.clear()
     return summary

@@ -31,7 +31,7 @@ from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_mo
 from phaseprune.objectives import OBJECTIVES, candidate_metrics
 from phaseprune.phases import detect_phases
 from phaseprune.records import TRAJECTORY_SCHEMA, layer_record, parquet_bytes, phases_record
-from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint
+from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint, stamp_figures
 from phaseprune.strategies import STRATEGIES as STRATEGY_FUNCS
 from phaseprune.strategies import PruneContext
 from phaseprune.surgery import kept_layers
@@ -347,5 +347,6 @@ def run_prune(cfg: PruneConfig) -> dict:
         from phaseprune.prune_plots import write_prune_plots
 
         write_prune_plots(traj, run.out / "plots")
+        stamp_figures(traj, run.out / "plots")  # the report copies them while this stays true
     _write(run, traj, rows)
     return traj

@@ -136,15 +136,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+PRUNE_FIGURES = {
+    "accuracy_vs_removed.png": lambda traj: accuracy_figure([traj]),
+    "margin_heatmap.png": margin_heatmap,
+    "option_frequency_steps.png": option_frequency_steps,
+}
+
+
 def write_prune_plots(traj: dict, out_dir: str | Path) -> list[Path]:
     """Write the three figures of one pruning run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        _save(accuracy_figure([traj]), out / "accuracy_vs_removed.png"),
-        _save(margin_heatmap(traj), out / "margin_heatmap.png"),
-        _save(option_frequency_steps(traj), out / "option_frequency_steps.png"),
-    ]
+    written = [_save(PRUNE_FIGURES[name](traj), out / name) for name in PRUNE_FIGURES]
+    return written
 
 
 def write_compare_plot(trajs: Sequence[dict], labels: Sequence[str], path: str | Path) -> Path:

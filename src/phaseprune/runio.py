@@ -81,6 +81,26 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+FIGURE_STAMP = "figures.sha256"
+"""File beside a run's PNGs naming the record they were drawn from (:func:`figure_source`)."""
+
+
+def figure_source(record: dict) -> str:
+    """Digest of what a run's figures are drawn from: its record (less timing) and version.
+
+    ``plots/`` holds it in :data:`FIGURE_STAMP`, so ``phaseprune report`` can copy the PNGs
+    instead of drawing them again when the record is unchanged.
+    """
+    from phaseprune import __version__
+
+    return fingerprint({k: v for k, v in record.items() if k != "timing"}, __version__)
+
+
+def stamp_figures(record: dict, out_dir: Path) -> None:
+    """Write :data:`FIGURE_STAMP` into ``out_dir`` (after its PNGs)."""
+    atomic_write_bytes(Path(out_dir) / FIGURE_STAMP, figure_source(record).encode())
+
+
 class PartialReadout:
     """Option logits computed so far, saved so an interrupted run can continue."""
 
