@@ -64,6 +64,9 @@ class Plan:
     eval: int = 100
     steps: int = 8
     seed: int = 0
+    # (b), (c): every layer removed alone from the unpruned model (one iterative step), on more
+    # items than pruning calibrates on; 0 reads step 1 of the iterative run instead
+    single_items: int = 0
     # cheapest first, so a partial run already answers most questions
     strategies: tuple[str, ...] = (
         "phase-aware",
@@ -78,9 +81,9 @@ class Plan:
 PLANS = {
     # about 2 s per 0-shot item per full pass on 2 CPU cores: fewer pruning items than SmolLM2
     "qwen2.5-coder-1.5b": Plan(
-        "qwen2.5-coder-1.5b", "", fetch="qwen2.5-coder-1.5b", calib=24, eval=60
+        "qwen2.5-coder-1.5b", "", fetch="qwen2.5-coder-1.5b", calib=24, eval=60, single_items=48
     ),
-    "smollm2-135m": Plan("smollm2-135m", "smollm2-135m"),
+    "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", single_items=100),
 }
 
 
@@ -139,6 +142,10 @@ def run_plan(
                           calib=plan.calib, eval=plan.eval, seed=plan.seed,
                           stop_at_collapse=True)  # fmt: skip
         stages.append((f"prune-{strategy}", cfg))
+    if plan.single_items:
+        stages.append(("single-removals", PruneConfig(
+            out="", model=model, task=mmlu, strategy="iterative", steps=1,
+            calib=plan.single_items, eval=10, seed=plan.seed)))  # fmt: skip
     run_root.mkdir(parents=True, exist_ok=True)
     with hold_models():
         for name, cfg in stages:
@@ -188,12 +195,16 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     )
     trajs = [json.loads((p / "trajectory.json").read_text()) for p in prunes]
     single = None
-    iterative = run_root / "prune-iterative"
-    if (iterative / "candidates.parquet").exists():
-        traj = json.loads((iterative / "trajectory.json").read_text())
-        rows = pd.read_parquet(iterative / "candidates.parquet").to_dict("records")
-        if any(r["step"] == 1 for r in rows):
-            single = single_removals(traj, rows)
+    # phases from the analyze run (more items than any pruning run's evaluation readout)
+    phases = summary["phases"]["layer_phases"]
+    for source in ("single-removals", "prune-iterative"):
+        run = run_root / source
+        if single is not None or not (run / "candidates.parquet").exists():
+            continue
+        rows = pd.read_parquet(run / "candidates.parquet").to_dict("records")
+        if any(r["step"] == 1 for r in rows):  # step 1 is all it needs, finished run or not
+            traj = json.loads((run / "trajectory.json").read_text())
+            single = single_removals(traj, rows, phases) | {"source": source}
     log = (
         json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
     )

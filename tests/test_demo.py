@@ -90,10 +90,18 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     assert numbers["claims"]["a"]["verdict"] is False  # a random model has no transition
     iterative = next(t for t in numbers["prune"] if t["strategy"] == "iterative")
     assert numbers["single"]["base_accuracy"] == iterative["calib_step0"]["accuracy"]
+    assert numbers["single"]["source"] == "prune-iterative"
+    phases = numbers["analyze"]["phases"]["layer_phases"]  # grouped by the analyze run's phases
+    assert [r["phase"] for r in numbers["single"]["layers"]] == phases
     doc = tmp_path / "docs" / "findings.md"
     findings.render({"smollm2-135m": numbers, "qwen2.5-coder-1.5b": None}, doc)
     text = doc.read_text()
     assert "not run yet" in text and "| last |" in text
+    assert "(run `prune-iterative`)" in text
+    # a dedicated single-removals run, when there is one, is preferred
+    shutil.copytree(out / "prune-iterative", runs / "single-removals")
+    again = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    assert again["single"]["source"] == "single-removals"
     for rel in numbers["figures"].values():
         assert (tmp_path / "docs" / rel).exists()
     for key in ("analyze-mmlu/margin", "analyze-mmlu/option_frequency", "compare"):

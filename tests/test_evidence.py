@@ -35,6 +35,7 @@ def traj(strategy, removed, phases, accs, collapse_step=None, base=0.9, transiti
         "step0": {"eval_accuracy": base, "transition_layer": transition,
                   "phases": {"layer_phases": ["silent", "silent", "decisive", "decisive"]}},
         "calib_step0": {"accuracy": 0.8},
+        "calib_items": [{"id": i} for i in range(10)],
         "steps": steps,
         "collapse": {"step": collapse_step, "reason": "within chance" if collapse_step else None},
     }  # fmt: skip
@@ -79,6 +80,11 @@ def test_single_removals_group_by_phase():
     assert s["silent"]["mean_delta"] == pytest.approx((-0.55 - 0.3) / 2)
     assert s["silent"]["share_collapse_drop"] == 1.0
     assert s["decisive"]["worst_delta"] == pytest.approx(-0.02)
+    assert s["n_items"] == 10 and s["base_accuracy"] == 0.8
+    # phases from elsewhere (an analyze run on more items) regroup the same deltas
+    s = single_removals(t, rows, phases=["silent", "decisive", "decisive", "decisive"])
+    assert s["silent"]["n"] == 1 and s["decisive"]["n"] == 3
+    assert s["decisive"]["worst_delta"] == pytest.approx(-0.3)
 
 
 def test_claims_verdicts():

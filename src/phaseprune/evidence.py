@@ -132,22 +132,26 @@ def delta_stats(deltas: Sequence[float]) -> dict:
     }
 
 
-def single_removals(traj: Mapping, candidates: Sequence[Mapping]) -> dict:
+def single_removals(
+    traj: Mapping, candidates: Sequence[Mapping], phases: Sequence[str] | None = None
+) -> dict:
     """(b), (c) cleanly: step 1 of an iterative run scores removing each layer alone.
 
     ``candidates`` are the run's ``candidates.parquet`` rows. Each layer's calibration accuracy
     without it is compared with the unpruned calibration accuracy (``calib_step0``), grouped
-    by the layer's phase in the unpruned model (``step0.phases.layer_phases``).
+    by the layer's phase in the unpruned model: ``phases`` (one per decoder layer, e.g. an
+    ``analyze`` run's ``phases.layer_phases`` on more items), or by default the run's own
+    evaluation readout (``step0.phases.layer_phases``).
     """
     base = traj["calib_step0"]["accuracy"]
-    phases = traj["step0"]["phases"]["layer_phases"]
+    phases = list(phases) if phases is not None else traj["step0"]["phases"]["layer_phases"]
     rows = [r for r in candidates if r["step"] == 1]
     per_layer = [
         {"layer": int(r["layer"]), "phase": phases[int(r["layer"])],
          "accuracy": float(r["accuracy"]), "delta": float(r["accuracy"]) - base}
         for r in sorted(rows, key=lambda r: r["layer"])
     ]  # fmt: skip
-    out: dict = {"base_accuracy": base, "layers": per_layer}
+    out: dict = {"base_accuracy": base, "n_items": len(traj["calib_items"]), "layers": per_layer}
     for phase in ("decisive", "silent"):
         out[phase] = delta_stats([r["delta"] for r in per_layer if r["phase"] == phase])
     return out
