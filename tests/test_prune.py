@@ -168,6 +168,28 @@ def test_resume_after_kill_9_is_identical(capsys, planted_dir, items_dir, tmp_pa
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_larger_steps_extend_a_finished_run(capsys, planted_dir, items_dir, tmp_path):
+    """--resume with a larger --steps continues a finished run; the result equals one long run."""
+    full = run(capsys, prune_args(planted_dir, items_dir, tmp_path / "full", "--steps", "4"))
+    out = tmp_path / "short"
+    short = run(capsys, prune_args(planted_dir, items_dir, out, "--steps", "2"))
+    assert short["complete"] and len(short["steps"]) == 2
+    extended = run(capsys, prune_args(planted_dir, items_dir, out, "--steps", "4", "--resume"))
+    assert _strip(extended) == _strip(full)
+    assert extended["settings"]["steps"] == 4
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "full" / "candidates.parquet"),
+        pd.read_parquet(out / "candidates.parquet"),
+    )
+    # asking for fewer steps than it has leaves the run as it is
+    before = (out / "trajectory.json").read_bytes()
+    again = run(capsys, prune_args(planted_dir, items_dir, out, "--steps", "3", "--resume"))
+    assert len(again["steps"]) == 4 and (out / "trajectory.json").read_bytes() == before
+    # any other setting still refuses the resume
+    code = main(prune_args(planted_dir, items_dir, out, "--steps", "4", "--resume", "--calib", "6"))
+    assert code == 2 and "other settings" in capsys.readouterr().err
+
+
 def test_export_round_trip_and_compare(capsys, planted_dir, items_dir, tmp_path):
     a = tmp_path / "a"
     b = tmp_path / "b"

@@ -38,6 +38,8 @@ from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
 
 VOLATILE = ("out", "resume", "overwrite", "quiet", "plots", "cache_budget")
+# settings that only decide where a run stops: a resume may change them (extend or cut short)
+STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 
 
 def check_config(cfg: PruneConfig) -> None:
@@ -149,9 +151,13 @@ class PruneRun:
                 f"--out {self.out} already holds a run; pass --resume to continue it or --overwrite"
             )
 
-    def key(self) -> str:
-        """Fingerprint of everything that determines the trajectory."""
-        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in VOLATILE}
+    def key(self, **stopping) -> str:
+        """Fingerprint of everything that determines the trajectory.
+
+        ``stopping`` overrides :data:`STOPPING` settings (to recognise a run made with others).
+        """
+        cfg = dataclasses.replace(self.cfg, **stopping)
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
         return fingerprint(settings, dataclasses.asdict(self.info), self.record_task, __version__)
 
     def eval_readout(self, removed) -> dict:
@@ -195,9 +201,16 @@ def _load_previous(run: PruneRun) -> tuple[dict | None, list[dict]]:
         return None, []
     traj = json.loads(path.read_text())
     if traj.get("fingerprint") != run.key():
-        raise UsageError(
-            f"{path} was made with other settings, model or items; use --overwrite to start over"
-        )
+        made = {k: traj.get("settings", {}).get(k) for k in STOPPING}
+        if traj.get("fingerprint") != run.key(**made):
+            raise UsageError(
+                f"{path} was made with other settings, model or items; use --overwrite to start "
+                "over"
+            )
+        # the same run with other stopping rules (e.g. a larger --steps): it continues from
+        # its last step under the new ones, and is recorded with them
+        traj["fingerprint"] = run.key()
+        traj["settings"] = dataclasses.asdict(run.cfg)
     cand = run.out / "candidates.parquet"
     rows = pd.read_parquet(cand).to_dict("records") if cand.exists() else []
     done = {s["step"] for s in traj["steps"]}
@@ -304,7 +317,10 @@ def run_prune(cfg: PruneConfig) -> dict:
     run = PruneRun(cfg)
     traj, rows = _load_previous(run)
     if traj is not None and traj.get("complete"):
-        return traj  # resuming a finished run (same fingerprint): nothing to do or rewrite
+        removed = [k for s in traj["steps"] for k in s["removed_layers"]]
+        if _should_stop(run, traj, removed):
+            return traj  # resuming a finished run: nothing to do or rewrite
+        traj["complete"] = False  # finished under other stopping rules: extend it
     if cfg.overwrite and not cfg.resume:
         for name in ("trajectory.json", "candidates.parquet"):
             (run.out / name).unlink(missing_ok=True)
