@@ -31,7 +31,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from phaseprune import __version__
 from phaseprune.analyze import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
-from phaseprune.evidence import THRESHOLDS, claims, pileup, single_removals
+from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
 from phaseprune.models import hold_models
 from phaseprune.prune import run_prune
 from phaseprune.report import build_report
@@ -248,6 +248,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "single": single,
         "claims": claims(summary, trajs, single),
         "pileup": pileup(summary),
+        "changes": largest_changes(trajs),
         "figures": copied,
         "report": os.path.relpath(report.html, ROOT),
     }

@@ -4,6 +4,7 @@ import pytest
 
 from phaseprune.evidence import (
     claims,
+    largest_changes,
     layers_before_collapse,
     phase_effects,
     pileup,
@@ -25,11 +26,13 @@ SUMMARY = {
 }
 
 
-def traj(strategy, removed, phases, accs, collapse_step=None, base=0.9, transition=3):
+def traj(strategy, removed, phases, accs, collapse_step=None, base=0.9, transition=3, path=None):
     steps = []
+    path = path or [transition] * len(removed)  # the transition after each removal
     for i, (k, ph, a) in enumerate(zip(removed, phases, accs, strict=True)):
         steps.append({"step": i + 1, "removed_layer": k, "phase_of_removed": ph,
-                      "eval_accuracy": a, "removed_so_far": removed[: i + 1]})  # fmt: skip
+                      "eval_accuracy": a, "removed_so_far": removed[: i + 1],
+                      "transition_layer": path[i]})  # fmt: skip
     return {
         "strategy": strategy,
         "step0": {"eval_accuracy": base, "transition_layer": transition,
@@ -62,6 +65,10 @@ def test_removal_effects_and_phase_grouping_stop_at_collapse():
     assert eff["silent"]["n"] == 1  # the removal after the collapse is not counted
     assert eff["silent"]["share_collapse_drop"] == 1.0
     assert phase_effects([t], until_collapse=False)["silent"]["n"] == 2
+    # once the transition is gone every layer is "silent" by default: those removals don't count
+    lost = traj("bi", [1, 0, 2], ["silent"] * 3, [0.6, 0.5, 0.4], path=[None, None, None])
+    assert [r["decided_before"] for r in removal_effects(lost)] == [True, False, False]
+    assert phase_effects([lost])["silent"]["n"] == 1
 
 
 def test_layers_before_collapse():
@@ -115,3 +122,13 @@ def test_pileup_measures_letter_concentration_per_phase():
     assert p["silent"]["mean_top_share"] == pytest.approx(0.9)
     assert p["silent"]["top_letters"] == {"A": 2} and p["silent"]["layers_with_top_over_90"] == 1
     assert p["decisive"]["n_layers"] == 1 and p["gold_top_share"] == 0.5
+
+
+def test_largest_changes():
+    a = traj("a", [3, 2], ["decisive", "decisive"], [0.7, 0.95])
+    b = traj("b", [1], ["silent"], [0.2])
+    ch = largest_changes([a, b])
+    assert (ch["rise"]["strategy"], ch["rise"]["step"]) == ("a", 2)
+    assert ch["rise"]["delta"] == pytest.approx(0.25)
+    assert (ch["drop"]["strategy"], ch["drop"]["layer"]) == ("b", 1)
+    assert largest_changes([]) == {"rise": None, "drop": None}

@@ -82,9 +82,14 @@ def pileup(summary: Mapping) -> dict:
 
 
 def removal_effects(traj: Mapping) -> list[dict]:
-    """Every removal of a pruning run: the layer, its phase, accuracy before and after."""
+    """Every removal of a pruning run: the layer, its phase, accuracy before and after.
+
+    ``decided_before`` says whether the model it was removed from still had a transition: if
+    not, every layer of it is labelled Silent by default, not by measurement.
+    """
     rows = []
     previous = traj["step0"]["eval_accuracy"]
+    transition = traj["step0"].get("transition_layer")
     for s in traj["steps"]:
         rows.append(
             {
@@ -95,17 +100,20 @@ def removal_effects(traj: Mapping) -> list[dict]:
                 "accuracy_before": previous,
                 "accuracy_after": s["eval_accuracy"],
                 "delta": s["eval_accuracy"] - previous,
+                "decided_before": transition is not None,
             }
         )
         previous = s["eval_accuracy"]
+        transition = s.get("transition_layer")
     return rows
 
 
 def phase_effects(trajs: Sequence[Mapping], *, until_collapse: bool = True) -> dict:
     """(b), (c): accuracy change of removals grouped by the removed layer's phase.
 
-    With ``until_collapse`` only removals up to and including each run's collapse step count
-    (after a collapse every later removal is from a broken model).
+    Only removals from a model that still had a transition count (a phase is measured only
+    there). With ``until_collapse`` only removals up to and including each run's collapse step
+    count (after a collapse every later removal is from a broken model).
     """
     by_phase: dict[str, list[float]] = {"decisive": [], "silent": []}
     for traj in trajs:
@@ -113,8 +121,24 @@ def phase_effects(trajs: Sequence[Mapping], *, until_collapse: bool = True) -> d
         for row in removal_effects(traj):
             if last is not None and row["step"] > last:
                 break
+            if not row["decided_before"]:
+                continue
             by_phase.setdefault(row["phase"], []).append(row["delta"])
     return {phase: delta_stats(deltas) for phase, deltas in by_phase.items()}
+
+
+def largest_changes(trajs: Sequence[Mapping]) -> dict:
+    """The single removals that raised and lowered evaluation accuracy most, over all runs.
+
+    A rise shows accuracy is not monotone in removals (or the evaluation set's noise).
+    """
+    rows = [row for traj in trajs for row in removal_effects(traj)]
+    if not rows:
+        return {"rise": None, "drop": None}
+    return {
+        "rise": max(rows, key=lambda r: r["delta"]),
+        "drop": min(rows, key=lambda r: r["delta"]),
+    }
 
 
 def delta_stats(deltas: Sequence[float]) -> dict:
