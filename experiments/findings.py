@@ -30,6 +30,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from phaseprune import __version__
 from phaseprune.analyze import run_analyze
+from phaseprune.collapse import collapse_step
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
 from phaseprune.models import hold_models
@@ -149,6 +150,11 @@ def _todo(run_dir: Path, cfg) -> bool:
     return len(traj["steps"]) < cfg.steps and left > 1
 
 
+def _steps_done(run_dir: Path) -> int:
+    traj = run_dir / "trajectory.json"
+    return len(json.loads(traj.read_text())["steps"]) if traj.exists() else 0
+
+
 def run_plan(
     plan: Plan, run_root: Path, only: set[str] | None, device: str = "cpu", dtype: str | None = None
 ) -> None:
@@ -199,7 +205,8 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         return json.loads(committed.read_text()) if committed.exists() else None
     other = run_root / f"analyze-{plan.other_task}"
     prunes = [run_root / f"prune-{s}" for s in plan.strategies]
-    prunes = [p for p in prunes if _done(p)]  # unfinished runs wait for the next invocation
+    # unfinished runs are shown up to their last step (and marked so); resumed by the next run
+    prunes = [p for p in prunes if _steps_done(p)]
     runs = [analyze, *prunes]
     report = build_report(runs, run_root / "report.html")
     figures = docs_root / plan.name
@@ -222,6 +229,12 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         else None
     )
     trajs = [json.loads((p / "trajectory.json").read_text()) for p in prunes]
+    for t in trajs:
+        if not t.get("complete"):  # provisional, up to the last completed step
+            s0 = t["step0"]
+            t["collapse"] = collapse_step(s0["eval_accuracy"], s0["eval_accuracy_ci"][0],
+                                          t["steps"], t["chance"],
+                                          t["settings"]["collapse_fraction"])  # fmt: skip
     single = None
     # phases from the analyze run (more items than any pruning run's evaluation readout)
     phases = summary["phases"]["layer_phases"]
@@ -261,7 +274,8 @@ def _slim(numbers: dict) -> dict:
     """numbers.json keeps the trajectories' per-step headline numbers, not every layer."""
     out = dict(numbers)
     out["prune"] = [
-        {k: t[k] for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items")}
+        {k: t.get(k) for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items",
+                                "complete")}
         | {"step0_accuracy": t["step0"]["eval_accuracy"],
            "step0_accuracy_ci": t["step0"]["eval_accuracy_ci"],
            "step0_transition": t["step0"]["transition_layer"],

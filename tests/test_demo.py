@@ -98,6 +98,18 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     text = doc.read_text()
     assert "not run yet" in text and "| last |" in text
     assert "(run `prune-iterative`)" in text
+    # an unfinished run is shown up to its last step, marked, with a provisional collapse
+    traj = json.loads((runs / "prune-last" / "trajectory.json").read_text())
+    traj["complete"] = False
+    traj["steps"] = traj["steps"][:-1]
+    del traj["collapse"]
+    (runs / "prune-last" / "trajectory.json").write_text(json.dumps(traj))
+    partial = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    last = next(t for t in partial["prune"] if t["strategy"] == "last")
+    assert not last["complete"] and len(last["steps"]) == len(traj["steps"])
+    assert "statement" in last["collapse"]
+    findings.render({"smollm2-135m": partial, "qwen2.5-coder-1.5b": None}, doc)
+    assert "| last (unfinished) |" in doc.read_text()
     # a dedicated single-removals run, when there is one, is preferred
     shutil.copytree(out / "prune-iterative", runs / "single-removals")
     again = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
