@@ -362,3 +362,11 @@ def test_pngs_copied_from_plots_only_while_their_record_is_unchanged(decider, tm
         redrawn["accuracy_vs_removed.png"]
         != (tmp_path / "p" / "plots" / "accuracy_vs_removed.png").read_bytes()
     )
+
+
+def test_figures_name_local_models_without_their_path():
+    from phaseprune.plots import model_label
+
+    assert model_label({"name": "/root/.cache/m/qwen-q4_k_m.gguf"}) == "qwen-q4_k_m.gguf"
+    assert model_label({"name": "./ckpt/pruned"}) == "pruned"
+    assert model_label({"name": "Qwen/Qwen2.5-7B"}) == "Qwen/Qwen2.5-7B"  # a hub id stays

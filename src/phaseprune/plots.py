@@ -23,11 +23,17 @@ SILENT_COLOR = "#d9d9d9"
 DECISIVE_COLOR = "#cfe8cf"
 
 
+def model_label(model: dict) -> str:
+    """The model's name for a figure: a local file or folder by its own name, not its path."""
+    name = str(model["name"])
+    return Path(name).name if name.startswith(("/", "~", ".")) else name
+
+
 def _title(summary: dict) -> str:
     task = summary["task"]
     subjects = ", ".join(task["subjects"][:3]) + ("…" if len(task["subjects"]) > 3 else "")
     return (
-        f"{summary['model']['name']} · {task['name']}"
+        f"{model_label(summary['model'])} · {task['name']}"
         f"{' (' + subjects + ')' if subjects else ''} · {task['shots']}-shot · n={task['n_items']}"
     )
 

@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from phaseprune.plots import model_label  # noqa: E402
+
 
 def _points(traj: dict):
     steps = [traj["step0"], *traj["steps"]]
@@ -53,7 +55,7 @@ def accuracy_figure(trajs: Sequence[dict], labels: Sequence[str] | None = None):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layers removed")
     ax.set_ylabel("evaluation accuracy (95% interval)")
-    model = trajs[0]["model"]["name"]
+    model = model_label(trajs[0]["model"])
     ax.set_title(
         f"{model} · {trajs[0]['task']['name']} · n_eval={len(trajs[0]['eval_items'])} "
         "(circles: collapse)",
@@ -104,7 +106,7 @@ def margin_heatmap(traj: dict):
             row = 0 if t == 0 else rem[t - 1] + 1
             ax.plot(col, row, marker="*", color="gold", ms=9, mec="black", mew=0.5)
     fig.colorbar(im, ax=ax, label="mean Decision Margin (logits); ★ transition")
-    ax.set_title(f"{traj['model']['name']} · {traj['strategy']}", fontsize=9)
+    ax.set_title(f"{model_label(traj['model'])} · {traj['strategy']}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -86,14 +86,16 @@ FIGURE_STAMP = "figures.sha256"
 
 
 def figure_source(record: dict) -> str:
-    """Digest of what a run's figures are drawn from: its record (less timing) and version.
+    """Digest of what a run's figures are drawn from: its record (less timing) and the code.
 
-    ``plots/`` holds it in :data:`FIGURE_STAMP`, so ``phaseprune report`` can copy the PNGs
-    instead of drawing them again when the record is unchanged.
+    The code is the figure modules' own source, so a change to any figure redraws it.
+    ``plots/`` holds the digest in :data:`FIGURE_STAMP`, so ``phaseprune report`` can copy
+    the PNGs instead of drawing them again when nothing changed.
     """
-    from phaseprune import __version__
-
-    return fingerprint({k: v for k, v in record.items() if k != "timing"}, __version__)
+    here = Path(__file__).parent
+    code = [hashlib.sha256((here / f).read_bytes()).hexdigest()
+            for f in ("plots.py", "prune_plots.py")]  # fmt: skip
+    return fingerprint({k: v for k, v in record.items() if k != "timing"}, code)
 
 
 def stamp_figures(record: dict, out_dir: Path) -> None:
