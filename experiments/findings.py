@@ -19,7 +19,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -188,12 +190,17 @@ def run_plan(
                 continue
             started = time.perf_counter()
             print(f"[{_now()}] {plan.name}: {name}", flush=True)
-            if isinstance(cfg, AnalyzeConfig):
-                run_analyze(replace(cfg, out=str(out)))
-            else:
-                resume = (out / "trajectory.json").exists()
-                run_prune(replace(cfg, out=str(out), resume=resume))
-            _log(run_root, name, time.perf_counter() - started)
+            finished = False
+            try:
+                if isinstance(cfg, AnalyzeConfig):
+                    run_analyze(replace(cfg, out=str(out)))
+                else:
+                    resume = (out / "trajectory.json").exists()
+                    run_prune(replace(cfg, out=str(out), resume=resume))
+                finished = True
+            finally:  # an interrupted invocation's time counts too (its steps are kept)
+                label = name if finished else f"{name} (interrupted)"
+                _log(run_root, label, time.perf_counter() - started)
 
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
@@ -330,6 +337,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown model plan {unknown}; choose from {', '.join(PLANS)}")
     only = set(args.stages.split(",")) - {""} or None
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the stage's time is logged before exiting
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.doc_only:
         for name in names:
             run_plan(PLANS[name], Path(args.runs) / name, only, args.device, args.dtype)
