@@ -1,13 +1,13 @@
 """``phaseprune report``: one self-contained HTML page of analyze and prune runs.
 
 Presentation layer: it reads run directories (``summary.json``, ``trajectory.json``) and
-imports the core's records and figures; the core never imports it, and nothing here loads
+imports the core's records and the figures of :mod:`phaseprune.figures` (plotly ones
+in the page, matplotlib ones beside it); the core never imports it, and nothing here loads
 torch or a model.
 
 * :mod:`.load`: what kind of run a directory is; clear errors for anything else.
 * :mod:`.text`, :mod:`.tables`: the numbers and sentences the page prints.
-* :mod:`.figures`, :mod:`.prune_figures`: plotly figures from the records.
-* :mod:`.static`: PNGs beside the HTML, from the existing matplotlib figures.
+* :mod:`.static`: PNGs beside the HTML, from :mod:`phaseprune.figures.png`.
 * :mod:`.build`: sections, the Jinja2 template, the file.
 """
 

@@ -19,7 +19,10 @@ from plotly.offline import get_plotlyjs
 
 from phaseprune import __version__
 from phaseprune.errors import UsageError
-from phaseprune.report import figures, prune_figures, static, tables
+from phaseprune.figures import data
+from phaseprune.figures import interactive as readout_figs
+from phaseprune.figures import interactive_prune as prune_figs
+from phaseprune.report import static, tables
 from phaseprune.report.load import Run, load_runs
 from phaseprune.runio import atomic_write_bytes
 
@@ -111,21 +114,19 @@ def _subtitle(record: dict) -> str:
 def analyze_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
     """Headline, settings, margin, option frequency beside gold, layer accuracy."""
     s = run.record
-    t = s["transition_layer"]
-    letters = s["task"].get("letters") or list(s["gold_frequency"])
+    curves = data.summary_curves(s)
     blocks = [
-        _block(figures.margin_figure(s["layers"], s["phases"], t), f"{sid}-margin",
+        _block(readout_figs.margin_figure(curves), f"{sid}-margin",
                "Decision Margin by layer",
                "Mean of correct − best wrong option logit at each readout layer, with its 95% "
                "bootstrap band; Silent Phase grey, Decisive Phase green, transition dashed.",
                png_dir / "margin.png", html_dir),
-        _block(figures.option_frequency_figure(s["layers"], letters, s["gold_frequency"], t),
+        _block(readout_figs.option_frequency_figure(data.summary_option_grid(s)),
                f"{sid}-option-frequency", "Option Frequency by layer",
                "Share of items whose pick at each layer is each letter; the column on the right "
                "is the gold letters' distribution. A Silent Phase piles its picks on one letter.",
                png_dir / "option_frequency.png", html_dir),
-        _block(figures.layer_accuracy_figure(s["layers"], s["phases"], t, s["chance"]),
-               f"{sid}-accuracy", "Accuracy by layer",
+        _block(readout_figs.layer_accuracy_figure(curves), f"{sid}-accuracy", "Accuracy by layer",
                "Accuracy of each layer's pick with its 95% Wilson interval, against chance.",
                png_dir / "accuracy.png", html_dir),
     ]  # fmt: skip
@@ -142,28 +143,28 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
     s0 = traj["step0"]
     label = tables.run_label(run)
     blocks = [
-        _block(prune_figures.accuracy_vs_removed([traj], [label]), f"{sid}-accuracy",
-               "Accuracy vs layers removed",
+        _block(prune_figs.accuracy_vs_removed(data.accuracy_runs([traj], [label])),
+               f"{sid}-accuracy", "Accuracy vs layers removed",
                "Evaluation accuracy after each removal with its 95% Wilson interval; dotted: "
                "chance; circled: the collapse step. Hover a point for the layer removed.",
                png_dir / "accuracy_vs_removed.png", html_dir),
-        _block(prune_figures.margin_heatmap(traj), f"{sid}-margin-heatmap",
+        _block(prune_figs.margin_heatmap(data.margin_grid(traj)), f"{sid}-margin-heatmap",
                "Decision Margin, layers × steps",
                "Mean margin read after each original layer (rows) at each step (columns); "
                "removed layers are grey, ★ marks the transition layer; −L2 under a step: layer 2 "
                "was removed at that step.",
                png_dir / "margin_heatmap.png", html_dir),
-        _block(prune_figures.stepped_margin_figure(traj), f"{sid}-margin-steps",
+        _block(prune_figs.stepped_margin_figure(data.step_curves(traj), data.step_ticks(traj)),
+               f"{sid}-margin-steps",
                "Decision Margin by layer, step by step",
                "The unpruned model's margin curve and phases; the slider shows any later step "
                "(x: the original layer the readout follows).", None, html_dir),
-        _block(figures.option_frequency_figure(s0["layers"], traj["task"]["letters"], None,
-                                               s0["transition_layer"]),
+        _block(readout_figs.option_frequency_figure(data.step0_option_grid(traj)),
                f"{sid}-option-frequency", "Option Frequency by layer (unpruned)",
                "Share of evaluation items picked per letter at each layer of the unpruned "
                "model (trajectory.json records no gold-letter distribution; an analyze run "
                "of the same items shows it).", None, html_dir),
-        _block(prune_figures.option_frequency_steps(traj), f"{sid}-option-steps",
+        _block(prune_figs.option_frequency_steps(data.option_steps(traj)), f"{sid}-option-steps",
                "Final-layer picks per step",
                "Share of evaluation items the pruned model's output picks per letter.",
                png_dir / "option_frequency_steps.png", html_dir),
@@ -172,7 +173,7 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
         sid, "prune", f"Pruning run {run.name} · {traj['strategy']}", _subtitle(traj),
         run.warnings, cards=tables.prune_cards(traj), statement=s0["phases"]["statement"],
         collapse=tables.prune_collapse_text(traj),
-        collapsed=tables.collapse_record(traj).get("step") is not None, figures=blocks,
+        collapsed=traj["collapse"]["step"] is not None, figures=blocks,
         settings=tables.settings(run), layer_rows=tables.layer_rows(s0["layers"], s0["phases"]),
         step_rows=tables.step_rows(traj),
     )  # fmt: skip
@@ -181,7 +182,7 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
 def compare_section(runs: list[Run], png: Path, html_dir: Path) -> Section:
     """All pruning runs on one accuracy plot and one table."""
     labels = [tables.run_label(r) for r in runs]
-    fig = prune_figures.accuracy_vs_removed([r.record for r in runs], labels)
+    fig = prune_figs.accuracy_vs_removed(data.accuracy_runs([r.record for r in runs], labels))
     block = _block(fig, "compare-accuracy", "Accuracy vs layers removed, all strategies",
                    "One line per run with its 95% interval (click a legend entry to hide it); "
                    "circled: each run's collapse step.", png, html_dir)  # fmt: skip

@@ -1,9 +1,8 @@
-"""Static PNGs beside the HTML, drawn by the existing matplotlib figures.
+"""Static PNGs beside the HTML, drawn by the matplotlib figures of :mod:`phaseprune.figures.png`.
 
 The report's interactive figures need its inlined JavaScript; the PNGs are for slides, papers
-and viewers without it. They come from :mod:`phaseprune.plots` and
-:mod:`phaseprune.prune_plots` (the same figures ``analyze`` and ``prune`` write into
-``plots/``). They are copied from ``plots/`` when its stamp
+and viewers without it. They are the same figures ``analyze`` and ``prune`` write into
+``plots/``. They are copied from ``plots/`` when its stamp
 (:func:`~phaseprune.runio.figure_source`) says they were drawn from this very record, and
 drawn here otherwise (a ``--no-plots`` run, a record changed since, another version).
 """
@@ -13,8 +12,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from phaseprune.plots import FIGURES, write_plots
-from phaseprune.prune_plots import PRUNE_FIGURES, write_compare_plot, write_prune_plots
+from phaseprune.figures.png import (
+    FIGURES,
+    PRUNE_FIGURES,
+    write_compare_plot,
+    write_plots,
+    write_prune_plots,
+)
 from phaseprune.report.load import Run
 from phaseprune.runio import FIGURE_STAMP, figure_source
 
