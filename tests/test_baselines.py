@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as tf
+from reference import output_distributions, text_nll
 from scipy.spatial.distance import jensenshannon
 from tiny_models import D_MODEL, GQA, TOKENS, VOCAB, build_tiny
 
@@ -15,9 +16,7 @@ from phaseprune.baselines import (
     angular_distances,
     block_influence,
     js_divergence,
-    output_distributions,
     taylor_importance,
-    text_nll,
 )
 
 FAMILIES = ["llama", "gemma2", "gpt2", "opt", "falcon-old-alibi"]
@@ -250,3 +249,18 @@ def test_js_divergence_of_disjoint_supports_is_ln2():
     torch.testing.assert_close(js_divergence(logp, logq), torch.full((2,), math.log(2)).double())
     with pytest.raises(ValueError, match="shapes differ"):
         js_divergence(logp, logq[:, :2])
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2"])
+def test_sleb_scores_equal_text_nll_of_the_pruned_view(case):
+    """SLEB/PPL's suffix-only NLL of "model without k" equals the plain NLL of that view."""
+    from phaseprune.candidates import score_removals
+    from phaseprune.strategies.rankings import _mean_nll, _nll_reduce
+    from phaseprune.surgery import without_layers
+
+    model = build_tiny(case)
+    ids = texts(5, seed=3, lo=3)
+    values = score_removals(model, [0], [1, 2], ids, _nll_reduce, max_tokens=40)
+    for k, v in values.items():
+        with without_layers(model, [0, k]) as parts:
+            assert _mean_nll(v) == pytest.approx(text_nll(model, parts, ids), rel=1e-5)

@@ -7,11 +7,11 @@ from tiny_models import OPTION_IDS, VOCAB, build_tiny
 
 from phaseprune.candidates import (
     budget_chunks,
-    cached_tokens_budget,
     final_readout,
     option_reduce,
     score_removals,
 )
+from phaseprune.layer_cache import tokens_budget
 from phaseprune.surgery import without_layers
 
 CASES = ["llama", "gemma2", "gpt2", "falcon-new", "opt-project-out", "qwen2"]
@@ -103,6 +103,6 @@ def test_budget_chunks_pack_batches_within_budget():
 def test_cached_tokens_budget_counts_every_layer_input():
     model = build_tiny("llama", n_layers=4)
     per_token = 5 * model.config.hidden_size * 4  # 4 layer inputs + output, float32
-    assert cached_tokens_budget(model, 4, 10 * per_token) == 10
-    assert cached_tokens_budget(model, 4, 1) == 1
-    assert cached_tokens_budget(model, 4, None) is None
+    assert tokens_budget(model, 4, 10 * per_token) == 10
+    assert tokens_budget(model, 4, 1) == 1
+    assert tokens_budget(model, 4, None) is None

@@ -3,7 +3,8 @@
 import pytest
 from tiny_tokenizers import byte_bpe, char_level
 
-from phaseprune.encoding import default_add_bos, encode_prompts, option_tokens
+from phaseprune.arch import default_add_bos
+from phaseprune.encoding import encode_prompts, option_tokens
 from phaseprune.errors import UsageError
 
 PROMPTS = [

@@ -17,10 +17,19 @@ model class). Layouts, checked against transformers 5.24 (``base`` is relative t
 * falcon: ``transformer`` with ``word_embeddings``, ``h``, ``ln_f``.
 
 All of them unembed with ``lm_head``.
+
+Besides the layouts, this module holds every other family-specific fact the package uses: the
+decoder-layer calling convention (:func:`layer_input`, :func:`layer_output`), which families
+read a BOS token (:func:`default_add_bos`), the residual width (:func:`d_model`), and the two
+hook contexts the engines build on: :func:`capture_layer_inputs` ("record what enters each
+layer") and :func:`stand_in_layers` ("run these stand-ins in place of those layers").
+Edits of a model (layer removal, re-indexing, export configs) are in :mod:`phaseprune.surgery`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -215,6 +224,14 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
     )
 
 
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a decoder layer is called with, from a forward pre-hook's arguments.
+
+    Every supported family passes them first, positionally or as ``hidden_states=``.
+    """
+    return args[0] if args else kwargs["hidden_states"]
+
+
 def layer_output(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Return the hidden states from a decoder layer's forward output.
 
@@ -260,3 +277,66 @@ class CachedLayer(nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         """Ignore the input; return the cached hidden states."""
         return (self.output, None) if self.as_tuple else self.output
+
+
+# lm-evaluation-harness's HFLM forces a BOS token for these families (Gemma degrades badly
+# without it) and adds no special tokens for any other causal model.
+BOS_FAMILIES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
+
+
+def default_add_bos(family: str) -> bool:
+    """lm-evaluation-harness's choice: BOS only for Gemma models."""
+    return family in BOS_FAMILIES
+
+
+def d_model(model: nn.Module) -> int:
+    """Width of the residual stream (``hidden_size``; the embedding width if a config lacks it)."""
+    hidden = getattr(model.config.get_text_config(), "hidden_size", None)
+    return hidden or decoder_parts(model).embed.weight.shape[1]
+
+
+@contextmanager
+def capture_layer_inputs(
+    parts: DecoderParts, start: int = 0, *, final: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Record the input of every layer from ``start`` on (and the last layer's output).
+
+    Yields a list that each forward of ``parts.base`` inside the block extends with the
+    hidden states entering layers ``start, start + 1, ...`` in order, then, with ``final``, the
+    last layer's output. Hooks are removed on exit.
+    """
+    captured: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda m, args, kwargs: captured.append(layer_input(args, kwargs)), with_kwargs=True
+        )
+        for layer in list(parts.layers)[start:]
+    ]
+    if final:
+        handles.append(
+            parts.layers[-1].register_forward_hook(
+                lambda m, a, out: captured.append(layer_output(out))
+            )
+        )
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def stand_in_layers(parts: DecoderParts, stand_ins: Sequence[nn.Module]) -> Iterator[None]:
+    """Run ``stand_ins`` in place of the first ``len(stand_ins)`` layers; restored on exit.
+
+    The model's own forward (masks, rotary tables, per-layer kinds, the layers after) runs
+    unchanged around them; see :class:`CachedLayer`.
+    """
+    originals = [parts.layers[i] for i in range(len(stand_ins))]
+    try:
+        for i, module in enumerate(stand_ins):
+            parts.layers[i] = module
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            parts.layers[i] = layer

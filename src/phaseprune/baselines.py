@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phaseprune.arch import DecoderParts, layer_output
+from phaseprune.arch import DecoderParts, layer_input, layer_output
 from phaseprune.readout import length_batches, pad_batch
 
 
-def _padded_batches(
+def padded_batches(
     input_ids: Sequence[Sequence[int]], max_tokens: int, device: torch.device
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """Text indices, token ids and mask (both ``(batch, seq)``) of right-padded batches."""
@@ -53,7 +53,7 @@ def _layer_io_hooks(
 
     def hooks(i: int):
         def pre_hook(module, args, kwargs):
-            on_input(i, args[0] if args else kwargs["hidden_states"])
+            on_input(i, layer_input(args, kwargs))
 
         def post_hook(module, args, output):
             on_output(i, layer_output(output))
@@ -104,7 +104,7 @@ def block_influence(
 
     n_tokens = 0
     with _layer_io_hooks(parts, on_input, on_output):
-        for _, tokens, mask in _padded_batches(input_ids, max_tokens, parts.embed.weight.device):
+        for _, tokens, mask in padded_batches(input_ids, max_tokens, parts.embed.weight.device):
             current["mask"] = mask
             parts.base(input_ids=tokens, attention_mask=mask, use_cache=False)
             n_tokens += int(mask.sum())
@@ -159,7 +159,7 @@ def angular_distances(
         batch["outputs"].append(last(hidden))
 
     with _layer_io_hooks(parts, on_input, on_output):
-        for _, tokens, mask in _padded_batches(input_ids, max_tokens, parts.embed.weight.device):
+        for _, tokens, mask in padded_batches(input_ids, max_tokens, parts.embed.weight.device):
             batch.update(positions=mask.sum(1) - 1, inputs=[], outputs=[])
             parts.base(input_ids=tokens, attention_mask=mask, use_cache=False)
             inputs.append(torch.stack(batch["inputs"], dim=1))
@@ -170,7 +170,7 @@ def angular_distances(
     return (angle / math.pi).mean(0).numpy()
 
 
-def _nll_sum(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def nll_sum(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL of the real tokens of one padded batch (a 0-dim tensor)."""
     logits = model(input_ids=tokens, attention_mask=mask, use_cache=False).logits  # (b, s, V)
     targets = tokens[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # (batch, seq - 1)
@@ -182,43 +182,12 @@ def _nll_sum(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torc
     )
 
 
-def _n_predicted(input_ids: Sequence[Sequence[int]]) -> int:
+def n_predicted(input_ids: Sequence[Sequence[int]]) -> int:
+    """How many tokens the texts predict (every token after each text's first)."""
     n = sum(len(row) - 1 for row in input_ids if len(row) > 1)
     if n == 0:
         raise ValueError("the texts have no token to predict (every text is one token long)")
     return n
-
-
-@torch.inference_mode()
-def text_nll(
-    model: nn.Module,
-    parts: DecoderParts,
-    input_ids: Sequence[Sequence[int]],
-    *,
-    max_tokens: int = 8192,
-) -> float:
-    """Mean next-token negative log-likelihood over all predicted tokens of the texts.
-
-    ``NLL = sum_texts sum_{t >= 1} -log p(x_t | x_<t) / sum_texts (len - 1)``: the quantity
-    SLEB (Song et al. 2024, arXiv:2402.09025) and Shortened LLaMA's PPL criterion (Kim et al.
-    2024, arXiv:2402.02834) minimise when choosing a block to remove; perplexity is
-    ``exp(NLL)``. Uses the model's own logits (so softcaps etc. apply), one length-sorted batch
-    of at most ``max_tokens`` padded tokens at a time; padding is never a target.
-
-    Args:
-        model: the causal LM (or pruned view) whose logits are scored.
-        parts: its decoder parts (only the device is read).
-        input_ids: one token-id list per calibration text.
-        max_tokens: padded tokens per forward batch (bounds the ``(tokens, vocab)`` logits).
-
-    Returns:
-        The mean NLL in nats per predicted token.
-    """
-    n_predicted = _n_predicted(input_ids)
-    total = 0.0
-    for _, tokens, mask in _padded_batches(input_ids, max_tokens, parts.embed.weight.device):
-        total += float(_nll_sum(model, tokens, mask))
-    return total / n_predicted
 
 
 def taylor_importance(
@@ -232,7 +201,7 @@ def taylor_importance(
 
     ``I_i = sum_{w in block i} |w * dL/dw|``, the first-order Taylor estimate of the loss change
     from zeroing each weight, summed over every parameter of layer ``i`` (weights, biases and
-    norm scales), with ``L`` the mean calibration NLL of :func:`text_nll`. The gradient is
+    norm scales), with ``L`` the mean next-token NLL of the calibration texts. The gradient is
     accumulated over all batches before the absolute value is taken. The "+" of Taylor+ (never
     removing the first four and last two blocks) is a selection rule left to the caller. The
     public reference implementation (Nota-NetsPresso/shortened-llm) sums only tensors named
@@ -250,7 +219,7 @@ def taylor_importance(
     Returns:
         ``(n_layers,)`` float64 array; low = removable.
     """
-    n_predicted = _n_predicted(input_ids)
+    n_tokens = n_predicted(input_ids)
     blocks = [list(layer.parameters()) for layer in parts.layers]
     unique = {id(p): p for p in itertools.chain(model.parameters(), *blocks)}
     saved = [(p, p.requires_grad, p.grad) for p in unique.values()]
@@ -263,8 +232,8 @@ def taylor_importance(
                 p.requires_grad_(True)
         device = parts.embed.weight.device
         with torch.inference_mode(False), torch.enable_grad():
-            for _, tokens, mask in _padded_batches(input_ids, max_tokens, device):
-                (_nll_sum(model, tokens, mask) / n_predicted).backward()
+            for _, tokens, mask in padded_batches(input_ids, max_tokens, device):
+                (nll_sum(model, tokens, mask) / n_tokens).backward()
         scores = [
             sum(
                 float((p.detach().float() * p.grad.float()).abs().sum())
@@ -278,40 +247,6 @@ def taylor_importance(
             p.requires_grad_(flag)
             p.grad = grad
     return np.asarray(scores, dtype=np.float64)
-
-
-@torch.inference_mode()
-def output_distributions(
-    model: nn.Module,
-    parts: DecoderParts,
-    input_ids: Sequence[Sequence[int]],
-    *,
-    max_tokens: int = 8192,
-) -> torch.Tensor:
-    """Full-vocabulary log-probabilities at the last token of each text.
-
-    The reference distribution for FinerCut-style divergence (Zhang et al. 2024,
-    arXiv:2405.18218): ``log_softmax(model(text).logits[-1])`` per text.
-
-    Args:
-        model: the causal LM (or pruned view).
-        parts: its decoder parts (only the device is read).
-        input_ids: one token-id list per text.
-        max_tokens: padded tokens per forward batch.
-
-    Returns:
-        ``(n_texts, vocab)`` float32 tensor on the CPU, in text order.
-    """
-    out: torch.Tensor | None = None
-    for batch, tokens, mask in _padded_batches(input_ids, max_tokens, parts.embed.weight.device):
-        logits = model(input_ids=tokens, attention_mask=mask, use_cache=False).logits  # (b, s, V)
-        rows = torch.arange(len(batch), device=logits.device)
-        last = logits[rows, (mask.sum(1) - 1).to(logits.device)]  # (batch, vocab)
-        logprobs = F.log_softmax(last.float(), dim=-1).cpu()
-        if out is None:
-            out = torch.empty(len(input_ids), logprobs.shape[-1])
-        out[batch] = logprobs
-    return out
 
 
 def _kl_to_mixture(logp: torch.Tensor, logm: torch.Tensor) -> torch.Tensor:

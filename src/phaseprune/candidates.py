@@ -2,11 +2,9 @@
 
 Removing decoder layer ``k`` leaves the residual stream before ``k`` unchanged. So for each
 chunk of calibration items the current (already pruned) model runs once, keeping the input of
-every layer at every position; candidate ``k`` then resumes from layer ``k``'s input: in the
-view without ``k``, the layers before it are replaced by :class:`~phaseprune.arch.CachedLayer`
-stand-ins and only the layers after ``k`` compute. Masks, rotary tables and per-layer attention
-kinds come from the model's own forward, so the result equals a full forward of the pruned
-model (tested against it).
+every layer at every position; candidate ``k`` then resumes from layer ``k``'s input
+(:mod:`phaseprune.layer_cache`): only the layers after ``k`` compute, and the result equals a
+full forward of the pruned model (tested against it).
 
 Cost model, per step with ``L`` remaining layers and ``T`` calibration tokens: one full pass
 (``L`` layer-passes over ``T`` tokens) plus, for candidate at position ``p``, ``L - 1 - p`` layer
@@ -30,15 +28,22 @@ extra chunk. Peak memory is then about the budget plus one batch's activations
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from phaseprune.arch import CachedLayer, DecoderParts, layer_output
-from phaseprune.readout import after_prefix, common_prefix, length_batches, pad_batch
+from phaseprune.arch import DecoderParts
+from phaseprune.layer_cache import (
+    SharedPrefix,
+    group_batches,
+    model_layers,
+    resume,
+    resume_prefix,
+    run_batch,
+    run_prefix,
+    tokens_budget,
+)
 from phaseprune.surgery import kept_layers, without_layers
 
 # reduce(parts, final hidden (batch, seq, d_model), positions (batch,), tokens, mask) -> (batch, ..)
@@ -56,114 +61,6 @@ def option_reduce(option_ids: Sequence[int]) -> Reduce:
         return parts.option_logits(last, ids).float().cpu()
 
     return reduce
-
-
-def _capture_inputs(parts: DecoderParts, tokens, **forward) -> tuple[list, torch.Tensor, object]:
-    """Run the model once; return each layer's input, the last layer's output and the cache.
-
-    ``forward`` holds the base call's other arguments (attention mask, cache, positions).
-    """
-    inputs: list[torch.Tensor] = []
-    final: list[torch.Tensor] = []
-
-    def pre(module, args, kwargs):
-        inputs.append(args[0] if args else kwargs["hidden_states"])
-
-    handles = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in parts.layers]
-    handles.append(
-        parts.layers[-1].register_forward_hook(lambda m, a, o: final.append(layer_output(o)))
-    )
-    try:
-        out = parts.base(input_ids=tokens, **forward)
-    finally:
-        for h in handles:
-            h.remove()
-    return inputs, final[0], getattr(out, "cache", None)
-
-
-def _resume(parts: DecoderParts, start: int, resid: torch.Tensor, tokens, **forward):
-    """Forward through ``parts`` with layers ``< start`` replaced by cached stand-ins.
-
-    ``resid`` is the input of layer ``start``. Returns the last layer's output and the cache
-    (the stand-ins write nothing into it).
-    """
-    final: list[torch.Tensor] = []
-    originals = [parts.layers[i] for i in range(start)]
-    for i in range(start):
-        parts.layers[i] = CachedLayer(originals[i], resid, parts.family)
-    handle = parts.layers[-1].register_forward_hook(lambda m, a, o: final.append(layer_output(o)))
-    try:
-        out = parts.base(input_ids=tokens, **forward)
-    finally:
-        handle.remove()
-        for i, layer in enumerate(originals):
-            parts.layers[i] = layer
-    return final[0], getattr(out, "cache", None)
-
-
-@dataclass
-class _Batch:
-    """One batch of one group, with what the current model left at every layer's input."""
-
-    items: list[int]
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    inputs: list[torch.Tensor]
-    final: torch.Tensor
-
-
-def _prefix_cache(parts, start, prefix_inputs, prefix, cache_cur):
-    """The candidate's KV cache of the shared prefix.
-
-    Layers before ``start`` are unchanged by the removal, so their entries are the current
-    model's; the layers after it are recomputed on the prefix from the cached input.
-    """
-    _, cache = _resume(parts, start, prefix_inputs[start], prefix, use_cache=True)
-    for j in range(start):
-        cache.layers[j] = copy.deepcopy(cache_cur.layers[j])
-    return cache
-
-
-@dataclass
-class _Prefix:
-    """A group's shared token prefix, run once through the current model (``n == 0``: none)."""
-
-    n: int
-    tokens: torch.Tensor | None = None
-    inputs: list[torch.Tensor] | None = None
-    cache: object = None
-
-    def forward_args(self, mask: torch.Tensor) -> dict:
-        """Base-call arguments for a batch of the group's own tokens."""
-        if self.n:
-            return after_prefix(self.cache, self.n, mask)
-        return {"attention_mask": mask, "use_cache": False}
-
-
-def _run_prefix(parts, rows, group, share: bool) -> _Prefix:
-    """Run the group's common token prefix through ``parts``, keeping its layer inputs."""
-    n = common_prefix([rows[i] for i in group]) if share and len(group) > 1 else 0
-    if not n:
-        return _Prefix(0)
-    tokens = torch.tensor([list(rows[group[0]][:n])], device=parts.embed.weight.device)
-    inputs, _, cache = _capture_inputs(parts, tokens, use_cache=True)
-    return _Prefix(n, tokens, inputs, cache)
-
-
-def _run_batch(parts, prefix: _Prefix, rows, group, sub) -> _Batch:
-    """Run one batch of the group's own tokens, keeping every layer's input."""
-    own = [rows[group[j]][prefix.n :] for j in sub]
-    tokens, mask, positions = pad_batch(own, range(len(own)))
-    device = parts.embed.weight.device
-    tokens, mask = tokens.to(device), mask.to(device)
-    inputs, final, _ = _capture_inputs(parts, tokens, **prefix.forward_args(mask))
-    return _Batch([group[j] for j in sub], tokens, mask, positions, inputs, final)
-
-
-def _group_batches(rows, group, n_prefix: int, max_tokens: int) -> list[list[int]]:
-    """Length-bucketed batches (positions within ``group``) of the items' own tokens."""
-    return length_batches([len(rows[i]) - n_prefix for i in group], max_tokens)
 
 
 def budget_chunks(batches, lengths, tokens_budget: int | None) -> list[list[list[int]]]:
@@ -186,21 +83,6 @@ def budget_chunks(batches, lengths, tokens_budget: int | None) -> list[list[list
     return chunks
 
 
-def cached_tokens_budget(model, n_layers: int, budget_bytes: int | None) -> int | None:
-    """How many padded tokens' layer inputs fit in ``budget_bytes`` (None: no limit).
-
-    Each token holds ``n_layers + 1`` hidden vectors (every layer's input and the output).
-    """
-    if budget_bytes is None:
-        return None
-    from phaseprune.arch import decoder_parts
-
-    weight = decoder_parts(model).embed.weight
-    hidden = getattr(model.config.get_text_config(), "hidden_size", None) or weight.shape[1]
-    per_token = (n_layers + 1) * hidden * weight.element_size()
-    return max(1, budget_bytes // per_token)
-
-
 def _score_group(
     model, removed, candidates, position, rows, group, share, reduce, limits, bar, out
 ):
@@ -209,33 +91,31 @@ def _score_group(
     ``limits`` is ``(max_tokens, tokens_budget)``: padded tokens per forward batch, and padded
     tokens whose layer inputs may be held at once (None: the whole group).
     """
-    max_tokens, tokens_budget = limits
+    max_tokens, budget = limits
     with without_layers(model, removed) as parts:
-        prefix = _run_prefix(parts, rows, group, share)
+        prefix = run_prefix(parts, rows, group, share)
     lengths = [len(rows[i]) - prefix.n for i in group]
-    batches = _group_batches(rows, group, prefix.n, max_tokens)
-    for chunk in budget_chunks(batches, lengths, tokens_budget):
+    batches = group_batches(rows, group, prefix.n, max_tokens)
+    for chunk in budget_chunks(batches, lengths, budget):
         with without_layers(model, removed) as parts:
-            run = [_run_batch(parts, prefix, rows, group, sub) for sub in chunk]
+            run = [run_batch(parts, prefix, rows, group, sub) for sub in chunk]
         for k in candidates:
             _score_candidate(model, removed, k, position[k], prefix, run, reduce, out)
             bar.update(sum(len(b.items) for b in run))
         del run
 
 
-def _score_candidate(model, removed, k, p, prefix: _Prefix, run, reduce, out) -> None:
+def _score_candidate(model, removed, k, p, prefix: SharedPrefix, run, reduce, out) -> None:
     """Score candidate ``k`` (at position ``p`` of the current model) on the batches ``run``."""
     with without_layers(model, [*removed, k]) as parts:
         last = p == len(parts.layers)  # k was the last layer: the output is k's input
-        cand = prefix
-        if prefix.n and not last:
-            cache = _prefix_cache(parts, p, prefix.inputs, prefix.tokens, prefix.cache)
-            cand = _Prefix(prefix.n, cache=cache)
+        cand = resume_prefix(parts, p, prefix) if prefix.n and not last else prefix
         for b in run:
             if last:
                 final = b.inputs[p]
             else:
-                final, _ = _resume(parts, p, b.inputs[p], b.tokens, **cand.forward_args(b.mask))
+                forward = cand.forward_args(b.mask)
+                _, final, _ = resume(parts, p, b.inputs[p], b.tokens, keep_inputs=False, **forward)
             values = reduce(parts, final, b.positions, b.tokens, b.mask)
             for row, i in enumerate(b.items):
                 out[k][i] = values[row]
@@ -283,7 +163,7 @@ def score_removals(
         raise ValueError(f"candidates {missing} are not among the remaining layers")
     out: dict[int, list] = {k: [None] * len(input_ids) for k in candidates}
     bar = tqdm(total=len(input_ids) * len(candidates), desc="candidates", disable=not progress)
-    limits = (max_tokens, cached_tokens_budget(model, len(kept), cache_budget))
+    limits = (max_tokens, tokens_budget(model, len(kept), cache_budget))
     for group in groups or [list(range(len(input_ids)))]:
         _score_group(
             model,
@@ -302,13 +182,6 @@ def score_removals(
     return {k: torch.stack(rows) for k, rows in out.items()}
 
 
-def model_layers(model) -> torch.nn.ModuleList:
-    """The decoder layers of ``model`` (through the architecture adapter)."""
-    from phaseprune.arch import decoder_parts
-
-    return decoder_parts(model).layers
-
-
 def final_readout(
     model,
     removed: Sequence[int],
@@ -325,9 +198,9 @@ def final_readout(
     rows: list = [None] * len(input_ids)
     with torch.inference_mode(), without_layers(model, removed) as parts:
         for group in map(list, groups or [range(len(input_ids))]):
-            prefix = _run_prefix(parts, input_ids, group, groups is not None)
-            for sub in _group_batches(input_ids, group, prefix.n, max_tokens):
-                b = _run_batch(parts, prefix, input_ids, group, sub)
+            prefix = run_prefix(parts, input_ids, group, groups is not None)
+            for sub in group_batches(input_ids, group, prefix.n, max_tokens):
+                b = run_batch(parts, prefix, input_ids, group, sub)
                 values = reduce(parts, b.final, b.positions, b.tokens, b.mask)
                 for row, i in enumerate(b.items):
                     rows[i] = values[row]

@@ -21,10 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from phaseprune.arch import default_add_bos
 from phaseprune.errors import UsageError
-from phaseprune.metrics import LETTERS
-
-BOS_FAMILIES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+from phaseprune.tasks.items import LETTERS
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,6 @@ class EncodedPrompts:
     """Whether a BOS token was prepended."""
     chat: bool
     """Whether the chat template was applied."""
-
-
-def default_add_bos(family: str) -> bool:
-    """lm-evaluation-harness's choice: BOS only for Gemma models."""
-    return family in BOS_FAMILIES
 
 
 def apply_chat(tokenizer, prompts: Sequence[str]) -> list[str]:

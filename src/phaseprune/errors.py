@@ -20,3 +20,9 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean X, Y?)"`` for the closest matches of ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

@@ -11,14 +11,13 @@ with the view's.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from phaseprune.compare import load_trajectory
 from phaseprune.errors import UsageError
 from phaseprune.models import ModelSpec, load_model, load_tokenizer, resolve_model
+from phaseprune.runio import load_trajectory
 
 
 def removed_at(traj: dict, step: int) -> list[int]:
@@ -27,21 +26,6 @@ def removed_at(traj: dict, step: int) -> list[int]:
     if not 0 <= step <= n:
         raise UsageError(f"run has steps 0..{n}; --step {step} does not exist")
     return [k for s in traj["steps"][:step] for k in s["removed_layers"]]
-
-
-@contextmanager
-def _plain_checkpoint(model):
-    """Let a model loaded from GGUF (already dequantised) save as a plain checkpoint.
-
-    transformers marks GGUF-loaded models with a quantizer that refuses ``save_pretrained``;
-    their weights are ordinary tensors once loaded, so the mark is lifted while saving.
-    """
-    quantizer, config = getattr(model, "hf_quantizer", None), model.config
-    model.hf_quantizer = None
-    try:
-        yield
-    finally:
-        model.hf_quantizer, model.config = quantizer, config
 
 
 def _spec(traj: dict) -> ModelSpec:
@@ -58,7 +42,7 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
     """Export the pruned model of ``step``; return a small record of what was written."""
     from transformers import AutoModelForCausalLM
 
-    from phaseprune.surgery import export_config, without_layers
+    from phaseprune.surgery import export_config, plain_checkpoint, without_layers
 
     traj = load_trajectory(run_dir)
     removed = removed_at(traj, step)
@@ -73,7 +57,7 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
             f"the model at {spec.path} is not the one this run pruned (revision differs)"
         )
     probe = torch.tensor([tokenizer.encode("Answer:", add_special_tokens=False)])
-    with torch.inference_mode(), without_layers(model, removed), _plain_checkpoint(model):
+    with torch.inference_mode(), without_layers(model, removed), plain_checkpoint(model):
         expected = model(probe).logits[0, -1]
         model.config = export_config(model, ())  # the view's config, already edited
         model.config.__dict__.pop("quantization_config", None)

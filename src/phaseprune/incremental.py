@@ -5,10 +5,10 @@ phase-aware's calibration phases). Removing layers whose first position in the c
 is ``p`` leaves every layer input before ``p`` unchanged, so :class:`IncrementalReadout` keeps
 the current model's input of every layer at every position of its items (and each group's
 shared-prefix KV cache), and the next readout resumes at ``p`` with the layers before it
-replaced by :class:`~phaseprune.arch.CachedLayer` stand-ins (as candidate scoring does,
-:mod:`phaseprune.candidates`). Removing late layers (``last``, block influence, Decisive-Phase
-layers) then costs a few layer passes instead of a full pass; the first readout, or one after
-layers came back, is a full pass.
+replaced by stand-ins (:mod:`phaseprune.layer_cache`, shared with candidate scoring).
+Removing late layers (``last``, block influence, Decisive-Phase layers) then costs a few
+layer passes instead of a full pass; the first readout, or one after layers came back, is a
+full pass.
 
 The readout is :func:`~phaseprune.readout.read_options`'s, taken from the cache: index ``l`` is
 the input of layer ``l`` (the embeddings for 0, the output of layer ``l - 1`` after), the last
@@ -23,22 +23,22 @@ runs a plain :func:`~phaseprune.readout.read_options` per call.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from phaseprune.candidates import (
-    _Batch,
-    _group_batches,
-    _Prefix,
-    _resume,
-    _run_batch,
-    _run_prefix,
-    cached_tokens_budget,
+from phaseprune.layer_cache import (
+    CachedBatch,
+    SharedPrefix,
+    group_batches,
     model_layers,
+    resume_batch,
+    resume_prefix,
+    run_batch,
+    run_prefix,
+    tokens_budget,
 )
 from phaseprune.readout import read_options
 from phaseprune.surgery import kept_layers, without_layers
@@ -46,27 +46,10 @@ from phaseprune.surgery import kept_layers, without_layers
 
 @dataclass
 class _Group:
-    prefix: _Prefix
-    batches: list[_Batch]
+    """One group's shared prefix and batches, as the current model left them."""
 
-
-def _resume_inputs(parts, start: int, resid, tokens, **forward):
-    """:func:`_resume`, also returning the inputs of layers ``start..`` (resid first)."""
-    inputs: list[torch.Tensor] = []
-
-    def pre(module, args, kwargs):
-        inputs.append(args[0] if args else kwargs["hidden_states"])
-
-    handles = [
-        parts.layers[i].register_forward_pre_hook(pre, with_kwargs=True)
-        for i in range(start, len(parts.layers))
-    ]
-    try:
-        final, cache = _resume(parts, start, resid, tokens, **forward)
-    finally:
-        for h in handles:
-            h.remove()
-    return inputs, final, cache
+    prefix: SharedPrefix
+    batches: list[CachedBatch]
 
 
 class IncrementalReadout:
@@ -109,7 +92,7 @@ class IncrementalReadout:
         self.full_passes = 0  # how many calls ran every layer (for tests and benchmarks)
 
     def _fits(self, n_kept: int) -> bool:
-        budget = cached_tokens_budget(self.model, n_kept, self.cache_budget)
+        budget = tokens_budget(self.model, n_kept, self.cache_budget)
         if budget is None:
             return True
         padded = 0
@@ -154,35 +137,20 @@ class IncrementalReadout:
     def _full(self, parts, bar) -> list[_Group]:
         state = []
         for group in self.groups or [list(range(len(self.ids)))]:
-            prefix = _run_prefix(parts, self.ids, group, self.groups is not None)
+            prefix = run_prefix(parts, self.ids, group, self.groups is not None)
             batches = []
-            for sub in _group_batches(self.ids, group, prefix.n, self.max_tokens):
-                batches.append(_run_batch(parts, prefix, self.ids, group, sub))
+            for sub in group_batches(self.ids, group, prefix.n, self.max_tokens):
+                batches.append(run_batch(parts, prefix, self.ids, group, sub))
                 bar.update(len(sub))
             state.append(_Group(prefix, batches))
         return state
 
     def _advance(self, parts, old: _Group, start: int, bar) -> _Group:
         """The group's state in ``parts`` (old model minus layers from position ``start`` on)."""
-        n_kept = len(parts.layers)
-        prefix = old.prefix
-        if prefix.n:
-            fresh, _, cache = _resume_inputs(
-                parts, start, prefix.inputs[start], prefix.tokens, use_cache=True
-            )
-            for j in range(start):  # the layers before `start` are unchanged: keep their entries
-                cache.layers[j] = copy.deepcopy(prefix.cache.layers[j])
-            prefix = _Prefix(prefix.n, prefix.tokens, prefix.inputs[:start] + fresh, cache)
+        prefix = resume_prefix(parts, start, old.prefix) if old.prefix.n else old.prefix
         batches = []
         for b in old.batches:
-            if start == n_kept:  # only trailing layers went: the old input of `start` is final
-                inputs, final = b.inputs[:start], b.inputs[start]
-            else:
-                fresh, final, _ = _resume_inputs(
-                    parts, start, b.inputs[start], b.tokens, **prefix.forward_args(b.mask)
-                )
-                inputs = b.inputs[:start] + fresh
-            batches.append(_Batch(b.items, b.tokens, b.mask, b.positions, inputs, final))
+            batches.append(resume_batch(parts, start, b, prefix))
             bar.update(len(b.items))
         return _Group(prefix, batches)
 

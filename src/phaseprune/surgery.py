@@ -201,3 +201,18 @@ def without_layers(model: nn.Module, removed: Iterable[int]) -> Iterator[Decoder
         yield decoder_parts(model)
     finally:
         undo.restore()
+
+
+@contextmanager
+def plain_checkpoint(model):
+    """Let a model loaded from GGUF (already dequantised) save as a plain checkpoint.
+
+    transformers marks GGUF-loaded models with a quantizer that refuses ``save_pretrained``;
+    their weights are ordinary tensors once loaded, so the mark is lifted while saving.
+    """
+    quantizer, config = getattr(model, "hf_quantizer", None), model.config
+    model.hf_quantizer = None
+    try:
+        yield
+    finally:
+        model.hf_quantizer, model.config = quantizer, config

