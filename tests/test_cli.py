@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import subprocess
+import sys
+import typing
 
 import pandas as pd
 import pytest
 from conftest import write_jsonl, write_mmlu_csv
 
+from phaseprune import cli
 from phaseprune.cli import main
+from phaseprune.config import (
+    DTYPES,
+    AnalyzeConfig,
+    CompareConfig,
+    ExportConfig,
+    ModelConfig,
+    ReportConfig,
+    TaskConfig,
+    TasksConfig,
+    objective_names,
+    plain_text,
+    strategy_names,
+)
 
 
 def run_cli(capsys, *argv):
@@ -181,3 +200,127 @@ def test_interrupted_analyze_resumes_from_partial(
     assert 0 < resumed["timing"]["items_resumed"] < resumed["task"]["n_items"]
     assert resumed["layers"] == reference["layers"]
     assert not (out / "partial").exists()
+
+
+# --- generated arguments: help text, choices, parse-time errors ---------------------------------
+
+
+def _options(help_text: str) -> dict[str, str]:
+    """``--flag`` -> its help entry (the option line and its indented continuation)."""
+    entries, flag = {}, None
+    for line in help_text.splitlines():
+        start = re.match(r"  (--[\w-]+)", line)
+        if start:
+            flag = start[1]
+            entries[flag] = line
+        elif flag and line.startswith("   "):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = None
+    return entries
+
+
+def _fields(cls):
+    """The fields that become arguments: nested config dataclasses are flattened."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _fields(hints[f.name])
+        else:
+            yield f
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_every_command_help_is_plain_and_states_defaults(capsys, command):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: phaseprune {command}")
+    assert "`" not in out and ":class:" not in out
+    entries = _options(out)
+    for f in _fields(cli.COMMANDS[command][0]):
+        assert f.metadata["help"], f"{command}: field {f.name} has no help"
+        if f.metadata.get("positional"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        has_default = f.default is not dataclasses.MISSING
+        assert ("(default:" in entries[flag]) == has_default, entries[flag]
+
+
+def test_top_level_help_lists_every_command(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "`" not in out
+    for command, (cls, _) in cli.COMMANDS.items():
+        assert re.search(rf"^    {command} +\S", out, re.M), out
+        assert "`" not in cls.__doc__.splitlines()[0]
+    assert run_cli(capsys, "--version")[0] == 0
+
+
+def test_help_lists_choices(capsys):
+    flat = " ".join(run_cli(capsys, "prune", "--help")[1].split())
+    assert all(name in flat for name in (*strategy_names(), *objective_names(), *DTYPES))
+    assert "(default: iterative)" in flat and "(default: on)" in flat and "(default: off)" in flat
+    demo = " ".join(run_cli(capsys, "demo", "--help")[1].split())
+    assert all(name in demo for name in strategy_names())
+
+
+def test_plain_text_strips_markup():
+    text = ":class:`~phaseprune.errors.UsageError` from :func:`a.b` in ``phaseprune x``, **bold**"
+    assert plain_text(text) == "UsageError from a.b in phaseprune x, bold"
+
+
+BAD_VALUES = [
+    (["prune", "--out", "o", "--strategy", "iterativ"], "did you mean iterative"),
+    (["prune", "--out", "o", "--objective", "loss"], "--objective"),
+    (["analyze", "--out", "o", "--dtype", "fp8"], "float32, bfloat16, float16"),
+    (["analyze", "--out", "o", "--device", "tpu"], "cuda:N"),
+    (["prune", "--out", "o", "--device", "cuda:x"], "--device"),
+    (["demo", "--strategies", "last,shortgpt"], "shortgpt"),
+    (["prune", "--out", "o", "--protect", "1,a"], "invalid int value: 'a'"),
+    (["export", "run", "--out", "o"], "--step"),
+    (["compare", "--out", "o"], "runs"),
+]
+
+
+@pytest.mark.parametrize(("argv", "pattern"), BAD_VALUES)
+def test_bad_values_fail_at_parse_time(capsys, monkeypatch, argv, pattern):
+    def never(cfg):
+        raise AssertionError(f"ran with {cfg}")
+
+    for name, (cls, _) in cli.COMMANDS.items():
+        monkeypatch.setitem(cli.COMMANDS, name, (cls, never))
+    _assert_usage_error(capsys, argv, pattern)
+
+
+def test_bad_values_load_nothing():
+    """Importing the CLI and rejecting bad input imports neither torch nor transformers."""
+    script = (
+        "import sys; from phaseprune.cli import main; "
+        f"codes = [main(a) for a in {[argv for argv, _ in BAD_VALUES]!r}]; "
+        "print(set(codes), 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "{2} False False", done.stderr
+
+
+def test_every_command_builds_its_config(capsys, monkeypatch):
+    seen = []
+    for name, (cls, _) in cli.COMMANDS.items():
+        monkeypatch.setitem(cli.COMMANDS, name, (cls, lambda cfg: seen.append(cfg) or 0))
+    argvs = [
+        ["compare", "a", "b", "--out", "o"],
+        ["export", "r", "--step", "2", "--out", "o", "--overwrite"],
+        ["report", "a"],
+        ["tasks", "--data-dir", "d"],
+        ["analyze", "--out", "o", "--dtype", "none", "--device", "cuda:1", "--subjects", "x,y"],
+    ]
+    assert [main(argv) for argv in argvs] == [0] * len(argvs)
+    assert seen[:4] == [
+        CompareConfig(runs=("a", "b"), out="o"),
+        ExportConfig(run="r", step=2, out="o", overwrite=True),
+        ReportConfig(runs=("a",)),
+        TasksConfig(data_dir="d"),
+    ]
+    assert seen[4] == AnalyzeConfig(
+        out="o",
+        model=ModelConfig(dtype=None, device="cuda:1"),
+        task=TaskConfig(subjects=("x", "y")),
+    )

@@ -1,52 +1,72 @@
 """Command-line entry point: ``phaseprune COMMAND``.
 
-Commands: analyze, prune, compare, export, report, demo, tasks. Thin by design: parse
-arguments into a typed config, call the library, print a short report. A
-:class:`~phaseprune.errors.UsageError` becomes one line on stderr and exit code 2.
+Commands: analyze, prune, compare, export, report, demo, tasks. Thin by design: every
+command's arguments are generated from its config dataclass (:mod:`phaseprune.config`),
+parsed into that config, handed to the library, and a short report is printed. A usage
+mistake, whether argparse's or a :class:`~phaseprune.errors.UsageError`, becomes one line on
+stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
-from collections.abc import Sequence
+import textwrap
+import typing
+from collections.abc import Callable, Sequence
 
 from phaseprune import __version__
-from phaseprune.config import AnalyzeConfig, PruneConfig, add_arguments, from_args
-from phaseprune.demo import DemoConfig
+from phaseprune.config import (
+    AnalyzeConfig,
+    CompareConfig,
+    DemoConfig,
+    ExportConfig,
+    PruneConfig,
+    ReportConfig,
+    TasksConfig,
+    add_arguments,
+    from_args,
+    plain_text,
+)
 from phaseprune.errors import UsageError
+
+DESCRIPTION = (
+    "Where does a language model decide a multiple-choice answer, layer by layer, and which "
+    "layers can be pruned without breaking that decision?"
+)
+
+
+def _analyze_line(summary: dict) -> str:
+    """Model, task, items, accuracy against chance and depth, in one line."""
+    task = summary["task"]
+    return (
+        f"{summary['model']['name']} on {task['name']} ({task['n_items']} items, "
+        f"{task['shots']}-shot): accuracy {summary['accuracy']:.1%} (chance "
+        f"{summary['chance']:.0%}), {summary['n_layers']} layers"
+    )
 
 
 def _print_analyze(summary: dict, out: str) -> None:
-    task = summary["task"]
-    print(
-        f"{summary['model']['name']} on {task['name']} "
-        f"({task['n_items']} items, {task['shots']}-shot): "
-        f"accuracy {summary['accuracy']:.1%} (chance {summary['chance']:.0%}), "
-        f"{summary['n_layers']} layers"
-    )
+    print(_analyze_line(summary))
     print(summary["phases"]["statement"])
-    print(
-        f"wrote {out}/summary.json, {out}/items.parquet"
-        + (f", {out}/plots/" if summary["settings"]["plots"] else "")
-    )
+    plots = f", {out}/plots/" if summary["settings"]["plots"] else ""
+    print(f"wrote {out}/summary.json, {out}/items.parquet{plots}")
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+def cmd_analyze(cfg: AnalyzeConfig) -> int:
     """Run ``analyze``."""
     from phaseprune.analyze import run_analyze
 
-    cfg = from_args(AnalyzeConfig, args)
     summary = run_analyze(cfg)
     _print_analyze(summary, cfg.out)
     return 0
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def cmd_prune(cfg: PruneConfig) -> int:
     """Run ``prune``."""
     from phaseprune.prune import run_prune
 
-    cfg = from_args(PruneConfig, args)
     traj = run_prune(cfg)
     s0 = traj["step0"]
     print(
@@ -64,50 +84,45 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(cfg: CompareConfig) -> int:
     """Run ``compare``."""
     from phaseprune.compare import run_compare
 
-    table = run_compare(args.runs, args.out)
+    table = run_compare(cfg.runs, cfg.out)
     print(table.to_string(index=False))
-    print(f"wrote {args.out}/compare.png, {args.out}/compare.csv")
+    print(f"wrote {cfg.out}/compare.png, {cfg.out}/compare.csv, {cfg.out}/compare.md")
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(cfg: ExportConfig) -> int:
     """Run ``export``."""
     from phaseprune.export import run_export
 
-    record = run_export(args.run, args.step, args.out, overwrite=args.overwrite)
+    record = run_export(cfg.run, cfg.step, cfg.out, overwrite=cfg.overwrite)
     print(
         f"exported step {record['step']} ({record['num_hidden_layers']} layers, removed "
-        f"{record['removed_layers']}) to {args.out}; "
+        f"{record['removed_layers']}) to {cfg.out}; "
         f"reload matches to {record['max_abs_logit_diff']:.1e}"
     )
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(cfg: ReportConfig) -> int:
     """Run ``report``."""
     from phaseprune.report import build_report
 
-    report = build_report(args.runs, out=args.out)
+    report = build_report(list(cfg.runs), out=cfg.out)
     print(f"wrote {report.html} ({report.n_figures} figures; PNGs in {report.files_dir}/)")
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(cfg: DemoConfig) -> int:
     """Run ``demo``: analyze, prune with several strategies, compare, report."""
-    from phaseprune.demo import DemoConfig, run_demo
+    from phaseprune.demo import run_demo
 
-    cfg = from_args(DemoConfig, args)
     result = run_demo(cfg)
     summary = result["analyze"]
-    print(
-        f"analyze: {summary['model']['name']}, {summary['task']['n_items']} items "
-        f"{summary['task']['shots']}-shot: accuracy {summary['accuracy']:.1%} "
-        f"(chance {summary['chance']:.0%}). {summary['phases']['statement']}"
-    )
+    print(f"analyze: {_analyze_line(summary)}. {summary['phases']['statement']}")
     for strategy, traj in result["prune"].items():
         accs = ", ".join(f"{s['eval_accuracy']:.0%}" for s in traj["steps"])
         removed = ", ".join(str(s["removed_layer"]) for s in traj["steps"])
@@ -117,60 +132,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tasks(args: argparse.Namespace) -> int:
+def cmd_tasks(cfg: TasksConfig) -> int:
     """List the tasks and where their data would come from."""
     from phaseprune.tasks import available_tasks
 
-    for source in available_tasks(args.data_dir):
+    for source in available_tasks(cfg.data_dir):
         print(source.describe() if hasattr(source, "describe") else source)
     return 0
 
 
+COMMANDS: dict[str, tuple[type, Callable[..., int]]] = {
+    "analyze": (AnalyzeConfig, cmd_analyze),
+    "prune": (PruneConfig, cmd_prune),
+    "compare": (CompareConfig, cmd_compare),
+    "export": (ExportConfig, cmd_export),
+    "report": (ReportConfig, cmd_report),
+    "demo": (DemoConfig, cmd_demo),
+    "tasks": (TasksConfig, cmd_tasks),
+}
+"""Each command's config dataclass (its arguments) and the function that runs it."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps help without breaking hyphenated words (flags, strategy names); keeps paragraphs."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = (" ".join(p.split()) for p in text.split("\n\n"))
+        wrap = textwrap.TextWrapper(
+            width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
+        return "\n\n".join(wrap.fill(p) for p in paragraphs if p)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit code 2), like UsageError."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print ``PROG: error: MESSAGE`` and where to read the usage; exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, generated from the config dataclasses."""
-    parser = argparse.ArgumentParser(prog="phaseprune", description=__doc__.splitlines()[0])
+    """The argument parser: one subcommand per entry of :data:`COMMANDS`."""
+    parser = Parser(prog="phaseprune", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"phaseprune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    analyze = sub.add_parser("analyze", help=AnalyzeConfig.__doc__.splitlines()[0])
-    add_arguments(analyze, AnalyzeConfig)
-    analyze.set_defaults(func=cmd_analyze)
-    prune = sub.add_parser("prune", help=PruneConfig.__doc__.splitlines()[0])
-    add_arguments(prune, PruneConfig)
-    prune.set_defaults(func=cmd_prune)
-    compare = sub.add_parser("compare", help="Several pruning runs on one figure and one table.")
-    compare.add_argument("runs", nargs="+", help="Run directories made by `phaseprune prune`.")
-    compare.add_argument("--out", required=True, help="Directory for compare.png/.csv/.md.")
-    compare.set_defaults(func=cmd_compare)
-    export = sub.add_parser("export", help="Save the pruned model of one step as an HF checkpoint.")
-    export.add_argument("run", help="A run directory made by `phaseprune prune`.")
-    export.add_argument("--step", type=int, required=True, help="Step to export (0 = unpruned).")
-    export.add_argument("--out", required=True, help="Output directory for the checkpoint.")
-    export.add_argument("--overwrite", action="store_true", help="Write into a non-empty --out.")
-    export.set_defaults(func=cmd_export)
-    report = sub.add_parser("report", help="One self-contained HTML report of runs.")
-    report.add_argument("runs", nargs="+", help="Run directories made by analyze or prune.")
-    report.add_argument(
-        "--out",
-        default=None,
-        help="HTML file to write (default RUN/report.html; FIRST_RUN/compare_report.html "
-        "for several runs).",
-    )
-    report.set_defaults(func=cmd_report)
-    demo = sub.add_parser("demo", help=DemoConfig.__doc__.splitlines()[0])
-    add_arguments(demo, DemoConfig)
-    demo.set_defaults(func=cmd_demo)
-    tasks = sub.add_parser("tasks", help="List tasks and their data sources.")
-    tasks.add_argument("--data-dir", default=None, help="Directory to look in first.")
-    tasks.set_defaults(func=cmd_tasks)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, func) in COMMANDS.items():
+        doc = plain_text(inspect.getdoc(cls))
+        command = sub.add_parser(
+            name, help=doc.splitlines()[0], description=doc, formatter_class=HelpFormatter
+        )
+        add_arguments(command, cls)
+        command.set_defaults(config=cls, func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (2 for usage errors)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the CLI; returns the exit code (0 for --help, 2 for usage errors)."""
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version and argparse's errors: keep main() returning
+        return stop.code if isinstance(stop.code, int) else 1
+    try:
+        return args.func(from_args(args.config, args))
     except UsageError as err:
         print(f"phaseprune: error: {err}", file=sys.stderr)
         return 2

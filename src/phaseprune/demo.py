@@ -12,43 +12,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from phaseprune.config import STRATEGIES, AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig, _doc
+from phaseprune.config import (
+    AnalyzeConfig,
+    DemoConfig,
+    ModelConfig,
+    PruneConfig,
+    TaskConfig,
+    strategy_names,
+)
 from phaseprune.errors import UsageError
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """``phaseprune demo``: analyze, prune, compare and report on the embedded model."""
-
-    out: str = _doc("Directory for every run of the demo and its report.", "runs/demo")
-    model: str = _doc("Model (as in analyze); the default ships with `make setup`.", "smollm2-135m")
-    task: str = _doc("Task (as in analyze).", "mmlu")
-    subjects: tuple[str, ...] = _doc(
-        "Comma-separated subjects.", ("high_school_geography", "marketing")
-    )
-    data_dir: str | None = _doc("Data directory (as in analyze; default the offline copies).", None)
-    shots: int = _doc("Few-shot exemplars per prompt.", 5)
-    items: int = _doc("Items for analyze, spread over the subjects.", 60)
-    calib: int = _doc("Calibration items for pruning.", 12)
-    eval: int = _doc("Evaluation items for pruning (disjoint from calibration).", 40)
-    steps: int = _doc("Layers each strategy removes.", 3)
-    strategies: tuple[str, ...] = _doc(
-        "Comma-separated strategies to compare.",
-        ("iterative", "phase-aware", "block-influence", "last"),
-    )
-    overwrite: bool = _doc("Start again instead of resuming a previous demo in --out.", False)
+from phaseprune.runio import load_summary
 
 
 def _check(cfg: DemoConfig) -> None:
-    bad = [s for s in cfg.strategies if s not in STRATEGIES]
+    names = strategy_names()
+    bad = [s for s in cfg.strategies if s not in names]
     if bad or not cfg.strategies:
         raise UsageError(
-            f"--strategies {','.join(bad) or '(none)'}: choose from {', '.join(STRATEGIES)}"
+            f"--strategies {','.join(bad) or '(none)'}: choose from {', '.join(names)}"
         )
 
 
@@ -124,11 +109,10 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _analyze(run_analyze, cfg: AnalyzeConfig) -> dict:
     """Analyze, reusing a finished run with the same settings (an unfinished one resumes)."""
-    summary = Path(cfg.out) / "summary.json"
-    if summary.exists() and not cfg.overwrite:
-        record = json.loads(summary.read_text())
-        same = json.loads(json.dumps(dataclasses.asdict(cfg)))
-        if _without_volatile(record.get("settings", {})) == _without_volatile(same):
+    if (Path(cfg.out) / "summary.json").exists() and not cfg.overwrite:
+        record = load_summary(cfg.out)
+        same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists
+        if _without_volatile(record["settings"]) == _without_volatile(same):
             return record
         cfg = dataclasses.replace(cfg, overwrite=True)
     return run_analyze(cfg)

@@ -1,0 +1,158 @@
+"""What a strategy reads and returns, and the helpers every strategy shares.
+
+Every strategy is a function ``(ctx, removed) -> Choice``: given the pruning context and the
+original indices removed so far, it returns the layer(s) to remove at this step and the score
+of every candidate it considered (written to ``candidates.parquet``), under a
+:class:`Criterion` that says which way is better. One-shot strategies rank layers once on the
+unpruned model (kept in :class:`StrategyCache`) and then walk down that ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from phaseprune.surgery import kept_layers
+
+
+@dataclass
+class StrategyCache:
+    """What a strategy computes once per run and reads at later steps."""
+
+    rankings: dict[str, dict[int, float]] = field(default_factory=dict)
+    """One-shot rankings on the unpruned model, by name (e.g. ``"angular-2"``): layer -> score."""
+    calib_readout: object | None = None
+    """Phase-aware: the calibration items' :class:`~phaseprune.incremental.IncrementalReadout`
+    (kept across steps so each step recomputes only the layers after the removed one)."""
+    reference_logprobs: torch.Tensor | None = None
+    """logit-js: ``(n_calib, vocab)`` last-token log-probabilities of the unpruned model."""
+
+
+@dataclass
+class PruneContext:
+    """Everything a strategy may read; built once per run."""
+
+    model: torch.nn.Module
+    """The full (unpruned) causal LM; strategies only ever see views of it."""
+    n_layers: int
+    """Decoder layers of the unpruned model."""
+    calib_ids: list[list[int]]
+    """Calibration prompts as token ids."""
+    calib_text_ids: list[list[int]]
+    """Calibration prompts followed by their gold answer, as plain text for NLL baselines."""
+    calib_gold: np.ndarray
+    """Gold option index per calibration item."""
+    option_ids: tuple[int, ...]
+    """Token ids of the option letters."""
+    ref_logits: np.ndarray
+    """``(n_calib, n_options)`` option logits of the unpruned model (for ``kl``)."""
+    calib_groups: list[list[int]] | None = None
+    """Calibration items grouped by subject; each group's shared prompt prefix runs once."""
+    objective: str = "accuracy"
+    """Objective of iterative and phase-aware pruning."""
+    protect: frozenset[int] = frozenset()
+    """Original indices never removed."""
+    guard: int = 1
+    """Phase-aware: layers before the transition layer also spared."""
+    block_size: int = 1
+    """Angular: layers removed per step."""
+    seed: int = 0
+    """Seed of the random strategy."""
+    n_boot: int = 1000
+    """Bootstrap resamples for phase estimates."""
+    max_tokens: int = 8192
+    """Padded tokens per forward batch."""
+    cache_budget: int | None = None
+    """Bytes the cached layer inputs of candidate scoring may take (None: no limit)."""
+    progress: bool = False
+    """Show progress bars."""
+    cache: StrategyCache = field(default_factory=StrategyCache)
+    """What strategies computed at earlier steps."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """What a candidate's ``score`` means and which way is better."""
+
+    text: str
+    """What the score is, e.g. ``"calibration accuracy, ties by margin"``."""
+    better: Literal["max", "min"]
+    """Whether a larger or a smaller score is better to remove."""
+
+    def __str__(self) -> str:
+        return f"{self.text} ({self.better})"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a strategy decided at one step."""
+
+    layers: tuple[int, ...]
+    """Original indices removed at this step (one, or a block for angular)."""
+    scores: dict[int, dict]
+    """Candidate (first layer of its block) -> {"score": float, other metrics...}."""
+    criterion: Criterion
+    """What ``score`` means and which way is better."""
+    note: str | None = None
+    """A fallback or other rule the user must know about."""
+    calib_phases: dict | None = None
+    """Phase-aware: the calibration phases the choice was based on."""
+
+
+def remaining(ctx: PruneContext, removed: Sequence[int]) -> list[int]:
+    """Remaining, unprotected layers that may be removed (never the last one standing)."""
+    kept = kept_layers(ctx.n_layers, removed)
+    free = [k for k in kept if k not in ctx.protect]
+    return free if len(kept) > 1 else []
+
+
+def no_candidate(removed: Sequence[int]) -> ValueError:
+    """The error of a step with nothing left to remove."""
+    return ValueError(f"no removable layer left after removing {sorted(removed)} (see --protect)")
+
+
+def walk(
+    ctx: PruneContext, removed: Sequence[int], ranking: dict[int, float], criterion: Criterion
+) -> Choice:
+    """Remove the best-ranked remaining layer (ties: the lowest index)."""
+    free = set(remaining(ctx, removed))
+    if not free:
+        raise no_candidate(removed)
+    sign = 1 if criterion.better == "min" else -1
+    best = min(free, key=lambda k: (sign * ranking[k], k))
+    return Choice((best,), {k: {"score": ranking[k]} for k in sorted(free)}, criterion)
+
+
+def one_shot(
+    ctx: PruneContext, name: str, compute: Callable[[], dict[int, float]]
+) -> dict[int, float]:
+    """The ranking ``name``, computed on first use and kept for the run."""
+    if name not in ctx.cache.rankings:
+        ctx.cache.rankings[name] = compute()
+    return ctx.cache.rankings[name]
+
+
+def runner_up(choice: Choice) -> dict:
+    """The best candidate not chosen and how far behind it scored (near ties made visible).
+
+    ``score_gap`` is signed in the criterion's better direction: positive when the chosen
+    layer scored better, 0 for an exact tie (broken by the lowest original index), negative
+    when a rule other than the score decided (phase-aware's restriction to Decisive layers).
+    On a GPU in bfloat16 a gap within rounding noise is where two runs may choose differently.
+    """
+    chosen = choice.layers[0]
+    others = {k: v["score"] for k, v in choice.scores.items() if k != chosen}
+    if not others:
+        return {"runner_up_layer": None, "runner_up_score": None, "score_gap": None}
+    sign = 1.0 if choice.criterion.better == "max" else -1.0
+    layer = max(others, key=lambda k: (sign * others[k], -k))
+    gap = sign * (choice.scores[chosen]["score"] - others[layer])
+    return {
+        "runner_up_layer": int(layer),
+        "runner_up_score": float(others[layer]),
+        "score_gap": float(gap),
+    }
