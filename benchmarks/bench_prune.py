@@ -104,10 +104,11 @@ def child(args) -> dict:
             model, info.n_layers, enc.input_ids, enc.options.ids, gold, args.steps
         )
     else:
-        from phaseprune.analyze import subject_groups
         from phaseprune.candidates import final_readout, option_reduce
+        from phaseprune.loading import subject_groups
         from phaseprune.models import default_max_tokens
-        from phaseprune.strategies import PruneContext, iterative
+        from phaseprune.strategies.context import PruneContext
+        from phaseprune.strategies.search import iterative
 
         groups = subject_groups([it.subject for it in task.items])
         reduce = option_reduce(enc.options.ids)

@@ -27,17 +27,16 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from phaseprune import __version__
 from phaseprune.analyze import run_analyze
-from phaseprune.collapse import collapse_step
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
 from phaseprune.models import hold_models
 from phaseprune.prune import run_prune
 from phaseprune.report import build_report
+from phaseprune.runio import load_candidates, load_summary, load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -131,8 +130,7 @@ def _now() -> str:
 def _done(run_dir: Path) -> bool:
     if (run_dir / "summary.json").exists():
         return True
-    traj = run_dir / "trajectory.json"
-    return traj.exists() and json.loads(traj.read_text()).get("complete", False)
+    return (run_dir / "trajectory.json").exists() and load_trajectory(run_dir)["complete"]
 
 
 def _todo(run_dir: Path, cfg) -> bool:
@@ -145,16 +143,16 @@ def _todo(run_dir: Path, cfg) -> bool:
         return True
     if isinstance(cfg, AnalyzeConfig):
         return False
-    traj = json.loads((run_dir / "trajectory.json").read_text())
-    if cfg.stop_at_collapse and (traj.get("collapse") or {}).get("step") is not None:
+    traj = load_trajectory(run_dir)
+    if cfg.stop_at_collapse and traj["collapse"]["step"] is not None:
         return False
     left = len(traj["steps"][-1]["remaining_layers"]) if traj["steps"] else traj["n_layers"]
     return len(traj["steps"]) < cfg.steps and left > 1
 
 
 def _steps_done(run_dir: Path) -> int:
-    traj = run_dir / "trajectory.json"
-    return len(json.loads(traj.read_text())["steps"]) if traj.exists() else 0
+    exists = (run_dir / "trajectory.json").exists()
+    return len(load_trajectory(run_dir)["steps"]) if exists else 0
 
 
 def run_plan(
@@ -229,19 +227,10 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         target = figures / (key.replace("/", "__") + ".png")
         shutil.copyfile(png, target)
         copied[key] = target.relative_to(docs_root.parent).as_posix()
-    summary = json.loads((analyze / "summary.json").read_text())
-    other_summary = (
-        json.loads((other / "summary.json").read_text())
-        if (other / "summary.json").exists()
-        else None
-    )
-    trajs = [json.loads((p / "trajectory.json").read_text()) for p in prunes]
-    for t in trajs:
-        if not t.get("complete"):  # provisional, up to the last completed step
-            s0 = t["step0"]
-            t["collapse"] = collapse_step(s0["eval_accuracy"], s0["eval_accuracy_ci"][0],
-                                          t["steps"], t["chance"],
-                                          t["settings"]["collapse_fraction"])  # fmt: skip
+    summary = load_summary(analyze)
+    other_summary = load_summary(other) if (other / "summary.json").exists() else None
+    # an unfinished run's stored collapse is provisional, up to its last completed step
+    trajs = [load_trajectory(p) for p in prunes]
     single = None
     # phases from the analyze run (more items than any pruning run's evaluation readout)
     phases = summary["phases"]["layer_phases"]
@@ -249,10 +238,9 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         run = run_root / source
         if single is not None or not (run / "candidates.parquet").exists():
             continue
-        rows = pd.read_parquet(run / "candidates.parquet").to_dict("records")
-        if any(r["step"] == 1 for r in rows):  # step 1 is all it needs, finished run or not
-            traj = json.loads((run / "trajectory.json").read_text())
-            single = single_removals(traj, rows, phases) | {"source": source}
+        rows = load_candidates(run, {1})
+        if rows:  # step 1 is all it needs, finished run or not
+            single = single_removals(load_trajectory(run), rows, phases) | {"source": source}
     log = (
         json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
     )

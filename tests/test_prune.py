@@ -113,7 +113,7 @@ def test_other_strategies_run_and_record(capsys, planted_dir, items_dir, tmp_pat
     for s in traj["steps"]:
         assert s["remaining_layers"] == [k for k in range(N_LAYERS) if k not in s["removed_so_far"]]
         assert len(s["layers"]) == len(s["remaining_layers"]) + 1
-        assert s["phase_of_removed"] in ("silent", "decisive")
+        assert s["phase_of_removed"] in ("silent", "decisive", "none")
     if strategy == "last":
         assert removed == [4, 3]
     if strategy == "phase-aware":
@@ -133,14 +133,14 @@ def _strip(traj: dict) -> dict:
 # trajectory (temp file half written, not yet moved into place): a kill -9 at a known moment.
 KILLER = """
 import os, signal, sys
-import phaseprune.prune as prune
-real = prune.atomic_write_json
+import phaseprune.runio as runio
+real = runio.atomic_write_json
 def write(path, record):
     if len(record.get("steps", [])) == 3:
         (path.parent / ".trajectory.json.partial.tmp").write_text('{"steps": [')
         os.kill(os.getpid(), signal.SIGKILL)
     real(path, record)
-prune.atomic_write_json = write
+runio.atomic_write_json = write
 from phaseprune.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -299,3 +299,15 @@ def test_calibration_and_evaluation_spread_over_subjects(capsys, planted_dir, tm
     traj = run(capsys, argv)
     assert traj["calib_items"] == ["anatomy/0", "anatomy/1", "virology/0", "virology/1"]
     assert traj["eval_items"] == [f"{s}/{i}" for s in ("anatomy", "virology") for i in (2, 3, 4)]
+
+
+def test_strategy_registry_drives_choices_readme_and_implementations():
+    """One registry: the CLI's choices, the README's table and the implementations agree."""
+    from phaseprune.config import STRATEGIES
+    from phaseprune.strategies.registry import STRATEGY_NAMES, markdown_table, strategy_function
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme
+    assert STRATEGIES == STRATEGY_NAMES
+    for name in STRATEGY_NAMES:
+        assert callable(strategy_function(name)), name

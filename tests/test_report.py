@@ -16,12 +16,14 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from phaseprune.cli import main
+from phaseprune.collapse import collapse_statement
 from phaseprune.errors import UsageError
 from phaseprune.report import build_report
-from phaseprune.report.text import collapse_sentence, layers_text, pct
+from phaseprune.report.text import layers_text, pct
 
 pytest_plugins = ["report_fixtures"]
 
@@ -126,13 +128,18 @@ def test_text_formats():
     step0 = {"eval_accuracy": 0.8, "eval_accuracy_ci": [0.7, 0.9]}
     block = {"step": 2, "removed_layer": [3, 4], "phase_of_removed": "decisive",
              "accuracy_before": 0.8, "accuracy_after": 0.3, "reason": "within chance"}  # fmt: skip
-    assert collapse_sentence(block, [{}, {}], step0, 0.25, 0.5) == (
+    assert collapse_statement(block, step0, [{}, {}], 0.25, 0.5, pct=pct) == (
         "Removing layers 3–4, a Decisive-Phase block, at step 2 dropped accuracy from 80% to "
         "30% (within chance)."
     )
+    undecided = {**block, "removed_layer": 6, "phase_of_removed": "none"}
+    assert collapse_statement(undecided, step0, [{}, {}], 0.25, 0.5) == (
+        "Removing layer 6 (from a model with no transition left) at step 2 dropped accuracy "
+        "from 80% to 30% (within chance)."
+    )
     at_chance = {"eval_accuracy": 0.3, "eval_accuracy_ci": [0.2, 0.4]}
-    assert collapse_sentence({"step": None}, [], at_chance, 0.25, 0.5).startswith(
-        "No collapse to attribute: the unpruned model is already within chance (30%"
+    assert collapse_statement({"step": None}, at_chance, [], 0.25, 0.5, pct=pct).startswith(
+        "The unpruned model is already within chance (30%, chance 25%)"
     )
 
 
@@ -207,7 +214,8 @@ def test_prune_report(report_runs, tmp_path):
 
 
 def test_comparison_report(report_runs):
-    from phaseprune.compare import compare_table, load_trajectory
+    from phaseprune.compare import compare_table
+    from phaseprune.runio import load_trajectory
 
     report = build_report([report_runs.iterative, report_runs.last])
     assert report.html == report_runs.iterative / "compare_report.html"
@@ -246,10 +254,9 @@ def test_incomplete_prune_run_reports_completed_steps(report_runs, tmp_path):
     assert len(page.rows("run-1-steps")) == 2
     traj = load(run / "trajectory.json")
     assert page.say("run-1-collapse") == (
-        f"No collapse: after 2 layers removed in 2 steps, accuracy is "
-        f"{pct(traj['steps'][-1]['eval_accuracy'])} (unpruned {pct(traj['step0']['eval_accuracy'])}"
-        f"); its interval never reached chance (25%) and it never fell below 50% of the unpruned "
-        f"accuracy."
+        f"No collapse within 2 removals (accuracy {pct(traj['steps'][-1]['eval_accuracy'])}, "
+        f"unpruned {pct(traj['step0']['eval_accuracy'])}; 2 layers removed): its interval never "
+        f"reached chance (25%) and it never fell below 50% of the unpruned accuracy."
     )
 
 
@@ -365,8 +372,34 @@ def test_pngs_copied_from_plots_only_while_their_record_is_unchanged(decider, tm
 
 
 def test_figures_name_local_models_without_their_path():
-    from phaseprune.plots import model_label
+    from phaseprune.figures.data import model_label
 
     assert model_label({"name": "/root/.cache/m/qwen-q4_k_m.gguf"}) == "qwen-q4_k_m.gguf"
     assert model_label({"name": "./ckpt/pruned"}) == "pruned"
     assert model_label({"name": "Qwen/Qwen2.5-7B"}) == "Qwen/Qwen2.5-7B"  # a hub id stays
+
+
+def test_compare_and_report_name_the_same_provisional_collapse(report_runs, tmp_path, capsys):
+    """An unfinished run, as a killed prune leaves it: both read its stored provisional collapse."""
+    from phaseprune.collapse import trajectory_collapse
+
+    def stop_at_collapse_step(traj):
+        step = traj["collapse"]["step"]
+        traj["steps"] = traj["steps"][:step]
+        traj["complete"] = False
+        traj["collapse"] = trajectory_collapse(traj)  # what prune stores after each step
+
+    runs = [copy_run(report_runs.iterative, tmp_path / "killed", stop_at_collapse_step),
+            copy_run(report_runs.last, tmp_path / "last", lambda t: None)]  # fmt: skip
+    c = load(runs[0] / "trajectory.json")["collapse"]
+    assert c["step"] is not None
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    capsys.readouterr()
+    compare_row = pd.read_csv(tmp_path / "cmp" / "compare.csv").iloc[0]
+    assert int(compare_row["collapse_step"]) == c["step"]
+    assert str(compare_row["collapse_layer"]) == str(c["removed_layer"])
+    page = Page(build_report(runs).html)
+    assert page.rows("compare-table")[0][6].startswith(
+        f"step {c['step']}: layer {c['removed_layer']} ({c['phase_of_removed']})"
+    )
+    assert page.say("run-1-collapse").startswith(f"Removing layer {c['removed_layer']}")

@@ -7,7 +7,6 @@ models; it takes a typed :class:`~phaseprune.config.AnalyzeConfig` and returns t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,89 +16,22 @@ import torch
 
 from phaseprune import __version__
 from phaseprune.arch import decoder_parts
-from phaseprune.config import AnalyzeConfig, ModelConfig, TaskConfig
-from phaseprune.encoding import encode_prompts
+from phaseprune.config import AnalyzeConfig
+from phaseprune.loading import encode_and_load, subject_groups, task_record
 from phaseprune.metrics import item_metrics, layer_stats
-from phaseprune.models import default_max_tokens, load_model, load_tokenizer, resolve_model
+from phaseprune.models import default_max_tokens, resolve_model
 from phaseprune.phases import detect_phases
-from phaseprune.prompts import build_prompts
 from phaseprune.readout import read_options
-from phaseprune.records import build_summary, items_table, parquet_bytes
+from phaseprune.records import build_summary, items_table
 from phaseprune.runio import (
     PartialReadout,
-    atomic_write_bytes,
-    atomic_write_json,
     check_out_dir,
     fingerprint,
     prepare_out_dir,
     stamp_figures,
+    write_summary,
 )
 from phaseprune.tasks import load_task
-
-
-def _tokens_hash(input_ids: list[list[int]]) -> str:
-    digest = hashlib.sha256()
-    for row in input_ids:
-        digest.update(np.asarray(row, dtype=np.int64).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()
-
-
-def subject_groups(subjects: list[str]) -> list[list[int]]:
-    """Indices of items grouped by subject: each group shares its few-shot prefix."""
-    groups: dict[str, list[int]] = {}
-    for i, subject in enumerate(subjects):
-        groups.setdefault(subject, []).append(i)
-    return list(groups.values())
-
-
-def task_record(task, enc, limit: int | None) -> dict:
-    """``summary["task"]``: what was scored and how it was tokenised."""
-    return {
-        "name": task.name,
-        "subjects": list(task.subjects),
-        "split": task.split,
-        "source": task.source,
-        "source_kind": task.source_kind,
-        "shots": task.shots,
-        "limit": limit,
-        "n_items": len(task.items),
-        "n_options": task.n_options,
-        "letters": list(enc.options.letters),
-        "option_token_ids": list(enc.options.ids),
-        "option_token_texts": list(enc.options.texts),
-        "chat": enc.chat,
-        "add_bos": enc.add_bos,
-        "excluded_exemplars": list(task.excluded),
-        "dropped_items": list(task.dropped),
-        "prompt_tokens_mean": float(np.mean([len(r) for r in enc.input_ids])),
-        "prompt_tokens_sha256": _tokens_hash(enc.input_ids),
-    }
-
-
-def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bool):
-    """Tokenise and verify the prompts, then load the weights; ``(enc, model, info)``.
-
-    The option tokens are checked before the weights load, so a bad tokenizer or an
-    unsupported family fails in seconds.
-    """
-    tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
-    enc = encode_prompts(
-        tokenizer,
-        build_prompts(task),
-        task.n_options,
-        family=config.model_type,
-        chat=tc.chat,
-        add_bos=tc.bos,
-    )
-    model, info = load_model(
-        spec,
-        dtype=mc.dtype,
-        device=mc.device,
-        trust_remote_code=mc.trust_remote_code,
-        progress=progress,
-    )
-    return enc, model, info
 
 
 def run_analyze(cfg: AnalyzeConfig) -> dict:
@@ -142,7 +74,6 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
     frame = items_table(
         [it.item_id for it in task.items], [it.subject for it in task.items], gold, logits, metrics
     )
-    atomic_write_bytes(out / "items.parquet", parquet_bytes(frame))
     summary = build_summary(
         model=dataclasses.asdict(info),
         task=record,
@@ -161,10 +92,10 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     if cfg.plots:
-        from phaseprune.plots import write_plots  # presentation, loaded only when asked for
+        from phaseprune.figures.png import write_plots  # presentation, loaded only when asked for
 
         write_plots(summary, out / "plots")
         stamp_figures(summary, out / "plots")  # the report copies them while this stays true
-    atomic_write_json(out / "summary.json", summary)  # last: marks the run complete
+    write_summary(out, summary, frame)  # summary.json last: marks the run complete
     partial.clear()
     return summary

@@ -1,21 +1,96 @@
 """Collapse attribution: which removal broke the model's decision, and what it was.
 
-Pure function of a pruning trajectory. The **collapse step** is the first step whose
-evaluation accuracy is within chance, i.e. the lower end of its 95% interval is at or below
-``chance``, or whose accuracy fell below ``collapse_fraction`` x the unpruned accuracy,
-whichever comes first. A model that starts at chance (never decides) cannot collapse: its
-attribution says so instead of naming a step.
+Pure functions of a pruning trajectory; the one place the collapse rule and its sentence live.
+The **collapse step** is the first step whose evaluation accuracy is within chance, i.e. the
+lower end of its 95% interval is at or below ``chance``, or whose accuracy fell below
+``collapse_fraction`` x the unpruned accuracy, whichever comes first. A model that starts
+within chance (never decides) cannot collapse: its attribution says so instead of naming a step.
+
+``prune`` computes the record after every step and stores it in ``trajectory.json`` (final once
+the run is complete, provisional before); every reader (compare, report, findings) reads the
+stored record and never applies the rule again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+
+def within_chance(ci_low: float, chance: float) -> bool:
+    """Whether an accuracy whose 95% interval starts at ``ci_low`` is within chance."""
+    return ci_low <= chance
+
+
+def _pct0(share: float) -> str:
+    return f"{share:.0%}"
+
+
+def layers_text(removed: int | Sequence[int]) -> str:
+    """``7`` -> ``"layer 7"``; an angular block ``[3, 4]`` -> ``"layers 3–4"``."""
+    if isinstance(removed, int):
+        return f"layer {removed}"
+    if len(removed) == 1:
+        return f"layer {removed[0]}"
+    return f"layers {removed[0]}–{removed[-1]}"
+
+
+def _what_was_removed(removed: int | Sequence[int], phase: str | None) -> str:
+    """``"layer 6, a Silent-Phase layer,"`` or ``"layer 6 (from a model with no transition)"``."""
+    noun = "layer" if isinstance(removed, int) or len(removed) == 1 else "block"
+    if phase in (None, "none"):
+        return f"{layers_text(removed)} (from a model with no transition left)"
+    return f"{layers_text(removed)}, a {phase.capitalize()}-Phase {noun},"
+
+
+def collapse_statement(
+    collapse: Mapping,
+    step0: Mapping,
+    steps: Sequence[Mapping],
+    chance: float,
+    fraction: float,
+    *,
+    pct: Callable[[float], str] = _pct0,
+    detailed: bool = False,
+) -> str:
+    """The sentence that says which removal broke the decision, from a collapse record.
+
+    Args:
+        collapse: the record of :func:`collapse_step`.
+        step0: the unpruned readout (``eval_accuracy``, ``eval_accuracy_ci``).
+        steps: the trajectory's step records (``removed_so_far``, ``eval_accuracy``).
+        chance: 1 / n_options.
+        fraction: the run's ``collapse_fraction``.
+        pct: how a share is printed (the stored sentence rounds to whole percents).
+        detailed: say, when nothing collapsed, against which rule (the report's wording).
+    """
+    base = step0["eval_accuracy"]
+    if collapse.get("step") is not None:
+        return (
+            f"Removing {_what_was_removed(collapse['removed_layer'], collapse['phase_of_removed'])}"
+            f" at step {collapse['step']} dropped accuracy from {pct(collapse['accuracy_before'])}"
+            f" to {pct(collapse['accuracy_after'])} ({collapse['reason']})."
+        )
+    if within_chance(step0["eval_accuracy_ci"][0], chance):
+        return (
+            f"The unpruned model is already within chance ({pct(base)}, chance "
+            f"{pct(chance)}): it never decides, so no removal can be blamed for a collapse."
+        )
+    last = steps[-1]["eval_accuracy"] if steps else base
+    sentence = f"No collapse within {len(steps)} removals (accuracy {pct(last)})."
+    if not detailed:
+        return sentence
+    n = len(steps[-1]["removed_so_far"]) if steps else 0
+    return (
+        f"{sentence[:-2]}, unpruned {pct(base)}; {n} layer{'s' if n != 1 else ''} removed): its "
+        f"interval never reached chance ({pct(chance)}) and it never fell below "
+        f"{pct(fraction)} of the unpruned accuracy."
+    )
 
 
 def collapse_step(
     base_accuracy: float,
     base_ci_low: float,
-    steps: Sequence[dict],
+    steps: Sequence[Mapping],
     chance: float,
     collapse_fraction: float = 0.5,
 ) -> dict:
@@ -33,7 +108,6 @@ def collapse_step(
         ``{"step", "removed_layer", "phase_of_removed", "accuracy_before", "accuracy_after",
         "reason", "statement", "transition_path"}``; ``step`` is None when nothing collapsed.
     """
-    path = [s["transition_layer"] for s in steps]
     record = {
         "step": None,
         "removed_layer": None,
@@ -41,19 +115,14 @@ def collapse_step(
         "accuracy_before": None,
         "accuracy_after": None,
         "reason": None,
-        "transition_path": path,
+        "transition_path": [s["transition_layer"] for s in steps],
     }
-    if base_ci_low <= chance:
-        record["statement"] = (
-            f"The unpruned model is already within chance ({base_accuracy:.0%}, chance "
-            f"{chance:.0%}): it never decides, so no removal can be blamed for a collapse."
-        )
-        return record
+    step0 = {"eval_accuracy": base_accuracy, "eval_accuracy_ci": [base_ci_low, None]}
     previous = base_accuracy
-    for s in steps:
-        acc, (low, _) = s["eval_accuracy"], s["eval_accuracy_ci"]
+    for s in steps if not within_chance(base_ci_low, chance) else ():
+        acc, low = s["eval_accuracy"], s["eval_accuracy_ci"][0]
         reason = None
-        if low <= chance:
+        if within_chance(low, chance):
             reason = "within chance"
         elif acc < collapse_fraction * base_accuracy:
             reason = f"below {collapse_fraction:.0%} of the unpruned accuracy"
@@ -66,12 +135,16 @@ def collapse_step(
                 accuracy_after=acc,
                 reason=reason,
             )
-            record["statement"] = (
-                f"Removing layer {s['removed_layer']}, a {s['phase_of_removed'].capitalize()}-"
-                f"Phase layer, at step {s['step']} dropped accuracy from {previous:.0%} to "
-                f"{acc:.0%} ({reason})."
-            )
-            return record
+            break
         previous = acc
-    record["statement"] = f"No collapse within {len(steps)} removals (accuracy {previous:.0%})."
+    record["statement"] = collapse_statement(record, step0, steps, chance, collapse_fraction)
     return record
+
+
+def trajectory_collapse(traj: Mapping) -> dict:
+    """:func:`collapse_step` of a trajectory record, up to its last completed step."""
+    s0 = traj["step0"]
+    fraction = traj["settings"]["collapse_fraction"]
+    return collapse_step(
+        s0["eval_accuracy"], s0["eval_accuracy_ci"][0], traj["steps"], traj["chance"], fraction
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,51 +9,15 @@ import pandas as pd
 
 from phaseprune.errors import UsageError
 from phaseprune.evidence import layers_before_collapse
-from phaseprune.records import TRAJECTORY_SCHEMA
-from phaseprune.runio import atomic_write_bytes
+from phaseprune.records import Trajectory
+from phaseprune.runio import atomic_write_bytes, check_comparable, load_run
 
 
-def load_trajectory(run_dir: str | Path) -> dict:
-    """Read a pruning run's ``trajectory.json`` with clear errors for anything else."""
-    path = Path(run_dir) / "trajectory.json"
-    if not path.is_file():
-        hint = (
-            " (an analyze run: compare takes prune runs)"
-            if (Path(run_dir) / "summary.json").exists()
-            else ""
-        )
-        raise UsageError(f"{run_dir} is not a pruning run: no trajectory.json{hint}")
-    traj = json.loads(path.read_text())
-    if traj.get("schema_version") != TRAJECTORY_SCHEMA:
-        raise UsageError(
-            f"{path} has schema_version {traj.get('schema_version')}, expected {TRAJECTORY_SCHEMA}"
-        )
-    return traj
-
-
-def _same(trajs: Sequence[dict], dirs: Sequence[str]) -> None:
-    ref = trajs[0]
-    for traj, d in zip(trajs[1:], dirs[1:], strict=True):
-        if (
-            traj["model"]["revision"] != ref["model"]["revision"]
-            or traj["model"]["name"] != ref["model"]["name"]
-        ):
-            raise UsageError(
-                f"{d} is a run of {traj['model']['name']}, {dirs[0]} of "
-                f"{ref['model']['name']}; compare runs of one model"
-            )
-        if traj["eval_items"] != ref["eval_items"]:
-            raise UsageError(
-                f"{d} was evaluated on other items than {dirs[0]}; "
-                "compare runs with the same --calib/--eval"
-            )
-
-
-def compare_table(trajs: Sequence[dict], labels: Sequence[str]) -> pd.DataFrame:
+def compare_table(trajs: Sequence[Trajectory], labels: Sequence[str]) -> pd.DataFrame:
     """One row per run: accuracy before, layers removable before collapse, collapse details."""
     rows = []
     for traj, label in zip(trajs, labels, strict=True):
-        c = traj.get("collapse") or {}
+        c = traj["collapse"]  # provisional while the run is incomplete
         n_steps = len(traj["steps"])
         removed_before = layers_before_collapse(traj)["removed"]
         rows.append(
@@ -80,13 +43,14 @@ def run_compare(run_dirs: Sequence[str], out: str) -> pd.DataFrame:
     """Write ``OUT/compare.png``, ``OUT/compare.csv`` and ``OUT/compare.md``; return the table."""
     if len(run_dirs) < 1:
         raise UsageError("compare needs at least one run directory")
-    trajs = [load_trajectory(d) for d in run_dirs]
-    _same(trajs, run_dirs)
+    runs = [load_run(d, "prune") for d in run_dirs]
+    check_comparable(runs)
+    trajs = [run.record for run in runs]
     labels = [f"{t['strategy']} ({Path(d).name})" for t, d in zip(trajs, run_dirs, strict=True)]
     table = compare_table(trajs, labels)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from phaseprune.prune_plots import write_compare_plot
+    from phaseprune.figures.png import write_compare_plot
 
     write_compare_plot(trajs, labels, out_dir / "compare.png")
     atomic_write_bytes(out_dir / "compare.csv", table.to_csv(index=False).encode())

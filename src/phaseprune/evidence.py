@@ -181,12 +181,12 @@ def single_removals(
     return out
 
 
-def layers_before_collapse(traj: Mapping, collapse: Mapping | None = None) -> dict:
+def layers_before_collapse(traj: Mapping) -> dict:
     """(d) Layers removed before the collapse step (all removed if none), and whether it came.
 
-    ``collapse`` overrides ``traj["collapse"]`` (e.g. a provisional one for an unfinished run).
+    Reads the trajectory's stored collapse (provisional for an unfinished run).
     """
-    step = (collapse if collapse is not None else traj.get("collapse") or {}).get("step")
+    step = (traj.get("collapse") or {}).get("step")
     steps = traj["steps"]
     upto = (step - 1) if step else len(steps)
     n = len(steps[upto - 1]["removed_so_far"]) if upto > 0 else 0

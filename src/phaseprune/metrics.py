@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-LETTERS = "ABCDEFGHIJ"
+from phaseprune.tasks.items import LETTERS
 
 
 @dataclass(frozen=True)

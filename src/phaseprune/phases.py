@@ -24,10 +24,34 @@ the phase of that index.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from phaseprune.metrics import wilson_interval
+
+Phase = Literal["silent", "decisive"]
+RemovalPhase = Literal["silent", "decisive", "none"]
+
+
+def readout_phase(transition_layer: int | None, index: int) -> Phase:
+    """The phase of readout index ``index`` in a model whose transition is ``transition_layer``.
+
+    Without a transition the whole network is Silent ("Silent throughout").
+    """
+    decisive = transition_layer is not None and index >= transition_layer
+    return "decisive" if decisive else "silent"
+
+
+def removal_phase(transition_layer: int | None, position: int) -> RemovalPhase:
+    """The phase of the decoder layer at ``position`` of a model, as a removal is labelled.
+
+    The layer writes readout index ``position + 1``. A model without a transition has no
+    measured phase to blame: its removals are ``"none"``, not Silent by default.
+    """
+    if transition_layer is None:
+        return "none"
+    return readout_phase(transition_layer, position + 1)
 
 
 @dataclass(frozen=True)
@@ -58,10 +82,9 @@ class PhaseResult:
             return None
         return (self.transition_layer, self.n_readout - 1)
 
-    def layer_phase(self, decoder_layer: int) -> str:
+    def layer_phase(self, decoder_layer: int) -> Phase:
         """``"silent"`` or ``"decisive"`` for decoder layer ``j`` (it writes index ``j + 1``)."""
-        t = self.transition_layer
-        return "decisive" if t is not None and decoder_layer + 1 >= t else "silent"
+        return readout_phase(self.transition_layer, decoder_layer + 1)
 
     def statement(self) -> str:
         """A plain sentence for the summary."""

@@ -11,29 +11,40 @@ resumed run ends with the same trajectory as an uninterrupted one (``timing`` as
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from phaseprune import __version__
-from phaseprune.analyze import encode_and_load, subject_groups, task_record
 from phaseprune.candidates import final_readout, option_reduce
-from phaseprune.collapse import collapse_step
-from phaseprune.config import STRATEGIES, PruneConfig
+from phaseprune.collapse import trajectory_collapse
+from phaseprune.config import PruneConfig
 from phaseprune.errors import UsageError
 from phaseprune.incremental import IncrementalReadout
+from phaseprune.loading import encode_and_load, subject_groups, task_record
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
 from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
 from phaseprune.objectives import OBJECTIVES, candidate_metrics
-from phaseprune.phases import detect_phases
-from phaseprune.records import TRAJECTORY_SCHEMA, layer_record, parquet_bytes, phases_record
-from phaseprune.runio import atomic_write_bytes, atomic_write_json, fingerprint, stamp_figures
-from phaseprune.strategies import STRATEGIES as STRATEGY_FUNCS
-from phaseprune.strategies import PruneContext
+from phaseprune.phases import detect_phases, removal_phase
+from phaseprune.records import (
+    TRAJECTORY_SCHEMA,
+    Readout,
+    Step,
+    Trajectory,
+    layer_record,
+    phases_record,
+)
+from phaseprune.runio import (
+    fingerprint,
+    load_candidates,
+    load_trajectory,
+    stamp_figures,
+    write_trajectory,
+)
+from phaseprune.strategies.context import PruneContext, runner_up
+from phaseprune.strategies.registry import STRATEGY_NAMES, strategy_function
 from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
 
@@ -44,8 +55,9 @@ STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 
 def check_config(cfg: PruneConfig) -> None:
     """Refuse inconsistent settings with one clear line each."""
-    if cfg.strategy not in STRATEGIES:
-        raise UsageError(f"unknown --strategy {cfg.strategy!r}; one of {', '.join(STRATEGIES)}")
+    if cfg.strategy not in STRATEGY_NAMES:
+        names = ", ".join(STRATEGY_NAMES)
+        raise UsageError(f"unknown --strategy {cfg.strategy!r}; one of {names}")
     if cfg.objective not in OBJECTIVES:
         raise UsageError(f"unknown --objective {cfg.objective!r}; one of {', '.join(OBJECTIVES)}")
     for name in ("steps", "calib", "eval", "block_size"):
@@ -55,7 +67,9 @@ def check_config(cfg: PruneConfig) -> None:
         raise UsageError("prune takes --calib and --eval instead of --limit")
 
 
-def readout_record(logits: np.ndarray, gold: np.ndarray, n_options: int, cfg: PruneConfig) -> dict:
+def readout_record(
+    logits: np.ndarray, gold: np.ndarray, n_options: int, cfg: PruneConfig
+) -> Readout:
     """Accuracy, interval, per-layer records and phases of one evaluation readout."""
     m = item_metrics(logits, gold)
     stats = layer_stats(m, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -166,7 +180,7 @@ class PruneRun:
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
 
 
-def _header(run: PruneRun, step0: dict) -> dict:
+def _header(run: PruneRun, step0: Readout) -> Trajectory:
     cfg = run.cfg
     items = [it.item_id for it in run.task.items]
     return {
@@ -192,34 +206,30 @@ def _header(run: PruneRun, step0: dict) -> dict:
         "steps": [],
         "complete": False,
         "timing": {},
+        "collapse": None,  # set by _write before anything is written
     }
 
 
-def _load_previous(run: PruneRun) -> tuple[dict | None, list[dict]]:
-    path = run.out / "trajectory.json"
-    if not (run.cfg.resume and path.exists()):
+def _load_previous(run: PruneRun) -> tuple[Trajectory | None, list[dict]]:
+    """The run to resume (None for a fresh one) and its candidate rows of completed steps."""
+    if not (run.cfg.resume and (run.out / "trajectory.json").exists()):
         return None, []
-    traj = json.loads(path.read_text())
-    if traj.get("fingerprint") != run.key():
-        made = {k: traj.get("settings", {}).get(k) for k in STOPPING}
-        if traj.get("fingerprint") != run.key(**made):
-            raise UsageError(
-                f"{path} was made with other settings, model or items; use --overwrite to start "
-                "over"
-            )
-        # the same run with other stopping rules (e.g. a larger --steps): it continues from
-        # its last step under the new ones, and is recorded with them
+
+    def same_run(traj: Trajectory) -> bool:
+        # the same run made with other stopping rules (e.g. a smaller --steps) continues
+        made = {k: traj["settings"].get(k) for k in STOPPING}
+        return traj["fingerprint"] in (run.key(), run.key(**made))
+
+    traj = load_trajectory(run.out, matches=same_run)
+    if traj["fingerprint"] != run.key():  # continued under the new stopping rules, recorded
         traj["fingerprint"] = run.key()
         traj["settings"] = dataclasses.asdict(run.cfg)
-    cand = run.out / "candidates.parquet"
-    rows = pd.read_parquet(cand).to_dict("records") if cand.exists() else []
-    done = {s["step"] for s in traj["steps"]}
-    return traj, [r for r in rows if r["step"] in done]
+    return traj, load_candidates(run.out, {s["step"] for s in traj["steps"]})
 
 
 def _step_record(
-    run: PruneRun, step: int, choice, removed: list[int], phase_of_removed: str, readout: dict
-) -> dict:
+    run: PruneRun, step: int, choice, removed: list[int], phase_of_removed: str, readout: Readout
+) -> Step:
     best = choice.scores[choice.layers[0]]
     return {
         "step": step,
@@ -230,7 +240,7 @@ def _step_record(
         "phase_of_removed": phase_of_removed,
         "calib_score": best["score"],
         "calib_metrics": {k: v for k, v in best.items() if k != "score"},
-        "criterion": choice.criterion,
+        "criterion": str(choice.criterion),
         **runner_up(choice),
         "note": choice.note,
         "calib_phases": choice.calib_phases,
@@ -238,31 +248,10 @@ def _step_record(
     }
 
 
-def runner_up(choice) -> dict:
-    """The best candidate not chosen and how far behind it scored (near ties made visible).
-
-    ``score_gap`` is signed in the criterion's better direction: positive when the chosen
-    layer scored better, 0 for an exact tie (broken by the lowest original index), negative
-    when a rule other than the score decided (phase-aware's restriction to Decisive layers).
-    On a GPU in bfloat16 a gap within rounding noise is where two runs may choose differently.
-    """
-    chosen = choice.layers[0]
-    others = {k: v["score"] for k, v in choice.scores.items() if k != chosen}
-    if not others:
-        return {"runner_up_layer": None, "runner_up_score": None, "score_gap": None}
-    sign = 1.0 if choice.criterion.endswith("(max)") else -1.0
-    layer = max(others, key=lambda k: (sign * others[k], -k))
-    gap = sign * (choice.scores[chosen]["score"] - others[layer])
-    return {
-        "runner_up_layer": int(layer),
-        "runner_up_score": float(others[layer]),
-        "score_gap": float(gap),
-    }
-
-
-def _write(run: PruneRun, traj: dict, rows: list[dict]) -> None:
-    atomic_write_bytes(run.out / "candidates.parquet", parquet_bytes(pd.DataFrame(rows)))
-    atomic_write_json(run.out / "trajectory.json", traj)
+def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
+    """Store the collapse of the steps so far (provisional until complete), then write."""
+    traj["collapse"] = trajectory_collapse(traj)
+    write_trajectory(run.out, traj, rows)
 
 
 def _candidate_rows(step: int, choice) -> list[dict]:
@@ -275,33 +264,17 @@ def _candidate_rows(step: int, choice) -> list[dict]:
                 "layer": int(layer),
                 "score": float(metrics["score"]),
                 "selected": layer == chosen,
-                "criterion": choice.criterion,
+                "criterion": str(choice.criterion),
                 **{k: float(v) for k, v in metrics.items() if k != "score"},
             }
         )
     return rows
 
 
-def _collapse(run: PruneRun, traj: dict) -> dict:
-    step0 = traj["step0"]
-    return collapse_step(
-        step0["eval_accuracy"],
-        step0["eval_accuracy_ci"][0],
-        traj["steps"],
-        traj["chance"],
-        run.cfg.collapse_fraction,
-    )
-
-
-def _finish(run: PruneRun, traj: dict) -> None:
-    traj["collapse"] = _collapse(run, traj)
-    traj["complete"] = True
-
-
 def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
     if len(traj["steps"]) >= run.cfg.steps:
         return True
-    if run.cfg.stop_at_collapse and traj["steps"] and _collapse(run, traj)["step"] is not None:
+    if run.cfg.stop_at_collapse and traj["collapse"]["step"] is not None:
         return True
     if (
         run.cfg.min_accuracy is not None
@@ -312,7 +285,7 @@ def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
     return len(kept_layers(run.info.n_layers, removed)) <= run.cfg.block_size
 
 
-def run_prune(cfg: PruneConfig) -> dict:
+def run_prune(cfg: PruneConfig) -> Trajectory:
     """Run (or resume) a pruning run and return its trajectory record."""
     run = PruneRun(cfg)
     traj, rows = _load_previous(run)
@@ -321,6 +294,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         if _should_stop(run, traj, removed):
             return traj  # resuming a finished run: nothing to do or rewrite
         traj["complete"] = False  # finished under other stopping rules: extend it
+        traj["collapse"] = trajectory_collapse(traj)  # under the new --collapse-fraction
     if cfg.overwrite and not cfg.resume:
         for name in ("trajectory.json", "candidates.parquet"):
             (run.out / name).unlink(missing_ok=True)
@@ -342,13 +316,12 @@ def run_prune(cfg: PruneConfig) -> dict:
         _write(run, traj, rows)
     removed = [k for s in traj["steps"] for k in s["removed_layers"]]
     prev = traj["steps"][-1] if traj["steps"] else traj["step0"]
+    strategy = strategy_function(cfg.strategy)
     while not traj.get("complete") and not _should_stop(run, traj, removed):
         step = len(traj["steps"]) + 1
-        choice = STRATEGY_FUNCS[cfg.strategy](run.ctx, removed)
-        kept = kept_layers(run.info.n_layers, removed)
-        t = prev["transition_layer"]
-        p = kept.index(choice.layers[0])
-        phase = "decisive" if t is not None and p + 1 >= t else "silent"
+        choice = strategy(run.ctx, removed)
+        position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
+        phase = removal_phase(prev["transition_layer"], position)
         removed = [*removed, *choice.layers]
         readout = run.eval_readout(removed)
         record = _step_record(run, step, choice, removed, phase, readout)
@@ -357,10 +330,10 @@ def run_prune(cfg: PruneConfig) -> dict:
         traj["timing"][f"step_{step}_s"] = round(time.perf_counter() - run.started, 2)
         _write(run, traj, rows)
         prev = record
-    _finish(run, traj)
+    traj["complete"] = True
     traj["timing"]["total_s"] = round(time.perf_counter() - run.started, 2)
     if cfg.plots:
-        from phaseprune.prune_plots import write_prune_plots
+        from phaseprune.figures.png import write_prune_plots
 
         write_prune_plots(traj, run.out / "plots")
         stamp_figures(traj, run.out / "plots")  # the report copies them while this stays true

@@ -1,51 +1,152 @@
-"""The records an ``analyze`` run writes: ``summary.json`` and ``items.parquet``.
+"""The run records: what ``analyze`` and ``prune`` write, typed, and how they are built.
 
-The schema is documented in ``docs/schema.md``; bump :data:`SCHEMA_VERSION` on any change
-that renames or removes a key. Readers drop unknown keys with a warning
-(:func:`load_summary`).
+An ``analyze`` run writes :class:`Summary` (``summary.json``) and ``items.parquet``; a ``prune``
+run writes :class:`Trajectory` (``trajectory.json``: settings, the unpruned readout, one
+:class:`Step` per removal and the :class:`Collapse`) and ``candidates.parquet``. The records are
+JSON objects, typed here as ``TypedDict`` so that every reader and writer names the same keys;
+:mod:`phaseprune.runio` is the one loader (schema version, kind, required keys, fingerprint) and
+the one writer. The schema is documented in ``docs/schema.md``; bump :data:`SCHEMA_VERSION` or
+:data:`TRAJECTORY_SCHEMA` on any change that renames or removes a key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import pandas as pd
 
-from phaseprune.errors import UsageError
-from phaseprune.metrics import LETTERS, ItemMetrics, LayerStats, option_frequency, wilson_interval
+from phaseprune.metrics import ItemMetrics, LayerStats, option_frequency, wilson_interval
 from phaseprune.phases import PhaseResult
+from phaseprune.tasks.items import LETTERS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # summary.json of analyze runs
 TRAJECTORY_SCHEMA = 1  # trajectory.json of prune runs
-SUMMARY_KEYS = (
-    "schema_version",
-    "kind",
-    "phaseprune_version",
-    "created",
-    "model",
-    "task",
-    "accuracy",
-    "accuracy_ci",
-    "chance",
-    "n_layers",
-    "gold_frequency",
-    "layers",
-    "transition_layer",
-    "transition_ci",
-    "p_no_transition",
-    "phases",
-    "timing",
-    "settings",
-)
+RunKind = Literal["analyze", "prune"]
 
 
-def layer_record(stats: LayerStats) -> dict:
+class LayerRecord(TypedDict):
+    """One readout index's aggregates over items (:class:`~phaseprune.metrics.LayerStats`)."""
+
+    layer: int
+    margin_mean: float
+    margin_ci: list[float]
+    prob_margin_mean: float
+    accuracy: float
+    accuracy_ci: list[float]
+    option_frequency: dict[str, float]
+    pick_entropy: float
+
+
+class PhasesRecord(TypedDict):
+    """Readout-index ranges of the phases, each decoder layer's phase, and a sentence."""
+
+    silent: list[int]
+    decisive: list[int] | None
+    layer_phases: list[str]
+    statement: str
+
+
+class Readout(TypedDict):
+    """The full decision readout of one (pruned) model on the evaluation items."""
+
+    eval_accuracy: float
+    eval_accuracy_ci: list[float]
+    transition_layer: int | None
+    transition_ci: list[int] | None
+    phases: PhasesRecord
+    layers: list[LayerRecord]
+
+
+class Step(Readout):
+    """One removal: what was removed and why, then the readout of the pruned model."""
+
+    step: int
+    removed_layer: int | list[int]
+    removed_layers: list[int]
+    removed_so_far: list[int]
+    remaining_layers: list[int]
+    phase_of_removed: Literal["silent", "decisive", "none"]
+    calib_score: float
+    calib_metrics: dict[str, float]
+    criterion: str
+    runner_up_layer: int | None
+    runner_up_score: float | None
+    score_gap: float | None
+    note: str | None
+    calib_phases: dict[str, Any] | None
+
+
+class Collapse(TypedDict):
+    """Which removal broke the decision (``step`` None: none did); see :mod:`.collapse`."""
+
+    step: int | None
+    removed_layer: int | list[int] | None
+    phase_of_removed: str | None
+    accuracy_before: float | None
+    accuracy_after: float | None
+    reason: str | None
+    transition_path: list[int | None]
+    statement: str
+
+
+class Trajectory(TypedDict):
+    """``trajectory.json``; ``collapse`` is provisional while ``complete`` is false."""
+
+    schema_version: int
+    kind: Literal["prune"]
+    phaseprune_version: str
+    created: str
+    fingerprint: str
+    model: dict[str, Any]
+    task: dict[str, Any]
+    strategy: str
+    objective: str
+    settings: dict[str, Any]
+    calib_items: list[str]
+    eval_items: list[str]
+    chance: float
+    n_layers: int
+    calib_step0: dict[str, float]
+    step0: Readout
+    steps: list[Step]
+    complete: bool
+    timing: dict[str, float]
+    collapse: Collapse
+
+
+class Summary(TypedDict):
+    """``summary.json`` of an ``analyze`` run."""
+
+    schema_version: int
+    kind: Literal["analyze"]
+    phaseprune_version: str
+    created: str
+    model: dict[str, Any]
+    task: dict[str, Any]
+    accuracy: float
+    accuracy_ci: list[float]
+    chance: float
+    n_layers: int
+    gold_frequency: dict[str, float]
+    layers: list[LayerRecord]
+    transition_layer: int | None
+    transition_ci: list[int] | None
+    p_no_transition: float
+    phases: PhasesRecord
+    timing: dict[str, float]
+    settings: dict[str, Any]
+
+
+RECORD_TYPES: dict[RunKind, type] = {"analyze": Summary, "prune": Trajectory}
+RECORD_FILES: dict[RunKind, str] = {"analyze": "summary.json", "prune": "trajectory.json"}
+RECORD_VERSIONS: dict[RunKind, int] = {"analyze": SCHEMA_VERSION, "prune": TRAJECTORY_SCHEMA}
+
+
+def layer_record(stats: LayerStats) -> LayerRecord:
     """One entry of ``summary["layers"]``."""
     record = dataclasses.asdict(stats)
     record["margin_ci"] = list(stats.margin_ci)
@@ -53,7 +154,7 @@ def layer_record(stats: LayerStats) -> dict:
     return record
 
 
-def phases_record(phases: PhaseResult, n_layers: int) -> dict:
+def phases_record(phases: PhaseResult, n_layers: int) -> PhasesRecord:
     """``summary["phases"]``: ranges of readout indices, per-decoder-layer phases, a sentence."""
     return {
         "silent": list(phases.silent),
@@ -75,7 +176,7 @@ def build_summary(
     settings: dict,
     version: str,
     created: str,
-) -> dict:
+) -> Summary:
     """Assemble ``summary.json``; the model's own accuracy is the last readout layer's."""
     n_options = task["n_options"]
     n_items = len(gold)
@@ -138,21 +239,3 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     return buf.getvalue()
-
-
-def load_summary(run_dir: str | Path) -> dict:
-    """Read a run's ``summary.json``; clear errors for non-runs and other schema versions."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a complete phaseprune run (no summary.json)")
-    record = json.loads(path.read_text())
-    version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise UsageError(
-            f"{path} has schema_version {version}, this phaseprune reads {SCHEMA_VERSION}; "
-            "rerun the analysis"
-        )
-    unknown = sorted(set(record) - set(SUMMARY_KEYS))
-    if unknown:
-        warnings.warn(f"{path}: ignoring unknown keys {unknown}", stacklevel=2)
-    return {k: v for k, v in record.items() if k in SUMMARY_KEYS}

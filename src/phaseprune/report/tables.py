@@ -1,7 +1,7 @@
 """What the report's cards and tables say, as named records built from the run records.
 
 Every row is a ``NamedTuple`` of display strings (formatted by :mod:`.text`) so the template
-only lays them out. Nothing here draws; :mod:`.figures` and :mod:`.prune_figures` do.
+only lays them out. Nothing here draws; :mod:`phaseprune.figures` does.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from phaseprune import __version__
-from phaseprune.collapse import collapse_step
+from phaseprune.collapse import collapse_statement
 from phaseprune.evidence import layers_before_collapse
+from phaseprune.phases import readout_phase
 from phaseprune.report.load import Run
 from phaseprune.report.text import (
-    collapse_sentence,
     layer_ci,
     layers_text,
     num,
@@ -21,8 +21,6 @@ from phaseprune.report.text import (
     pct_ci,
     transition_text,
 )
-
-DEFAULT_COLLAPSE_FRACTION = 0.5
 
 
 class Card(NamedTuple):
@@ -116,23 +114,16 @@ class CompareRow(NamedTuple):
     """Removed layers in order."""
 
 
-def phase_of(layer: int, phases: dict) -> str:
-    """Phase of a readout index under a ``phases`` record."""
-    decisive = phases.get("decisive")
-    if decisive and decisive[0] <= layer <= decisive[1]:
-        return "decisive"
-    return "silent"
-
-
 def layer_rows(layers: list[dict], phases: dict) -> list[LayerRow]:
-    """One row per readout layer."""
+    """One row per readout layer, under a ``phases`` record."""
+    transition = phases["decisive"][0] if phases.get("decisive") else None
     rows = []
     for r in layers:
         top = max(r["option_frequency"], key=r["option_frequency"].get)
         rows.append(
             LayerRow(
                 r["layer"],
-                phase_of(r["layer"], phases),
+                readout_phase(transition, r["layer"]),
                 num(r["margin_mean"]),
                 f"{num(r['margin_ci'][0])} to {num(r['margin_ci'][1])}",
                 pct(r["accuracy"]),
@@ -166,24 +157,10 @@ def analyze_cards(summary: dict) -> list[Card]:
     ]  # fmt: skip
 
 
-def collapse_record(traj: dict) -> dict:
-    """The run's collapse record; for an incomplete run, computed from its completed steps."""
-    if traj.get("collapse"):
-        return traj["collapse"]
-    s0 = traj["step0"]
-    return collapse_step(s0["eval_accuracy"], s0["eval_accuracy_ci"][0], traj["steps"],
-                         traj["chance"], collapse_fraction(traj))  # fmt: skip
-
-
-def collapse_fraction(traj: dict) -> float:
-    """The run's ``--collapse-fraction``."""
-    return traj["settings"].get("collapse_fraction", DEFAULT_COLLAPSE_FRACTION)
-
-
 def prune_collapse_text(traj: dict) -> str:
-    """The collapse sentence of a pruning run."""
-    return collapse_sentence(collapse_record(traj), traj["steps"], traj["step0"], traj["chance"],
-                             collapse_fraction(traj))  # fmt: skip
+    """The collapse sentence of a pruning run (its stored collapse, provisional if unfinished)."""
+    return collapse_statement(traj["collapse"], traj["step0"], traj["steps"], traj["chance"],
+                              traj["settings"]["collapse_fraction"], pct=pct, detailed=True)
 
 
 def prune_cards(traj: dict) -> list[Card]:
@@ -206,7 +183,7 @@ def prune_cards(traj: dict) -> list[Card]:
 
 def step_rows(traj: dict) -> list[StepRow]:
     """One row per completed removal."""
-    c_step = collapse_record(traj).get("step")
+    c_step = traj["collapse"]["step"]
     return [
         StepRow(s["step"], layers_text(s["removed_layer"]), s["phase_of_removed"],
                 len(s["removed_so_far"]), pct(s["eval_accuracy"]), pct_ci(s["eval_accuracy_ci"]),
@@ -219,10 +196,9 @@ def step_rows(traj: dict) -> list[StepRow]:
 def removable_before_collapse(traj: dict) -> int:
     """Layers removed before the collapse step (all removed layers when nothing collapsed).
 
-    :func:`phaseprune.evidence.layers_before_collapse`, with the provisional collapse of an
-    unfinished run.
+    :func:`phaseprune.evidence.layers_before_collapse` (provisional for an unfinished run).
     """
-    return layers_before_collapse(traj, collapse_record(traj))["removed"]
+    return layers_before_collapse(traj)["removed"]
 
 
 def compare_rows(runs: list[Run]) -> list[CompareRow]:
@@ -230,7 +206,7 @@ def compare_rows(runs: list[Run]) -> list[CompareRow]:
     rows = []
     for run in runs:
         traj = run.record
-        c = collapse_record(traj)
+        c = traj["collapse"]
         last = traj["steps"][-1] if traj["steps"] else traj["step0"]
         collapse = (
             f"step {c['step']}: {layers_text(c['removed_layer'])} ({c['phase_of_removed']})"
@@ -308,7 +284,7 @@ def settings(run: Run) -> list[tuple[str, list[Setting]]]:
                      f"{len(rec.get('calib_items', []))} / {len(rec['eval_items'])}"),
             _setting("steps done / asked", f"{len(rec['steps'])} / {cfg.get('steps')}"),
             _setting("protected layers", cfg.get("protect")),
-            _setting("collapse fraction", collapse_fraction(rec)),
+            _setting("collapse fraction", cfg["collapse_fraction"]),
             _setting("complete", rec["complete"]),
         ]  # fmt: skip
     cfg = rec.get("settings", {})

