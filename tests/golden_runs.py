@@ -6,20 +6,24 @@ files were written by the code before the run-record refactor (issue 11), so the
 that the refactor changed nothing but what it meant to change.
 
 Records are compared after :func:`normalise`: timings, versions, creation times and the
-fingerprint are dropped, and the temporary directory the decider lives in is replaced by
-``<DECIDER>``. Floats are compared to 1e-4 (the thread count alone moves float32 margins by
-about 2e-5); everything else exactly.
+fingerprint are dropped, the temporary directory the decider lives in is replaced by
+``<DECIDER>`` and the virtual environment's ``site-packages`` (where the embedded model and the
+offline data are) by ``<SITE>``. Floats are compared to 1e-4 (the thread count alone moves
+float32 margins by about 2e-5); everything else exactly. The site-packages paths of the golden
+files were replaced after they were written (the records are otherwise as written).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 GOLDEN = Path(__file__).parent / "golden"
 VOLATILE = ("timing", "phaseprune_version", "created", "fingerprint")
+SITE = re.compile(r"/\S*?/site-packages")
 SMOL_SUBJECTS = "high_school_geography,marketing"
 
 
@@ -60,6 +64,7 @@ def normalise(record, decider_dir: Path | None, out_dir: Path | None):
             record = record.replace(str(out_dir), "<OUT>")
         if decider_dir is not None:
             record = record.replace(str(decider_dir), "<DECIDER>")
+        record = SITE.sub("<SITE>", record)
     return record
 
 
