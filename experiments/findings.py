@@ -238,9 +238,10 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         run = run_root / source
         if single is not None or not (run / "candidates.parquet").exists():
             continue
-        rows = load_candidates(run, {1})
-        if rows:  # step 1 is all it needs, finished run or not
-            single = single_removals(load_trajectory(run), rows, phases) | {"source": source}
+        traj = load_trajectory(run)
+        if traj["steps"]:  # step 1 is all it needs, finished run or not
+            rows = load_candidates(run, {1})
+            single = single_removals(traj, rows, phases) | {"source": source}
     log = (
         json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
     )

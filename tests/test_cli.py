@@ -25,9 +25,9 @@ from phaseprune.config import (
     TaskConfig,
     TasksConfig,
     objective_names,
-    plain_text,
     strategy_names,
 )
+from phaseprune.flags import plain_text
 
 
 def run_cli(capsys, *argv):

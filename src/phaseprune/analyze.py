@@ -43,10 +43,10 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
         tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit
     )
     spec = resolve_model(mc.model)
-    check_out_dir(out, overwrite=cfg.overwrite)
+    check_out_dir(out, "analyze", overwrite=cfg.overwrite)
     enc, model, info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
     loaded = time.perf_counter()
-    prepare_out_dir(out, overwrite=cfg.overwrite)
+    prepare_out_dir(out, "analyze", overwrite=cfg.overwrite)
     parts = decoder_parts(model)
     record = task_record(task, enc, tc.limit)
     key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__)

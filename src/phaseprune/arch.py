@@ -289,6 +289,13 @@ def default_add_bos(family: str) -> bool:
     return family in BOS_FAMILIES
 
 
+def context_window(config) -> int | None:
+    """Positions the model was built for (``max_position_embeddings``, GPT-2's ``n_positions``)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
 def d_model(model: nn.Module) -> int:
     """Width of the residual stream (``hidden_size``; the embedding width if a config lacks it)."""
     hidden = getattr(model.config.get_text_config(), "hidden_size", None)

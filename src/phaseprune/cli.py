@@ -10,6 +10,7 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import sys
 import textwrap
@@ -25,11 +26,9 @@ from phaseprune.config import (
     PruneConfig,
     ReportConfig,
     TasksConfig,
-    add_arguments,
-    from_args,
-    plain_text,
 )
 from phaseprune.errors import UsageError
+from phaseprune.flags import add_arguments, from_args, plain_text
 
 DESCRIPTION = (
     "Where does a language model decide a multiple-choice answer, layer by layer, and which "
@@ -175,6 +174,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                         errno.ENOTDIR, errno.EEXIST, errno.EISDIR})  # fmt: skip
+"""Failures of the user's files or disk (full, read-only, a file where a folder should be)."""
+
+RESUME = {
+    "analyze": "rerun the same command to resume from the finished batches",
+    "prune": "rerun the same command with --resume to continue from the last completed step",
+    "demo": "rerun the same command to resume the unfinished stages",
+}
+"""How to continue each command after Ctrl-C."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per entry of :data:`COMMANDS`."""
     parser = Parser(prog="phaseprune", description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -201,11 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"phaseprune: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as err:
+        if err.errno not in USER_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
         print(
-            "phaseprune: interrupted; finished batches are kept: rerun the same command to resume",
+            f"phaseprune: error: {where}{err.strerror or err} ({errno.errorcode[err.errno]}); "
+            "what was finished is kept: free space, fix the permission or pass another path, "
+            "then rerun",
             file=sys.stderr,
         )
+        return 2
+    except KeyboardInterrupt:
+        how = RESUME.get(args.command, "rerun the same command to resume")
+        print(f"phaseprune: interrupted; what was finished is kept: {how}", file=sys.stderr)
         return 130
 
 

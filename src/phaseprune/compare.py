@@ -10,7 +10,7 @@ import pandas as pd
 from phaseprune.errors import UsageError
 from phaseprune.evidence import layers_before_collapse
 from phaseprune.records import Trajectory
-from phaseprune.runio import atomic_write_bytes, check_comparable, load_run
+from phaseprune.runio import atomic_write_bytes, load_runs
 
 
 def compare_table(trajs: Sequence[Trajectory], labels: Sequence[str]) -> pd.DataFrame:
@@ -43,9 +43,7 @@ def run_compare(run_dirs: Sequence[str], out: str) -> pd.DataFrame:
     """Write ``OUT/compare.png``, ``OUT/compare.csv`` and ``OUT/compare.md``; return the table."""
     if len(run_dirs) < 1:
         raise UsageError("compare needs at least one run directory")
-    runs = [load_run(d, "prune") for d in run_dirs]
-    check_comparable(runs)
-    trajs = [run.record for run in runs]
+    trajs = [run.record for run in load_runs(list(run_dirs), "prune")]
     labels = [f"{t['strategy']} ({Path(d).name})" for t, d in zip(trajs, run_dirs, strict=True)]
     table = compare_table(trajs, labels)
     out_dir = Path(out)

@@ -11,8 +11,10 @@ import hashlib
 
 import numpy as np
 
+from phaseprune.arch import context_window
 from phaseprune.config import ModelConfig, TaskConfig
 from phaseprune.encoding import encode_prompts
+from phaseprune.errors import UsageError
 from phaseprune.models import load_model, load_tokenizer
 from phaseprune.prompts import build_prompts
 
@@ -72,6 +74,7 @@ def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bo
         chat=tc.chat,
         add_bos=tc.bos,
     )
+    check_context(task, enc.input_ids, context_window(config))
     model, info = load_model(
         spec,
         dtype=mc.dtype,
@@ -80,3 +83,18 @@ def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bo
         progress=progress,
     )
     return enc, model, info
+
+
+def check_context(task, input_ids: list[list[int]], window: int | None) -> None:
+    """Refuse prompts (plus the answer letter) longer than the model's context window."""
+    if window is None:
+        return
+    long = [(it.item_id, len(ids)) for it, ids in zip(task.items, input_ids, strict=True)
+            if len(ids) + 1 > window]  # fmt: skip
+    if long:
+        shown = ", ".join(f"{item} ({n} tokens)" for item, n in long[:5])
+        more = f" and {len(long) - 5} more" if len(long) > 5 else ""
+        raise UsageError(
+            f"{len(long)} prompts do not fit the model's context of {window} tokens: {shown}"
+            f"{more}; use fewer --shots or drop those items"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,13 +38,15 @@ from phaseprune.records import (
     phases_record,
 )
 from phaseprune.runio import (
+    check_out_dir,
     fingerprint,
     load_candidates,
     load_trajectory,
+    prepare_out_dir,
     stamp_figures,
     write_trajectory,
 )
-from phaseprune.strategies.context import PruneContext, runner_up
+from phaseprune.strategies.context import NoCandidate, PruneContext, runner_up
 from phaseprune.strategies.registry import STRATEGY_NAMES, strategy_function
 from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
@@ -154,16 +157,17 @@ class PruneRun:
             cache_budget=cache_budget,
             progress=not cfg.quiet,
         )
-        bad = [k for k in cfg.protect if not 0 <= k < self.info.n_layers]
+        n = self.info.n_layers
+        bad = [k for k in cfg.protect if not 0 <= k < n]
         if bad:
-            raise UsageError(f"--protect {bad}: layers are 0..{self.info.n_layers - 1}")
+            raise UsageError(f"--protect {bad}: layers are 0..{n - 1}")
+        if len(set(cfg.protect)) >= n:
+            raise UsageError(f"--protect spares all {n} layers: nothing could be removed")
+        if cfg.block_size >= n:
+            raise UsageError(f"--block-size {cfg.block_size}: the model has {n} layers; use fewer")
 
     def _check_out(self) -> None:
-        exists = (self.out / "trajectory.json").exists() or (self.out / "summary.json").exists()
-        if exists and not (self.cfg.resume or self.cfg.overwrite):
-            raise UsageError(
-                f"--out {self.out} already holds a run; pass --resume to continue it or --overwrite"
-            )
+        check_out_dir(self.out, "prune", overwrite=self.cfg.overwrite, resume=self.cfg.resume)
 
     def key(self, **stopping) -> str:
         """Fingerprint of everything that determines the trajectory.
@@ -172,7 +176,10 @@ class PruneRun:
         """
         cfg = dataclasses.replace(self.cfg, **stopping)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
-        return fingerprint(settings, dataclasses.asdict(self.info), self.record_task, __version__)
+        # the prompts' token hash covers questions and options; the answer key is not in them
+        answers = [(it.item_id, it.answer) for it in self.task.items]
+        info = dataclasses.asdict(self.info)
+        return fingerprint(settings, info, self.record_task, answers, __version__)
 
     def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items."""
@@ -295,10 +302,8 @@ def run_prune(cfg: PruneConfig) -> Trajectory:
             return traj  # resuming a finished run: nothing to do or rewrite
         traj["complete"] = False  # finished under other stopping rules: extend it
         traj["collapse"] = trajectory_collapse(traj)  # under the new --collapse-fraction
-    if cfg.overwrite and not cfg.resume:
-        for name in ("trajectory.json", "candidates.parquet"):
-            (run.out / name).unlink(missing_ok=True)
-    run.out.mkdir(parents=True, exist_ok=True)
+    if not (traj is not None and cfg.resume):
+        prepare_out_dir(run.out, "prune", overwrite=cfg.overwrite)
     # the unpruned calibration answers, by the same code path as every candidate's
     reduce = option_reduce(run.enc.options.ids)
     ref = final_readout(
@@ -319,7 +324,11 @@ def run_prune(cfg: PruneConfig) -> Trajectory:
     strategy = strategy_function(cfg.strategy)
     while not traj.get("complete") and not _should_stop(run, traj, removed):
         step = len(traj["steps"]) + 1
-        choice = strategy(run.ctx, removed)
+        try:
+            choice = strategy(run.ctx, removed)
+        except NoCandidate as err:
+            warnings.warn(f"stopped after {step - 1} of {cfg.steps} steps: {err}", stacklevel=2)
+            break
         position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
         phase = removal_phase(prev["transition_layer"], position)
         removed = [*removed, *choice.layers]
@@ -330,6 +339,12 @@ def run_prune(cfg: PruneConfig) -> Trajectory:
         traj["timing"][f"step_{step}_s"] = round(time.perf_counter() - run.started, 2)
         _write(run, traj, rows)
         prev = record
+    if len(traj["steps"]) < cfg.steps and len(removed) >= run.info.n_layers - cfg.block_size:
+        warnings.warn(
+            f"stopped after {len(traj['steps'])} of {cfg.steps} steps: "
+            f"{run.info.n_layers - len(removed)} layer(s) left",
+            stacklevel=2,
+        )
     traj["complete"] = True
     traj["timing"]["total_s"] = round(time.perf_counter() - run.started, 2)
     if cfg.plots:

@@ -42,8 +42,6 @@ from phaseprune.records import (
     parquet_bytes,
 )
 
-RUN_MARKERS = ("summary.json", "trajectory.json")
-
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
@@ -66,31 +64,44 @@ def atomic_write_json(path: Path, record) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def check_out_dir(out: Path, *, overwrite: bool) -> list[str]:
-    """Refuse an ``out`` that is a file, or holds another run unless ``overwrite``.
+def check_out_dir(out: Path, kind: RunKind, *, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an ``out`` that cannot take this run: a directory holds one run.
 
-    Returns:
-        The run markers found (empty for a new or partial directory).
+    Refused: a file; a directory holding another kind of run; one holding a run of this kind,
+    unless ``overwrite`` or ``resume``.
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory")
-    held = [m for m in RUN_MARKERS if (out / m).exists()]
-    if held and not overwrite:
+    for other, name in RECORD_FILES.items():
+        if other != kind and (out / name).exists():
+            raise UsageError(
+                f"--out {out} holds a `phaseprune {other}` run ({name}); a directory holds one "
+                "run: pass another --out"
+            )
+    if (out / RECORD_FILES[kind]).exists() and not (overwrite or resume):
+        hint = "--resume to continue it, " if kind == "prune" else ""
         raise UsageError(
-            f"--out {out} already holds a run ({held[0]}); pass --overwrite or another --out"
+            f"--out {out} already holds a run ({RECORD_FILES[kind]}); pass {hint}--overwrite "
+            "or another --out"
         )
-    return held
 
 
-def prepare_out_dir(out: Path, *, overwrite: bool) -> None:
-    """Create ``out``, removing a previous run's files when ``overwrite`` allows it."""
-    if check_out_dir(out, overwrite=overwrite):
-        for name in (*RUN_MARKERS, "items.parquet", "plots", "partial"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+OWNED = {
+    "analyze": ("summary.json", "items.parquet", "plots", "partial"),
+    "prune": ("trajectory.json", "candidates.parquet", "plots"),
+}
+"""The files and folders a run of each kind writes (``--overwrite`` clears them)."""
+
+
+def prepare_out_dir(out: Path, kind: RunKind, *, overwrite: bool) -> None:
+    """Create ``out``; with ``overwrite``, first remove everything a run of ``kind`` wrote there."""
+    check_out_dir(out, kind, overwrite=overwrite)
+    for name in OWNED[kind] if overwrite else ():
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -132,10 +143,17 @@ class PartialReadout:
         self.logits = np.zeros(shape, dtype=np.float32)
         self.done = np.zeros(shape[0], dtype=bool)
         if self.path.exists():
-            with np.load(self.path) as saved:
-                if str(saved["key"]) == key and saved["logits"].shape == shape:
-                    self.logits[:] = saved["logits"]
-                    self.done[:] = saved["done"]
+            try:
+                with np.load(self.path) as saved:
+                    if str(saved["key"]) == key and saved["logits"].shape == shape:
+                        self.logits[:] = saved["logits"]
+                        self.done[:] = saved["done"]
+            except (OSError, ValueError, KeyError, EOFError) as err:  # damaged: start over
+                warnings.warn(
+                    f"{self.path} is damaged ({type(err).__name__}); recomputing every item",
+                    stacklevel=2,
+                )
+                self.logits[:], self.done[:] = 0.0, False
 
     def update(self, items: list[int], logits: np.ndarray) -> None:
         """Record a batch and save (atomically)."""
@@ -274,12 +292,19 @@ def load_run(path: str | Path, kind: RunKind | None = None) -> RunRecord:
     return RunRecord(path, held[0], check_record(file, _read_json(file), held[0]))
 
 
+def _same_model(a: dict, b: dict) -> bool:
+    """One model: the same weights (file hash) where both runs know it, else the same name."""
+    if a.get("revision") and b.get("revision"):
+        return a["revision"] == b["revision"]
+    return (a.get("name"), a.get("revision")) == (b.get("name"), b.get("revision"))
+
+
 def check_comparable(runs: list[RunRecord]) -> None:
     """Refuse prune runs that cannot share one axis: another model or other evaluation items."""
     prune = [r for r in runs if r.kind == "prune"]
     for run in prune[1:]:
         a, b = run.record["model"], prune[0].record["model"]
-        if (a.get("name"), a.get("revision")) != (b.get("name"), b.get("revision")):
+        if not _same_model(a, b):
             raise UsageError(
                 f"{run.path} is a run of {a.get('name')}, {prune[0].path} of {b.get('name')}: "
                 "compare pruning runs of one model"
@@ -289,6 +314,21 @@ def check_comparable(runs: list[RunRecord]) -> None:
                 f"{run.path} was evaluated on other items than {prune[0].path}: compare runs "
                 "made with the same --task, --calib and --eval"
             )
+
+
+def load_runs(paths: list[str | Path], kind: RunKind | None = None) -> list[RunRecord]:
+    """Read several run directories, each once; prune runs among them must be comparable."""
+    if not paths:
+        raise UsageError("give at least one run directory")
+    runs = [load_run(p, kind) for p in paths]
+    seen: dict[Path, str | Path] = {}
+    for run, given in zip(runs, paths, strict=True):
+        key = run.path.resolve()
+        if key in seen:
+            raise UsageError(f"{given} is given twice (as {seen[key]}): pass each run once")
+        seen[key] = given
+    check_comparable(runs)
+    return runs
 
 
 def load_summary(run_dir: str | Path) -> Summary:
@@ -316,10 +356,17 @@ def load_trajectory(
 
 
 def load_candidates(run_dir: str | Path, steps: set[int]) -> list[dict]:
-    """``candidates.parquet`` rows of the given steps (none if the file is absent)."""
+    """``candidates.parquet`` rows of the given steps; refused if the file lacks any of them."""
     path = Path(run_dir) / "candidates.parquet"
     rows = pd.read_parquet(path).to_dict("records") if path.exists() else []
-    return [r for r in rows if r["step"] in steps]
+    rows = [r for r in rows if r["step"] in steps]
+    missing = sorted(steps - {r["step"] for r in rows})
+    if missing:
+        raise UsageError(
+            f"{path} lacks the candidates of steps {missing} (deleted or damaged); rerun with "
+            "--overwrite to start over"
+        )
+    return rows
 
 
 def write_trajectory(out: Path, traj: Trajectory, candidate_rows: list[dict]) -> None:

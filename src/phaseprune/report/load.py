@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from phaseprune.errors import UsageError
+from phaseprune import runio
 from phaseprune.records import RunKind
-from phaseprune.runio import check_comparable
-from phaseprune.runio import load_run as load_record
+from phaseprune.runio import RunRecord
 
 
 @dataclass(frozen=True)
@@ -55,23 +54,16 @@ def _warnings(kind: RunKind, path: Path, record: dict) -> list[str]:
     return notes
 
 
-def load_run(path: str | Path) -> Run:
-    """Read one run directory (or its ``summary.json`` / ``trajectory.json``) and check it."""
-    rec = load_record(path)
+def _with_warnings(rec: RunRecord) -> Run:
     notes = _warnings(rec.kind, rec.path, rec.record)
     return Run(rec.path, rec.kind, rec.record, rec.complete, tuple(notes))
 
 
+def load_run(path: str | Path) -> Run:
+    """Read one run directory (or its ``summary.json`` / ``trajectory.json``) and check it."""
+    return _with_warnings(runio.load_run(path))
+
+
 def load_runs(paths: list[str | Path]) -> list[Run]:
-    """Read several run directories; prune runs among them must be comparable."""
-    if not paths:
-        raise UsageError("report needs at least one run directory")
-    runs = [load_run(p) for p in paths]
-    seen: dict[Path, Path] = {}
-    for run, given in zip(runs, paths, strict=True):
-        key = run.path.resolve()
-        if key in seen:
-            raise UsageError(f"{given} is given twice (as {seen[key]}): pass each run once")
-        seen[key] = Path(given)
-    check_comparable(runs)
-    return runs
+    """Read several run directories, each once; prune runs among them must be comparable."""
+    return [_with_warnings(rec) for rec in runio.load_runs(list(paths))]

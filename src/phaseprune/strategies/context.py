@@ -110,9 +110,13 @@ def remaining(ctx: PruneContext, removed: Sequence[int]) -> list[int]:
     return free if len(kept) > 1 else []
 
 
-def no_candidate(removed: Sequence[int]) -> ValueError:
+class NoCandidate(ValueError):
+    """A step found nothing it may remove (every remaining layer protected, or one left)."""
+
+
+def no_candidate(removed: Sequence[int]) -> NoCandidate:
     """The error of a step with nothing left to remove."""
-    return ValueError(f"no removable layer left after removing {sorted(removed)} (see --protect)")
+    return NoCandidate(f"no removable layer left after removing {sorted(removed)} (see --protect)")
 
 
 def walk(

@@ -180,4 +180,10 @@ def _letter_fields(record: Mapping[str, object]) -> list[str]:
         if key is None:
             break
         found.append(key)
+    extra = chr(ord(LETTERS[-1].lower()) + 1)  # "k": an 11th option column
+    if len(found) == len(LETTERS) and (extra in record or f"option_{extra}" in record):
+        raise UsageError(
+            f"option columns run past {LETTERS[-1]} (found {extra.upper()}): phaseprune scores at "
+            f"most {len(LETTERS)} options; drop the extra columns"
+        )
     return found
