@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from phaseprune.incremental import IncrementalReadout
 from phaseprune.surgery import kept_layers
 
 
@@ -25,9 +26,9 @@ class StrategyCache:
 
     rankings: dict[str, dict[int, float]] = field(default_factory=dict)
     """One-shot rankings on the unpruned model, by name (e.g. ``"angular-2"``): layer -> score."""
-    calib_readout: object | None = None
-    """Phase-aware: the calibration items' :class:`~phaseprune.incremental.IncrementalReadout`
-    (kept across steps so each step recomputes only the layers after the removed one)."""
+    calib_readout: IncrementalReadout | None = None
+    """Phase-aware: the calibration items' all-layer readout, kept across steps so each step
+    recomputes only the layers after the removed one."""
     reference_logprobs: torch.Tensor | None = None
     """logit-js: ``(n_calib, vocab)`` last-token log-probabilities of the unpruned model."""
 
