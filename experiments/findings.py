@@ -36,7 +36,7 @@ from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, sin
 from phaseprune.models import hold_models
 from phaseprune.prune import run_prune
 from phaseprune.report import build_report
-from phaseprune.runio import load_candidates, load_summary, load_trajectory
+from phaseprune.runs import load_candidates, load_summary, load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"

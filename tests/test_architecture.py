@@ -13,7 +13,7 @@ LAYERS = {  # docs/architecture.md's table, top to bottom
     "engine": ["models", "encoding", "readout", "layer_cache", "candidates", "incremental",
                "baselines"],
     "strategies": ["strategies"],
-    "runs": ["flags", "config", "loading", "records", "runio"],
+    "runs": ["flags", "config", "loading", "records", "runio", "runs"],
     "presentation": ["figures", "report"],
     "entry points": ["analyze", "prune", "compare", "export", "demo", "cli", "__main__"],
 }  # fmt: skip

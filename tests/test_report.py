@@ -215,7 +215,7 @@ def test_prune_report(report_runs, tmp_path):
 
 def test_comparison_report(report_runs):
     from phaseprune.compare import compare_table
-    from phaseprune.runio import load_trajectory
+    from phaseprune.runs import load_trajectory
 
     report = build_report([report_runs.iterative, report_runs.last])
     assert report.html == report_runs.iterative / "compare_report.html"

@@ -29,8 +29,8 @@ from phaseprune.runio import (
     fingerprint,
     prepare_out_dir,
     stamp_figures,
-    write_summary,
 )
+from phaseprune.runs import write_summary
 from phaseprune.tasks import load_task
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 from phaseprune.errors import UsageError
 from phaseprune.evidence import layers_before_collapse
 from phaseprune.records import Trajectory
-from phaseprune.runio import atomic_write_bytes, load_runs
+from phaseprune.runio import atomic_write_bytes
+from phaseprune.runs import load_runs
 
 
 def compare_table(trajs: Sequence[Trajectory], labels: Sequence[str]) -> pd.DataFrame:

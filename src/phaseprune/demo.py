@@ -25,7 +25,7 @@ from phaseprune.config import (
     strategy_names,
 )
 from phaseprune.errors import UsageError
-from phaseprune.runio import load_summary
+from phaseprune.runs import load_summary
 
 
 def _check(cfg: DemoConfig) -> None:

@@ -22,7 +22,16 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none)."""
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
+def first_line(err: BaseException, limit: int = 240) -> str:
+    """An exception's first line, cut at ``limit`` characters (its type name if it has none).
+
+    A first line that ends in ``:`` ("from one of:") continues on the next lines, which are
+    joined to it, so the sentence is not cut off.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text, rest = lines[0], lines[1:]
+    while text.endswith(":") and rest:
+        text += " " + rest.pop(0)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

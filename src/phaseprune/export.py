@@ -17,7 +17,7 @@ import torch
 
 from phaseprune.errors import UsageError
 from phaseprune.models import ModelSpec, load_model, load_tokenizer, resolve_model
-from phaseprune.runio import load_trajectory
+from phaseprune.runs import load_trajectory
 
 
 def removed_at(traj: dict, step: int) -> list[int]:

@@ -15,6 +15,7 @@ id, the file's sha256 for GGUF inputs (the hub revision / commit hash otherwise)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -180,6 +181,24 @@ def _quiet_transformers(progress: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
+@contextmanager
+def _gguf_bar(progress: bool):
+    """Silence transformers' GGUF dequantisation bar when ``progress`` is off.
+
+    transformers 5 draws it with a bare ``tqdm`` that its progress-bar switch does not reach, so
+    the module's ``tqdm`` is swapped for a disabled one while the model loads.
+    """
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    real = gguf_utils.tqdm
+    if not progress:
+        gguf_utils.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = real
+
+
 def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
     """Load the tokenizer and the config; refuse unsupported families before any weights load.
 
@@ -194,11 +213,23 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
     kwargs = {"gguf_file": spec.gguf_file, "trust_remote_code": trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(spec.path, **kwargs)
-        check_family(getattr(config, "model_type", None), spec.name)
+    except (OSError, ValueError) as err:
+        why = f"{first_line(err)}{_damaged(spec)}"
+        raise UsageError(f"cannot load model {spec.name!r}: {why}") from err
+    check_family(getattr(config, "model_type", None), spec.name)
+    try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load model {spec.name!r}: {first_line(err)}") from err
+        raise UsageError(
+            f"cannot load the tokenizer of {spec.name!r} ({first_line(err, 120)}): a checkpoint "
+            "directory needs its tokenizer files, as tokenizer.save_pretrained writes them"
+        ) from err
     return tokenizer, config
+
+
+def _damaged(spec: ModelSpec) -> str:
+    """A hint for a GGUF file that cannot be read."""
+    return "; the .gguf file may be truncated or damaged: fetch it again" if spec.gguf_file else ""
 
 
 _HELD: dict | None = None  # (path, gguf, dtype, device, remote) -> (model, info) inside hold_models
@@ -251,9 +282,11 @@ def load_model(
         kwargs["device_map"] = "auto"
     _quiet_transformers(progress)
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+        with _gguf_bar(progress):
+            model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load model {spec.name!r}: {first_line(err)}") from err
+        why = f"{first_line(err)}{_damaged(spec)}"
+        raise UsageError(f"cannot load model {spec.name!r}: {why}") from err
     if device != "auto":
         model.to(resolved)
     model.eval().requires_grad_(False)

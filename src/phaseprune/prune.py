@@ -37,15 +37,8 @@ from phaseprune.records import (
     layer_record,
     phases_record,
 )
-from phaseprune.runio import (
-    check_out_dir,
-    fingerprint,
-    load_candidates,
-    load_trajectory,
-    prepare_out_dir,
-    stamp_figures,
-    write_trajectory,
-)
+from phaseprune.runio import check_out_dir, fingerprint, prepare_out_dir, stamp_figures
+from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
 from phaseprune.strategies.context import NoCandidate, PruneContext, runner_up
 from phaseprune.strategies.registry import STRATEGY_NAMES, strategy_function
 from phaseprune.surgery import kept_layers

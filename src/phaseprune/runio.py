@@ -1,14 +1,9 @@
-"""Run directories: the one loader and writer of run records, atomic writes, partial results.
+"""Run directories as files: atomic writes, one run per directory, partial results, stamps.
 
-:func:`load_run` (and :func:`load_summary`, :func:`load_trajectory`) is how every consumer
-reads a run (``prune --resume``, compare, report, export, demo, the findings script): it checks
-the schema version, the kind, the required keys of :mod:`phaseprune.records`' types and, for a
-resume, the fingerprint, and turns every problem into one :class:`UsageError` line.
-:func:`write_summary` and :func:`write_trajectory` are how runs are written.
-
-Every file is written to a temporary name in the same directory and moved into place with
-``os.replace``, so a run killed at any moment leaves either the old file or the new one,
-never half of one. ``summary.json`` is written last: its presence marks a complete run.
+The records themselves are read and written by :mod:`phaseprune.runs`. Every file is written
+to a temporary name in the same directory and moved into place with ``os.replace``, so a run
+killed at any moment leaves either the old file or the new one, never half of one.
+``summary.json`` is written last: its presence marks a complete run.
 
 Partial results of the forward passes live in ``OUT/partial/readout.npz`` beside a
 fingerprint of everything that determines them (model file hash, token ids, option ids,
@@ -24,22 +19,14 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from phaseprune.errors import UsageError
 from phaseprune.records import (
     RECORD_FILES,
-    RECORD_TYPES,
-    RECORD_VERSIONS,
     RunKind,
-    Summary,
-    Trajectory,
-    parquet_bytes,
 )
 
 
@@ -168,214 +155,3 @@ class PartialReadout:
     def clear(self) -> None:
         """Remove the partial file once the run is complete."""
         shutil.rmtree(self.path.parent, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run directory, read and checked."""
-
-    path: Path
-    """The run directory."""
-    kind: RunKind
-    """``"analyze"`` (``summary.json``) or ``"prune"`` (``trajectory.json``)."""
-    record: dict
-    """The :class:`~phaseprune.records.Summary` or :class:`~phaseprune.records.Trajectory`."""
-
-    @property
-    def complete(self) -> bool:
-        """False for a pruning run still running or stopped before its last step."""
-        return self.kind == "analyze" or bool(self.record["complete"])
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        record = f"is not valid JSON ({err.msg} at line {err.lineno}): the file is damaged"
-    if isinstance(record, dict):
-        return record
-    why = record if isinstance(record, str) else "holds no JSON object"
-    raise UsageError(f"{path} {why}; rerun the command that wrote it")
-
-
-def _upgrade(kind: RunKind, record: dict) -> None:
-    """Bring a record written by an older phaseprune of the same schema up to date.
-
-    Trajectories of unfinished runs did not store their provisional collapse before 0.1.0's
-    run-record module; it is the collapse of the completed steps.
-    """
-    if kind == "prune" and "collapse" not in record and {"step0", "steps"} <= record.keys():
-        from phaseprune.collapse import trajectory_collapse
-
-        record["collapse"] = trajectory_collapse(record)
-
-
-def check_record(path: Path, record: dict, kind: RunKind) -> dict:
-    """Check schema version, kind and required keys; return the record less unknown keys."""
-    version = RECORD_VERSIONS[kind]
-    if record.get("schema_version") != version:
-        raise UsageError(
-            f"{path} has schema_version {record.get('schema_version')}, this phaseprune reads "
-            f"{version}: use the phaseprune that wrote the run, or rerun `phaseprune {kind}`"
-        )
-    if record.get("kind") != kind:
-        raise UsageError(
-            f"{path} says kind {record.get('kind')!r}, expected {kind!r}: the file was edited or "
-            f"misplaced; rerun `phaseprune {kind}`"
-        )
-    _upgrade(kind, record)
-    keys = RECORD_TYPES[kind].__annotations__.keys() | RECORD_TYPES[kind].__required_keys__
-    missing = sorted(RECORD_TYPES[kind].__required_keys__ - record.keys())
-    if missing:
-        raise UsageError(
-            f"{path} lacks {', '.join(missing)}: not a {kind} record this phaseprune wrote; "
-            f"rerun `phaseprune {kind}`"
-        )
-    unknown = sorted(record.keys() - keys)
-    if unknown:
-        warnings.warn(f"{path}: ignoring unknown keys {unknown}", stacklevel=3)
-    return {k: v for k, v in record.items() if k in keys}
-
-
-_NOUNS = {None: "phaseprune", "analyze": "analyze", "prune": "pruning"}
-
-
-def _not_a_run(path: Path, kind: RunKind | None) -> UsageError:
-    if any((path / name).exists() for name in ("compare.csv", "compare.md", "compare.png")):
-        return UsageError(
-            f"{path} is the output of `phaseprune compare`, not a run: pass the prune run "
-            "directories it compared"
-        )
-    if kind != "prune" and ((path / "partial").is_dir() or (path / "items.parquet").exists()):
-        return UsageError(
-            f"{path} holds an incomplete analyze run (no summary.json): rerun the same "
-            "`phaseprune analyze` command, which resumes from its finished batches"
-        )
-    wanted = {None: "neither summary.json (analyze) nor trajectory.json (prune)",
-              "analyze": "no summary.json", "prune": "no trajectory.json"}[kind]  # fmt: skip
-    return UsageError(
-        f"{path} is not a {_NOUNS[kind]} run: it has {wanted}; "
-        "pass a directory given as --out to that command"
-    )
-
-
-def load_run(path: str | Path, kind: RunKind | None = None) -> RunRecord:
-    """Read one run directory (or its record file) and check it.
-
-    Args:
-        path: a run directory, or its ``summary.json`` / ``trajectory.json``.
-        kind: the kind of run the caller needs; None accepts either.
-
-    Raises:
-        UsageError: not a run, another kind, another schema version, a damaged record.
-    """
-    path = Path(path)
-    if path.is_file() and path.name in RECORD_FILES.values():
-        path = path.parent
-    if not path.exists():
-        raise UsageError(f"{path} does not exist: pass a run directory (an --out of analyze/prune)")
-    if not path.is_dir():
-        raise UsageError(f"{path} is a file, not a run directory: pass the directory it is in")
-    held = [k for k, name in RECORD_FILES.items() if (path / name).is_file()]
-    if len(held) > 1:
-        raise UsageError(
-            f"{path} holds both summary.json and trajectory.json: keep one run per directory"
-        )
-    if not held or (kind is not None and held[0] != kind):
-        if held:
-            raise UsageError(
-                f"{path} holds a `phaseprune {held[0]}` run, not a {_NOUNS[kind]} run: pass a "
-                f"directory made by `phaseprune {kind}`"
-            )
-        raise _not_a_run(path, kind)
-    file = path / RECORD_FILES[held[0]]
-    return RunRecord(path, held[0], check_record(file, _read_json(file), held[0]))
-
-
-def _same_model(a: dict, b: dict) -> bool:
-    """One model: the same weights (file hash) where both runs know it, else the same name."""
-    if a.get("revision") and b.get("revision"):
-        return a["revision"] == b["revision"]
-    return (a.get("name"), a.get("revision")) == (b.get("name"), b.get("revision"))
-
-
-def check_comparable(runs: list[RunRecord]) -> None:
-    """Refuse prune runs that cannot share one axis: another model or other evaluation items."""
-    prune = [r for r in runs if r.kind == "prune"]
-    for run in prune[1:]:
-        a, b = run.record["model"], prune[0].record["model"]
-        if not _same_model(a, b):
-            raise UsageError(
-                f"{run.path} is a run of {a.get('name')}, {prune[0].path} of {b.get('name')}: "
-                "compare pruning runs of one model"
-            )
-        if run.record["eval_items"] != prune[0].record["eval_items"]:
-            raise UsageError(
-                f"{run.path} was evaluated on other items than {prune[0].path}: compare runs "
-                "made with the same --task, --calib and --eval"
-            )
-
-
-def load_runs(paths: list[str | Path], kind: RunKind | None = None) -> list[RunRecord]:
-    """Read several run directories, each once; prune runs among them must be comparable."""
-    if not paths:
-        raise UsageError("give at least one run directory")
-    runs = [load_run(p, kind) for p in paths]
-    seen: dict[Path, str | Path] = {}
-    for run, given in zip(runs, paths, strict=True):
-        key = run.path.resolve()
-        if key in seen:
-            raise UsageError(f"{given} is given twice (as {seen[key]}): pass each run once")
-        seen[key] = given
-    check_comparable(runs)
-    return runs
-
-
-def load_summary(run_dir: str | Path) -> Summary:
-    """The checked ``summary.json`` of an analyze run."""
-    return load_run(run_dir, "analyze").record
-
-
-def load_trajectory(
-    run_dir: str | Path, *, matches: Callable[[Trajectory], bool] | None = None
-) -> Trajectory:
-    """The checked ``trajectory.json`` of a prune run.
-
-    Args:
-        run_dir: the run directory.
-        matches: for a resume, whether the record was made with the same settings, model and
-            items (by fingerprint); a record that does not match is refused.
-    """
-    traj = load_run(run_dir, "prune").record
-    if matches is not None and not matches(traj):
-        raise UsageError(
-            f"{Path(run_dir) / 'trajectory.json'} was made with other settings, model or items; "
-            "use --overwrite to start over"
-        )
-    return traj
-
-
-def load_candidates(run_dir: str | Path, steps: set[int]) -> list[dict]:
-    """``candidates.parquet`` rows of the given steps; refused if the file lacks any of them."""
-    path = Path(run_dir) / "candidates.parquet"
-    rows = pd.read_parquet(path).to_dict("records") if path.exists() else []
-    rows = [r for r in rows if r["step"] in steps]
-    missing = sorted(steps - {r["step"] for r in rows})
-    if missing:
-        raise UsageError(
-            f"{path} lacks the candidates of steps {missing} (deleted or damaged); rerun with "
-            "--overwrite to start over"
-        )
-    return rows
-
-
-def write_trajectory(out: Path, traj: Trajectory, candidate_rows: list[dict]) -> None:
-    """Write a pruning run's records (candidates first: the trajectory names the steps)."""
-    atomic_write_bytes(out / "candidates.parquet", parquet_bytes(pd.DataFrame(candidate_rows)))
-    atomic_write_json(out / "trajectory.json", traj)
-
-
-def write_summary(out: Path, summary: Summary, items: pd.DataFrame) -> None:
-    """Write an analyze run's records; ``summary.json`` last, as it marks the run complete."""
-    atomic_write_bytes(out / "items.parquet", parquet_bytes(items))
-    atomic_write_json(out / "summary.json", summary)

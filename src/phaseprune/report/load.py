@@ -1,6 +1,6 @@
 """Run directories for a report: checked records and the banners above an incomplete run.
 
-The records come from the one loader, :func:`phaseprune.runio.load_run`.
+The records come from the one loader, :func:`phaseprune.runs.load_run`.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from phaseprune import runio
+from phaseprune import runs
 from phaseprune.records import RunKind
-from phaseprune.runio import RunRecord
+from phaseprune.runs import RunRecord
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ def _with_warnings(rec: RunRecord) -> Run:
 
 def load_run(path: str | Path) -> Run:
     """Read one run directory (or its ``summary.json`` / ``trajectory.json``) and check it."""
-    return _with_warnings(runio.load_run(path))
+    return _with_warnings(runs.load_run(path))
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
     """Read several run directories, each once; prune runs among them must be comparable."""
-    return [_with_warnings(rec) for rec in runio.load_runs(list(paths))]
+    return [_with_warnings(rec) for rec in runs.load_runs(list(paths))]
