@@ -77,7 +77,8 @@ def test_changed_answer_key_is_not_resumed(capsys, tiny_llama_dir, data, tmp_pat
     with open(data / "test" / "toy_test.csv", "w", newline="") as f:
         csv.writer(f).writerows(_rows("DCBA" * 3))  # same questions and options, new answers
     capsys.readouterr()
-    refused(capsys, prune(tiny_llama_dir, data, out, "--resume", "--steps", 2), "other settings")
+    refused(capsys, prune(tiny_llama_dir, data, out, "--resume", "--steps", 2),
+            "other items: the answer key differs")  # fmt: skip
     assert snapshot(out) == before
 
 
@@ -304,3 +305,46 @@ def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_
     }[command]
     refused(capsys, argv, "lacks steps[0].eval_accuracy")
     assert snapshot(run) == before
+
+
+
+def test_interrupted_prune_says_how_to_resume(capsys, monkeypatch, tiny_llama_dir, data, tmp_path):
+    import phaseprune.prune as prune_module
+
+    def interrupted(name):
+        def strategy(ctx, removed):
+            raise KeyboardInterrupt
+
+        return strategy
+
+    monkeypatch.setattr(prune_module, "strategy_function", interrupted)
+    assert main(prune(tiny_llama_dir, data, tmp_path / "p")) == 130
+    assert "with --resume" in capsys.readouterr().err
+    assert json.loads((tmp_path / "p" / "trajectory.json").read_text())["steps"] == []
+
+
+@pytest.mark.parametrize("command", ["analyze", "prune", "compare", "report", "export"])
+def test_out_that_is_a_file(capsys, tiny_llama_dir, data, tmp_path, command):
+    run = tmp_path / "p"
+    assert main(prune(tiny_llama_dir, data, run)) == 0
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    capsys.readouterr()
+    argv = {
+        "analyze": analyze(tiny_llama_dir, data, file),
+        "prune": prune(tiny_llama_dir, data, file),
+        "compare": ["compare", run, "--out", file],
+        "report": ["report", run, "--out", file / "r.html"],
+        "export": ["export", run, "--step", "1", "--out", file],
+    }[command]
+    refused(capsys, argv, str(file))
+    assert file.read_text() == "x"
+
+
+def test_device_strings_checked_however_the_config_is_made():
+    from phaseprune.config import ModelConfig
+    from phaseprune.errors import UsageError
+
+    assert ModelConfig(device="cpu:0").device == "cpu:0"
+    with pytest.raises(UsageError, match="invalid device 'tpu'"):
+        ModelConfig(device="tpu")

@@ -187,7 +187,7 @@ def test_larger_steps_extend_a_finished_run(capsys, planted_dir, items_dir, tmp_
     assert len(again["steps"]) == 4 and (out / "trajectory.json").read_bytes() == before
     # any other setting still refuses the resume
     code = main(prune_args(planted_dir, items_dir, out, "--steps", "4", "--resume", "--calib", "6"))
-    assert code == 2 and "other settings" in capsys.readouterr().err
+    assert code == 2 and "other settings (--calib)" in capsys.readouterr().err
 
 
 def test_export_round_trip_and_compare(capsys, planted_dir, items_dir, tmp_path):

@@ -74,7 +74,7 @@ def objective_names() -> tuple[str, ...]:
     return tuple(OBJECTIVES)
 
 
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?|auto")
+_DEVICE = re.compile(r"cpu(:\d+)?|cuda(:\d+)?|auto")
 
 
 def parse_device(text: str) -> str:

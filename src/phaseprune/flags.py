@@ -165,9 +165,17 @@ def _bound_error(f: dataclasses.Field, value) -> str | None:
 
 
 def check_bounds(config) -> None:
-    """Refuse a field outside its ``minimum``/``maximum`` metadata with one clear line."""
+    """Refuse a field outside its bounds, or that its ``parse`` refuses, with one clear line.
+
+    Runs whenever a config is built, so a config made in Python is checked like the CLI's.
+    """
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.metadata.get("parse") and isinstance(value, str):
+            try:
+                f.metadata["parse"](value)
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise UsageError(f"--{f.name.replace('_', '-')}: {err}") from None
         values = value if isinstance(value, tuple) else (value,)
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int | float):

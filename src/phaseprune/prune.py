@@ -11,6 +11,7 @@ resumed run ends with the same trajectory as an uninterrupted one (``timing`` as
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from datetime import datetime, timezone
@@ -210,17 +211,40 @@ def _header(run: PruneRun, step0: Readout) -> Trajectory:
     }
 
 
+def _differences(run: PruneRun, traj: Trajectory) -> str:
+    """What a trajectory was made with that this run differs in, for the refusal message."""
+    now = json.loads(json.dumps(dataclasses.asdict(run.cfg)))  # tuples as JSON lists
+    then = traj["settings"]
+    flags = []
+    for key, value in now.items():
+        if key in VOLATILE or key in STOPPING:
+            continue
+        pairs = value.items() if isinstance(value, dict) else [(key, value)]
+        old = then.get(key) if isinstance(value, dict) else then
+        flags += [f"--{k.replace('_', '-')}" for k, v in pairs if (old or {}).get(k) != v]
+    if flags:
+        return "settings (" + ", ".join(flags) + ")"
+    if traj["phaseprune_version"] != __version__:
+        return f"phaseprune ({traj['phaseprune_version']})"
+    if traj["model"] != json.loads(json.dumps(dataclasses.asdict(run.info))):
+        return "model weights or dtype"
+    if traj["task"] != run.record_task:
+        return "items or prompts"
+    return "items: the answer key differs"
+
+
 def _load_previous(run: PruneRun) -> tuple[Trajectory | None, list[dict]]:
     """The run to resume (None for a fresh one) and its candidate rows of completed steps."""
     if not (run.cfg.resume and (run.out / "trajectory.json").exists()):
         return None, []
 
-    def same_run(traj: Trajectory) -> bool:
+    def differs(traj: Trajectory) -> str | None:
         # the same run made with other stopping rules (e.g. a smaller --steps) continues
         made = {k: traj["settings"].get(k) for k in STOPPING}
-        return traj["fingerprint"] in (run.key(), run.key(**made))
+        same = traj["fingerprint"] in (run.key(), run.key(**made))
+        return None if same else _differences(run, traj)
 
-    traj = load_trajectory(run.out, matches=same_run)
+    traj = load_trajectory(run.out, differs=differs)
     if traj["fingerprint"] != run.key():  # continued under the new stopping rules, recorded
         traj["fingerprint"] = run.key()
         traj["settings"] = dataclasses.asdict(run.cfg)

@@ -11,6 +11,7 @@ through :mod:`phaseprune.runio`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import typing
 import warnings
@@ -64,13 +65,15 @@ def _read_json(path: Path) -> dict:
 def _upgrade(kind: RunKind, record: dict) -> None:
     """Bring a record written by an older phaseprune of the same schema up to date.
 
-    Trajectories of unfinished runs did not store their provisional collapse before 0.1.0's
-    run-record module; it is the collapse of the completed steps.
+    Trajectories of unfinished runs did not store their provisional collapse before the
+    run-record module; it is the collapse of the completed steps. A record too damaged for that
+    is left as it is, for the key check to name what it lacks.
     """
-    if kind == "prune" and "collapse" not in record and {"step0", "steps"} <= record.keys():
+    if kind == "prune" and "collapse" not in record:
         from phaseprune.collapse import trajectory_collapse
 
-        record["collapse"] = trajectory_collapse(record)
+        with contextlib.suppress(KeyError, TypeError, IndexError):
+            record["collapse"] = trajectory_collapse(record)
 
 
 def _typed_dict(tp) -> type | None:
@@ -227,20 +230,22 @@ def load_summary(run_dir: str | Path) -> Summary:
 
 
 def load_trajectory(
-    run_dir: str | Path, *, matches: Callable[[Trajectory], bool] | None = None
+    run_dir: str | Path, *, differs: Callable[[Trajectory], str | None] | None = None
 ) -> Trajectory:
     """The checked ``trajectory.json`` of a prune run.
 
     Args:
         run_dir: the run directory.
-        matches: for a resume, whether the record was made with the same settings, model and
-            items (by fingerprint); a record that does not match is refused.
+        differs: for a resume, what in the record differs from the run about to continue it
+            (settings, model, items; None when its fingerprint matches); a record that differs
+            is refused, naming that.
     """
     traj = load_run(run_dir, "prune").record
-    if matches is not None and not matches(traj):
+    why = differs(traj) if differs is not None else None
+    if why:
         raise UsageError(
-            f"{Path(run_dir) / 'trajectory.json'} was made with other settings, model or items; "
-            "use --overwrite to start over"
+            f"{Path(run_dir) / 'trajectory.json'} was made with other {why}; use --overwrite to "
+            "start over, or another --out"
         )
     return traj
 
