@@ -64,9 +64,9 @@ def no_model_load(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(models, "load_model", forbidden)
-    import phaseprune.loading as loading
+    import phaseprune.loading as loading  # before patching: it binds models.load_model
 
+    monkeypatch.setattr(models, "load_model", forbidden)
     monkeypatch.setattr(loading, "load_model", forbidden)
 
 
@@ -158,7 +158,9 @@ def test_limit_that_is_no_number(capsys, tiny_llama_dir, data, tmp_path):
         (["--strategy", "angular", "--block-size", "3"], "--block-size 3: the model has 3 layers"),
     ],
 )
-def test_settings_impossible_for_the_model(capsys, tiny_llama_dir, data, tmp_path, extra, match):
+def test_settings_impossible_for_the_model(
+    capsys, no_model_load, tiny_llama_dir, data, tmp_path, extra, match
+):
     refused(capsys, prune(tiny_llama_dir, data, tmp_path / "p", *extra), match)
 
 

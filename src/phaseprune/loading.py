@@ -59,11 +59,14 @@ def task_record(task, enc, limit: int | None) -> dict:
     }
 
 
-def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bool):
+def encode_and_load(
+    spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bool, check_layers=None
+):
     """Tokenise and verify the prompts, then load the weights; ``(enc, model, info)``.
 
-    The option tokens are checked before the weights load, so a bad tokenizer or an
-    unsupported family fails in seconds.
+    The option tokens, the prompts' lengths and ``check_layers(n_layers)`` (settings that
+    depend on the depth, from the config) are checked before the weights load, so a bad
+    tokenizer, an unsupported family or an impossible setting fails in seconds.
     """
     tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
     enc = encode_prompts(
@@ -75,6 +78,8 @@ def encode_and_load(spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bo
         add_bos=tc.bos,
     )
     check_context(task, enc.input_ids, context_window(config))
+    if check_layers is not None:
+        check_layers(config.get_text_config().num_hidden_layers)
     model, info = load_model(
         spec,
         dtype=mc.dtype,

@@ -110,7 +110,9 @@ class PruneRun:
         cache_budget = cache_budget_bytes(cfg.cache_budget, mc.device)
         spec = resolve_model(mc.model)
         self._check_out()
-        enc, self.model, self.info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
+        enc, self.model, self.info = encode_and_load(
+            spec, task, tc, mc, progress=not cfg.quiet, check_layers=self._check_layers
+        )
         self.enc = enc
         gold = np.array([it.answer for it in task.items])
         # calibration and evaluation both spread over every subject, disjoint
@@ -151,7 +153,11 @@ class PruneRun:
             cache_budget=cache_budget,
             progress=not cfg.quiet,
         )
-        n = self.info.n_layers
+
+
+    def _check_layers(self, n: int) -> None:
+        """Refuse settings the model's depth makes impossible (before the weights load)."""
+        cfg = self.cfg
         bad = [k for k in cfg.protect if not 0 <= k < n]
         if bad:
             raise UsageError(f"--protect {bad}: layers are 0..{n - 1}")
