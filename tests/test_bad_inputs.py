@@ -291,11 +291,16 @@ def test_a_truncated_gguf_and_a_quiet_load(capsys, data, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["compare", "report", "export", "resume"])
-def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_path, command):
+@pytest.mark.parametrize("edit", ["delete", "retype"])
+def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_path, command,
+                                              edit):  # fmt: skip
     run = tmp_path / "p"
     assert main(prune(tiny_llama_dir, data, run)) == 0
     traj = json.loads((run / "trajectory.json").read_text())
-    del traj["steps"][0]["eval_accuracy"]
+    if edit == "delete":
+        del traj["steps"][0]["eval_accuracy"]
+    else:
+        traj["steps"][0]["eval_accuracy"] = "high"
     (run / "trajectory.json").write_text(json.dumps(traj))
     before = snapshot(run)
     capsys.readouterr()
@@ -305,7 +310,11 @@ def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_
         "export": ["export", run, "--step", "1", "--out", tmp_path / "e"],
         "resume": prune(tiny_llama_dir, data, run, "--resume", "--steps", 2),
     }[command]
-    refused(capsys, argv, "lacks steps[0].eval_accuracy")
+    expected = {
+        "delete": "lacks steps[0].eval_accuracy",
+        "retype": "lacks a valid steps[0].eval_accuracy (it holds a str)",
+    }[edit]
+    refused(capsys, argv, expected)
     assert snapshot(run) == before
 
 

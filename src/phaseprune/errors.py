@@ -25,13 +25,11 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
 def first_line(err: BaseException, limit: int = 240) -> str:
     """An exception's first line, cut at ``limit`` characters (its type name if it has none).
 
-    A first line that ends in ``:`` ("from one of:") continues on the next lines, which are
-    joined to it, so the sentence is not cut off.
+    A first line that ends in ``:`` ("from one of:") introduces what follows, so then the whole
+    message is joined onto one line and the sentence is not cut off.
     """
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
-    text, rest = lines[0], lines[1:]
-    while text.endswith(":") and rest:
-        text += " " + rest.pop(0)
+    text = " ".join(lines) if lines[0].endswith(":") else lines[0]
     return text if len(text) <= limit else text[: limit - 1] + "…"

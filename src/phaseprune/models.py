@@ -221,7 +221,7 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
         raise UsageError(
-            f"cannot load the tokenizer of {spec.name!r} ({first_line(err, 120)}): a checkpoint "
+            f"cannot load the tokenizer of {spec.name!r} ({first_line(err, 400)}); a checkpoint "
             "directory needs its tokenizer files, as tokenizer.save_pretrained writes them"
         ) from err
     return tokenizer, config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import types
 import typing
 import warnings
 from collections.abc import Callable
@@ -87,13 +88,33 @@ def _typed_dict(tp) -> type | None:
     return None
 
 
+def _json_types(tp) -> tuple[type, ...] | None:
+    """The JSON value types a field of type ``tp`` may hold (None: anything)."""
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return None
+    if origin is typing.Literal:
+        return tuple({type(a) for a in typing.get_args(tp)})
+    if origin in (typing.Union, types.UnionType):
+        parts = [_json_types(a) for a in typing.get_args(tp)]
+        return None if None in parts else tuple(t for part in parts for t in part)
+    if tp is type(None):
+        return (type(None),)
+    base = {float: (int, float), list: (list,), dict: (dict,)}
+    return base.get(origin or tp, (dict,) if typing.is_typeddict(tp) else (tp,))
+
+
 def _missing(value, td: type, where: str) -> list[str]:
-    """Required keys absent from ``value`` or from the records nested in it."""
+    """Required keys absent, or of the wrong JSON type, in ``value`` or the records in it."""
     if not isinstance(value, dict):
         return [f"{where or 'the record'} (not an object)"]
     out = [f"{where}{k}" for k in sorted(td.__required_keys__ - value.keys())]
     for key, tp in typing.get_type_hints(td).items():
-        inner, child = _typed_dict(tp), value.get(key)
+        allowed, child = _json_types(tp), value.get(key)
+        if key in value and allowed is not None and not isinstance(child, allowed):
+            out.append(f"a valid {where}{key} (it holds a {type(child).__name__})")
+            continue
+        inner = _typed_dict(tp)
         if inner is None or child is None:
             continue
         children = enumerate(child) if isinstance(child, list) else [(None, child)]
