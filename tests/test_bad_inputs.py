@@ -359,3 +359,9 @@ def test_device_strings_checked_however_the_config_is_made():
     assert ModelConfig(device="cpu:0").device == "cpu:0"
     with pytest.raises(UsageError, match="invalid device 'tpu'"):
         ModelConfig(device="tpu")
+    from phaseprune.config import DemoConfig, PruneConfig
+
+    with pytest.raises(UsageError, match="--strategy 'shortgpt': choose from iterative"):
+        PruneConfig(out="x", strategy="shortgpt")
+    with pytest.raises(UsageError, match="--strategies 'x': choose from"):
+        DemoConfig(strategies=("last", "x"))

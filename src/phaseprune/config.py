@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from phaseprune.flags import check_bounds
+from phaseprune.flags import check_fields
 from phaseprune.strategies.registry import STRATEGY_NAMES
 
 Choices = Sequence[str] | Callable[[], Sequence[str]]
@@ -52,8 +52,8 @@ def _doc(
 
 
 def config(cls):
-    """A frozen dataclass whose fields' bounds are checked whenever one is built."""
-    cls.__post_init__ = check_bounds
+    """A frozen dataclass whose fields are checked (bounds, choices) whenever one is built."""
+    cls.__post_init__ = check_fields
     return dataclass(frozen=True)(cls)
 
 

@@ -6,8 +6,8 @@ booleans become ``--flag`` / ``--no-flag`` pairs, ``X | None`` fields accept the
 positional arguments (``nargs="+"`` for a tuple), ``choices`` (a tuple, or a function returning
 one) are checked per element, and ``parse`` replaces the type's converter. Every option's help
 is plain text and ends with its default. :func:`from_args` turns a parsed namespace back into
-the dataclass, so ``main(argv)`` is callable from tests. :func:`check_bounds` applies the
-fields' ``minimum``/``maximum`` to a config however it was built (CLI or Python).
+the dataclass, so ``main(argv)`` is callable from tests. :func:`check_fields` applies the
+fields' bounds, choices and parsers to a config however it was built (CLI or Python).
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ def from_args(cls, ns: argparse.Namespace):
 
 
 def _bound_error(f: dataclasses.Field, value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
     low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
     if low is not None and value < low:
         return f"must be at least {low}"
@@ -164,22 +166,24 @@ def _bound_error(f: dataclasses.Field, value) -> str | None:
     return None
 
 
-def check_bounds(config) -> None:
-    """Refuse a field outside its bounds, or that its ``parse`` refuses, with one clear line.
+def check_fields(config) -> None:
+    """Refuse a field outside its bounds or choices, or that its ``parse`` refuses, in one line.
 
     Runs whenever a config is built, so a config made in Python is checked like the CLI's.
     """
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+        value, flag = getattr(config, f.name), "--" + f.name.replace("_", "-")
         if f.metadata.get("parse") and isinstance(value, str):
             try:
                 f.metadata["parse"](value)
             except (argparse.ArgumentTypeError, ValueError) as err:
-                raise UsageError(f"--{f.name.replace('_', '-')}: {err}") from None
-        values = value if isinstance(value, tuple) else (value,)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                continue
+                raise UsageError(f"{flag}: {err}") from None
+        choices = _choices(f)
+        for v in value if isinstance(value, tuple) else (value,):
+            if choices is not None and isinstance(v, str) and v not in choices:
+                raise UsageError(
+                    f"{flag} {v!r}{suggest(v, choices)}: choose from {', '.join(choices)}"
+                )
             why = _bound_error(f, v)
             if why:
-                raise UsageError(f"--{f.name.replace('_', '-')} {v}: {why}")
+                raise UsageError(f"{flag} {v}: {why}")

@@ -28,7 +28,7 @@ from phaseprune.incremental import IncrementalReadout
 from phaseprune.loading import encode_and_load, subject_groups, task_record
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
 from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
-from phaseprune.objectives import OBJECTIVES, candidate_metrics
+from phaseprune.objectives import candidate_metrics
 from phaseprune.phases import detect_phases, removal_phase
 from phaseprune.records import (
     TRAJECTORY_SCHEMA,
@@ -41,7 +41,7 @@ from phaseprune.records import (
 from phaseprune.runio import check_out_dir, fingerprint, prepare_out_dir, stamp_figures
 from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
 from phaseprune.strategies.context import NoCandidate, PruneContext, runner_up
-from phaseprune.strategies.registry import STRATEGY_NAMES, strategy_function
+from phaseprune.strategies.registry import strategy_function
 from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
 
@@ -51,15 +51,7 @@ STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 
 
 def check_config(cfg: PruneConfig) -> None:
-    """Refuse inconsistent settings with one clear line each."""
-    if cfg.strategy not in STRATEGY_NAMES:
-        names = ", ".join(STRATEGY_NAMES)
-        raise UsageError(f"unknown --strategy {cfg.strategy!r}; one of {names}")
-    if cfg.objective not in OBJECTIVES:
-        raise UsageError(f"unknown --objective {cfg.objective!r}; one of {', '.join(OBJECTIVES)}")
-    for name in ("steps", "calib", "eval", "block_size"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    """Refuse what the config's own field checks cannot see, with one clear line."""
     if cfg.task.limit is not None:
         raise UsageError("prune takes --calib and --eval instead of --limit")
 
@@ -217,17 +209,20 @@ def _header(run: PruneRun, step0: Readout) -> Trajectory:
     }
 
 
+def _flat(settings: dict) -> dict:
+    """A run's settings with the model and task sections merged in (their names are distinct)."""
+    flat = {}
+    for key, value in settings.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
+
+
 def _differences(run: PruneRun, traj: Trajectory) -> str:
     """What a trajectory was made with that this run differs in, for the refusal message."""
-    now = json.loads(json.dumps(dataclasses.asdict(run.cfg)))  # tuples as JSON lists
-    then = traj["settings"]
-    flags = []
-    for key, value in now.items():
-        if key in VOLATILE or key in STOPPING:
-            continue
-        pairs = value.items() if isinstance(value, dict) else [(key, value)]
-        old = then.get(key) if isinstance(value, dict) else then
-        flags += [f"--{k.replace('_', '-')}" for k, v in pairs if (old or {}).get(k) != v]
+    now = _flat(json.loads(json.dumps(dataclasses.asdict(run.cfg))))  # tuples as JSON lists
+    then = _flat(traj["settings"])
+    flags = [f"--{k.replace('_', '-')}" for k, v in now.items()
+             if k not in VOLATILE and k not in STOPPING and then.get(k) != v]  # fmt: skip
     if flags:
         return "settings (" + ", ".join(flags) + ")"
     if traj["phaseprune_version"] != __version__:
@@ -324,7 +319,6 @@ def run_prune(cfg: PruneConfig) -> Trajectory:
         if _should_stop(run, traj, removed):
             return traj  # resuming a finished run: nothing to do or rewrite
         traj["complete"] = False  # finished under other stopping rules: extend it
-        traj["collapse"] = trajectory_collapse(traj)  # under the new --collapse-fraction
     if not (traj is not None and cfg.resume):
         prepare_out_dir(run.out, "prune", overwrite=cfg.overwrite)
     # the unpruned calibration answers, by the same code path as every candidate's

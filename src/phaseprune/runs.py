@@ -137,7 +137,7 @@ def check_record(path: Path, record: dict, kind: RunKind) -> dict:
             f"misplaced; rerun `phaseprune {kind}`"
         )
     _upgrade(kind, record)
-    keys = RECORD_TYPES[kind].__annotations__.keys() | RECORD_TYPES[kind].__required_keys__
+    keys = RECORD_TYPES[kind].__annotations__.keys()
     missing = _missing(record, RECORD_TYPES[kind], "")
     if missing:
         raise UsageError(
