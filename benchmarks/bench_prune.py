@@ -4,11 +4,17 @@
         --data-dir ../shared/data/mmlu --subjects high_school_geography --shots 5
         --calib 64 --steps 3
 
-Each side runs in its own child process (so each peak RSS is its own) on the same model file
-and the same calibration items, and reports the layers it removed. Model loading is excluded
-from the wall times. The last line printed is one JSON object: wall seconds of each, `speedup`
-(naive / phaseprune), `identical_decisions` with the first differing step, peak memory of each,
-and phaseprune's measured GFLOP/s against a FLOP lower bound.
+Three sides, each in its own child process (so each peak RSS is its own) on the same model
+file and the same calibration items, each reporting the layers it removed: ``phaseprune``
+(float32, ``--precision exact``), ``fast`` (``--precision fast``: candidates in a bfloat16
+copy, float32 re-scoring of every candidate that could still win; the copy and the bound's
+measurement count in its wall time) and ``naive`` (a plain full forward per candidate,
+float32). ``--sides`` picks which run. Model loading is excluded from the wall times. The
+last line printed is one JSON object: wall seconds of each side, the speedups (naive /
+phaseprune, phaseprune / fast, naive / fast), whether each side's decisions are identical to
+the float32 phaseprune path's (``identical_decisions``: naive's; ``fast_identical_decisions``:
+fast's), the fast side's float32 re-scorings, peak memory of each, and phaseprune's measured
+GFLOP/s against a FLOP lower bound.
 
 FLOP lower bound, per step with L remaining layers, P = 2 x (parameters of one decoder layer):
 one pass over all calibration tokens to cache every layer's input, then for the candidate at
@@ -28,6 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SIDES = ("fast", "phaseprune", "naive")
 
 
 def _setup(args):
@@ -103,6 +110,7 @@ def child(args) -> dict:
         removed = naive_iterative(
             model, info.n_layers, enc.input_ids, enc.options.ids, gold, args.steps
         )
+        rescoring = None
     else:
         from phaseprune.candidates import final_readout, option_reduce
         from phaseprune.loading import subject_groups
@@ -114,6 +122,15 @@ def child(args) -> dict:
         reduce = option_reduce(enc.options.ids)
         max_tokens = default_max_tokens("cpu")
         ref = final_readout(model, (), enc.input_ids, reduce, max_tokens=max_tokens, groups=groups)
+        fast = None
+        if args.which == "fast":
+            from phaseprune.precision import bfloat16_copy, start_rescoring
+
+            model16 = bfloat16_copy(model)
+            fast = start_rescoring(
+                model, model16, enc.input_ids, enc.options.ids, groups, gold, ref.numpy(),
+                max_tokens=max_tokens,
+            )  # fmt: skip
         ctx = PruneContext(
             model=model,
             n_layers=info.n_layers,
@@ -124,15 +141,20 @@ def child(args) -> dict:
             ref_logits=ref.numpy(),
             calib_groups=groups,
             max_tokens=max_tokens,
+            fast=fast,
+            objective=args.objective,
         )
-        removed = []
+        removed, rescoring = [], []
         for _ in range(args.steps):
-            removed += list(iterative(ctx, removed).layers)
+            choice = iterative(ctx, removed)
+            removed += list(choice.layers)
+            rescoring.append(choice.precision)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gflop = flop_lower_bound(task, enc, model, info.n_layers, args.steps, prefix_tokens)
     return {
         "removed": removed,
+        "rescoring": rescoring,
         "wall_s": round(wall, 2),
         "peak_mb": round(peak_mb, 1),
         "gflop_lower_bound": round(gflop, 1),
@@ -152,14 +174,31 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=None, help="use only the first N decoder layers"
     )
-    parser.add_argument("--which", choices=["phaseprune", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sides", default="fast,phaseprune,naive", help="comma-separated sides to run"
+    )
+    parser.add_argument(
+        "--objective",
+        default="accuracy",
+        choices=("accuracy", "margin", "prob-margin", "kl"),
+        help="phaseprune's and fast's objective (naive implements accuracy only)",
+    )
+    parser.add_argument("--which", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.which:
+        from phaseprune.cpu import apply_threads, plan_threads
+
+        apply_threads(plan_threads())
         print(json.dumps(child(args)))
         return
+    sides = args.sides.split(",")
+    if "phaseprune" not in sides or not set(sides) <= set(SIDES):
+        raise SystemExit(f"--sides {args.sides}: pick from {SIDES}, phaseprune included")
+    if "naive" in sides and args.objective != "accuracy":
+        raise SystemExit("the naive side implements --objective accuracy only")
     argv = [a for a in sys.argv[1:]]
     results = {}
-    for which in ("phaseprune", "naive"):
+    for which in sides:
         out = subprocess.run(
             [sys.executable, __file__, *argv, "--which", which],
             check=True,
@@ -168,34 +207,59 @@ def main() -> None:
         ).stdout
         results[which] = json.loads(out.strip().splitlines()[-1])
         print(f"{which}: {results[which]}", file=sys.stderr)
-    ours, naive = results["phaseprune"], results["naive"]
-    pairs = zip(ours["removed"], naive["removed"], strict=True)
-    first_diff = next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), None)
+    print(json.dumps(summary(args, results)))
+
+
+def _first_difference(a: list, b: list) -> int | None:
+    return next((i + 1 for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+
+
+def summary(args, results: dict) -> dict:
+    """The JSON line: every measured side, its ratio to the others, its decisions."""
+    ours = results["phaseprune"]
     gflop = ours["gflop_lower_bound"]
-    print(
-        json.dumps(
-            {
-                "model": args.model,
-                "task": args.task,
-                "subjects": args.subjects,
-                "shots": args.shots,
-                "calib": args.calib,
-                "steps": args.steps,
-                "layers": args.layers,
-                "phaseprune_wall_s": ours["wall_s"],
-                "naive_wall_s": naive["wall_s"],
-                "speedup": round(naive["wall_s"] / ours["wall_s"], 2),
-                "identical_decisions": first_diff is None,
-                "first_differing_step": first_diff,
-                "removed_phaseprune": ours["removed"],
-                "removed_naive": naive["removed"],
-                "phaseprune_peak_mb": ours["peak_mb"],
-                "naive_peak_mb": naive["peak_mb"],
-                "flop_lower_bound_gflop": round(gflop, 1),
-                "phaseprune_gflops_per_s": round(gflop / ours["wall_s"], 1),
-            }
-        )
-    )
+    out = {
+        "model": args.model,
+        "task": args.task,
+        "subjects": args.subjects,
+        "shots": args.shots,
+        "calib": args.calib,
+        "steps": args.steps,
+        "layers": args.layers,
+        "objective": args.objective,
+        "phaseprune_wall_s": ours["wall_s"],
+        "removed_phaseprune": ours["removed"],
+        "phaseprune_peak_mb": ours["peak_mb"],
+        "flop_lower_bound_gflop": round(gflop, 1),
+        "phaseprune_gflops_per_s": round(gflop / ours["wall_s"], 1),
+    }
+    if "naive" in results:
+        naive = results["naive"]
+        first = _first_difference(ours["removed"], naive["removed"])
+        out |= {
+            "naive_wall_s": naive["wall_s"],
+            "speedup": round(naive["wall_s"] / ours["wall_s"], 2),
+            "identical_decisions": first is None,
+            "first_differing_step": first,
+            "removed_naive": naive["removed"],
+            "naive_peak_mb": naive["peak_mb"],
+        }
+    if "fast" in results:
+        fast = results["fast"]
+        first = _first_difference(ours["removed"], fast["removed"])
+        out |= {
+            "fast_wall_s": fast["wall_s"],
+            "fast_speedup_over_float32": round(ours["wall_s"] / fast["wall_s"], 2),
+            "fast_identical_decisions": first is None,
+            "fast_first_differing_step": first,
+            "removed_fast": fast["removed"],
+            "fast_peak_mb": fast["peak_mb"],
+            "fast_rescoring": fast["rescoring"],
+            "fast_rescored_item_passes": sum(r["rescored_item_passes"] for r in fast["rescoring"]),
+        }
+        if "naive" in results:
+            out["fast_speedup_over_naive"] = round(results["naive"]["wall_s"] / fast["wall_s"], 2)
+    return out
 
 
 if __name__ == "__main__":

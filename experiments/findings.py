@@ -156,10 +156,15 @@ def _steps_done(run_dir: Path) -> int:
 
 
 def run_plan(
-    plan: Plan, run_root: Path, only: set[str] | None, device: str = "cpu", dtype: str | None = None
+    plan: Plan,
+    run_root: Path,
+    only: set[str] | None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    precision: str = "exact",
 ) -> None:
     """Run every unfinished stage of ``plan`` (resuming partial ones) on ``device``."""
-    model = ModelConfig(model=resolve(plan), device=device, dtype=dtype)
+    model = ModelConfig(model=resolve(plan), device=device, dtype=dtype, precision=precision)
     mmlu = TaskConfig(task="mmlu", subjects=plan.subjects, shots=plan.shots)
     stages: list[tuple[str, object]] = [
         ("analyze-mmlu", AnalyzeConfig(out="", model=model,
@@ -320,6 +325,13 @@ def main() -> None:
         "so give them their own --runs folder",
     )
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
+    parser.add_argument(
+        "--precision",
+        default="exact",
+        choices=("exact", "fast"),
+        help="fast: candidates in bfloat16, every decision float32's (a run made with the other "
+        "precision has another fingerprint and is not resumed)",
+    )
     args = parser.parse_args()
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in PLANS]
@@ -330,7 +342,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.doc_only:
         for name in names:
-            run_plan(PLANS[name], Path(args.runs) / name, only, args.device, args.dtype)
+            run_plan(
+                PLANS[name], Path(args.runs) / name, only, args.device, args.dtype, args.precision
+            )
     docs = ROOT / "docs" / "findings"
     numbers = {name: collect(PLANS[name], Path(args.runs) / name, docs) for name in PLANS}
     render(numbers, ROOT / "docs" / "findings.md")

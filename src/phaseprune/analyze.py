@@ -17,10 +17,11 @@ import torch
 from phaseprune import __version__
 from phaseprune.arch import decoder_parts
 from phaseprune.config import AnalyzeConfig
-from phaseprune.loading import encode_and_load, subject_groups, task_record
+from phaseprune.loading import encode_and_load, fast_copy, subject_groups, task_record
 from phaseprune.metrics import item_metrics, layer_stats
 from phaseprune.models import default_max_tokens, resolve_model
 from phaseprune.phases import detect_phases
+from phaseprune.precision import SAFETY, read_options_fast, sample_size
 from phaseprune.readout import read_options
 from phaseprune.records import build_summary, items_table
 from phaseprune.runio import (
@@ -31,7 +32,22 @@ from phaseprune.runio import (
     stamp_figures,
 )
 from phaseprune.runs import write_summary
-from phaseprune.tasks import load_task
+from phaseprune.tasks import load_task, round_robin
+
+
+def fast_record(exact: np.ndarray, fast) -> dict:
+    """``summary["precision"]`` of a fast run (the bound of this invocation's readout)."""
+    return {
+        "mode": "fast",
+        "forward": "bfloat16",
+        "decided_by": "float32",
+        "safety": SAFETY,
+        "sample_items": None if fast is None else len(fast.sample),
+        "bound": None if fast is None else [round(float(b), 6) for b in fast.bound],
+        "measured_error": None if fast is None else [round(float(b), 6) for b in fast.measured],
+        "items_float32": int(exact.sum()),
+        "items_bfloat16": int((~exact).sum()),
+    }
 
 
 def run_analyze(cfg: AnalyzeConfig) -> dict:
@@ -45,23 +61,41 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
     spec = resolve_model(mc.model)
     check_out_dir(out, "analyze", overwrite=cfg.overwrite)
     enc, model, info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
+    model16 = fast_copy(model, mc)
     loaded = time.perf_counter()
     prepare_out_dir(out, "analyze", overwrite=cfg.overwrite)
     parts = decoder_parts(model)
     record = task_record(task, enc, tc.limit)
-    key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__)
+    mode = "exact" if model16 is None else "fast"
+    key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__, mode)
     shape = (len(task.items), info.n_layers + 1, task.n_options)
     partial = PartialReadout(out, key, shape)
     todo = np.flatnonzero(~partial.done).tolist()
-    if todo:
+    settings = {
+        "max_tokens": cfg.max_tokens or default_max_tokens(mc.device),
+        "progress": not cfg.quiet,
+        "groups": subject_groups([task.items[i].subject for i in todo]),
+    }
+    fast = None
+    if todo and model16 is None:
         read_options(
             parts,
             [enc.input_ids[i] for i in todo],
             enc.options.ids,
-            max_tokens=cfg.max_tokens or default_max_tokens(mc.device),
-            progress=not cfg.quiet,
             on_batch=lambda batch, logits: partial.update([todo[j] for j in batch], logits.numpy()),
-            groups=subject_groups([task.items[i].subject for i in todo]),
+            **settings,
+        )
+    elif todo:
+        fast = read_options_fast(
+            parts,
+            decoder_parts(model16),
+            [enc.input_ids[i] for i in todo],
+            enc.options.ids,
+            sample=round_robin([task.items[i].subject for i in todo])[: sample_size(len(todo))],
+            on_rows=lambda rows, rows_logits, exact: partial.update(
+                [todo[j] for j in rows], rows_logits, exact
+            ),
+            **settings,
         )
     read = time.perf_counter()
     logits = partial.logits
@@ -72,7 +106,12 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
         metrics.correct, metrics.margin, task.n_options, n_boot=cfg.n_boot, seed=cfg.seed
     )
     frame = items_table(
-        [it.item_id for it in task.items], [it.subject for it in task.items], gold, logits, metrics
+        [it.item_id for it in task.items],
+        [it.subject for it in task.items],
+        gold,
+        logits,
+        metrics,
+        np.where(partial.exact, info.dtype, "bfloat16"),
     )
     summary = build_summary(
         model=dataclasses.asdict(info),
@@ -90,6 +129,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict:
         settings=dataclasses.asdict(cfg),
         version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        precision=None if model16 is None else fast_record(partial.exact, fast),
     )
     if cfg.plots:
         from phaseprune.figures.png import write_plots  # presentation, loaded only when asked for

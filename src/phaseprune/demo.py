@@ -35,7 +35,7 @@ def _check(cfg: DemoConfig) -> None:
 
 def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
     out = Path(cfg.out)
-    mc = ModelConfig(model=cfg.model)
+    mc = ModelConfig(model=cfg.model, precision=cfg.precision)
     tc = TaskConfig(task=cfg.task, subjects=cfg.subjects, data_dir=cfg.data_dir, shots=cfg.shots)
     analyze = AnalyzeConfig(
         out=str(out / "analyze"),

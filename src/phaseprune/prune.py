@@ -25,12 +25,14 @@ from phaseprune.collapse import trajectory_collapse
 from phaseprune.config import PruneConfig
 from phaseprune.errors import UsageError
 from phaseprune.incremental import IncrementalReadout
-from phaseprune.loading import encode_and_load, subject_groups, task_record
+from phaseprune.loading import encode_and_load, fast_copy, subject_groups, task_record
 from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
 from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
 from phaseprune.objectives import candidate_metrics
 from phaseprune.phases import detect_phases, removal_phase
+from phaseprune.precision import start_rescoring
 from phaseprune.records import (
+    EXACT,
     TRAJECTORY_SCHEMA,
     Readout,
     Step,
@@ -106,6 +108,7 @@ class PruneRun:
             spec, task, tc, mc, progress=not cfg.quiet, check_layers=self._check_layers
         )
         self.enc = enc
+        self.model16 = fast_copy(self.model, mc)
         gold = np.array([it.answer for it in task.items])
         # calibration and evaluation both spread over every subject, disjoint
         order = round_robin([it.subject for it in task.items])
@@ -145,7 +148,6 @@ class PruneRun:
             cache_budget=cache_budget,
             progress=not cfg.quiet,
         )
-
 
     def _check_layers(self, n: int) -> None:
         """Refuse settings the model's depth makes impossible (before the weights load)."""
@@ -206,6 +208,7 @@ def _header(run: PruneRun, step0: Readout) -> Trajectory:
         "complete": False,
         "timing": {},
         "collapse": None,  # set by _write before anything is written
+        "precision": run.ctx.fast.run_record() if run.ctx.fast else dict(EXACT),
     }
 
 
@@ -269,6 +272,7 @@ def _step_record(
         **runner_up(choice),
         "note": choice.note,
         "calib_phases": choice.calib_phases,
+        "precision": choice.precision,
         **readout,
     }
 
@@ -332,6 +336,11 @@ def run_prune(cfg: PruneConfig) -> Trajectory:
         groups=run.ctx.calib_groups,
     )
     run.ctx.ref_logits = ref.numpy()
+    if run.model16 is not None:  # the bounds: bfloat16 against float32 on the same items
+        run.ctx.fast = start_rescoring(
+            run.model, run.model16, run.ctx.calib_ids, run.enc.options.ids, run.ctx.calib_groups,
+            run.ctx.calib_gold, run.ctx.ref_logits, max_tokens=run.max_tokens,
+        )  # fmt: skip
     if traj is None:
         step0 = run.eval_readout([])
         traj = _header(run, step0)

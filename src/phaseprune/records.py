@@ -26,6 +26,8 @@ from phaseprune.tasks.items import LETTERS
 SCHEMA_VERSION = 1  # summary.json of analyze runs
 TRAJECTORY_SCHEMA = 1  # trajectory.json of prune runs
 RunKind = Literal["analyze", "prune"]
+EXACT = {"mode": "exact"}
+"""The precision record of a run computed in its model's dtype throughout."""
 
 
 class LayerRecord(TypedDict):
@@ -78,6 +80,8 @@ class Step(Readout):
     score_gap: float | None
     note: str | None
     calib_phases: dict[str, Any] | None
+    precision: dict[str, Any] | None
+    """``--precision fast``: the step's bound and float32 re-scorings (None: exact)."""
 
 
 class Collapse(TypedDict):
@@ -116,6 +120,8 @@ class Trajectory(TypedDict):
     complete: bool
     timing: dict[str, float]
     collapse: Collapse
+    precision: dict[str, Any]
+    """How the run computed: ``mode`` exact or fast, and the fast mode's measured bound."""
 
 
 class Summary(TypedDict):
@@ -139,6 +145,8 @@ class Summary(TypedDict):
     phases: PhasesRecord
     timing: dict[str, float]
     settings: dict[str, Any]
+    precision: dict[str, Any]
+    """How the readout was computed: ``mode`` exact or fast (bound, items per precision)."""
 
 
 RECORD_TYPES: dict[RunKind, type] = {"analyze": Summary, "prune": Trajectory}
@@ -176,6 +184,7 @@ def build_summary(
     settings: dict,
     version: str,
     created: str,
+    precision: dict | None = None,
 ) -> Summary:
     """Assemble ``summary.json``; the model's own accuracy is the last readout layer's."""
     n_options = task["n_options"]
@@ -203,6 +212,7 @@ def build_summary(
         "phases": phases_record(phases, n_layers),
         "timing": timing,
         "settings": settings,
+        "precision": precision or EXACT,
     }
 
 
@@ -212,8 +222,12 @@ def items_table(
     gold: np.ndarray,
     option_logits: np.ndarray,
     metrics: ItemMetrics,
+    precision: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per item and readout layer (``items.parquet``)."""
+    """One row per item and readout layer (``items.parquet``).
+
+    ``precision`` names the dtype each item's logits were read in (``--precision fast``).
+    """
     n_items, n_readout, n_options = option_logits.shape
     letters = np.array(list(LETTERS[:n_options]))
     frame = pd.DataFrame(
@@ -231,6 +245,8 @@ def items_table(
     frame["pred"] = letters[metrics.pred.reshape(-1)]
     frame["gold"] = np.repeat(letters[np.asarray(gold)], n_readout)
     frame["correct"] = metrics.correct.reshape(-1)
+    if precision is not None:
+        frame["precision"] = np.repeat(np.asarray(precision, dtype=object), n_readout)
     return frame
 
 

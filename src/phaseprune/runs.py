@@ -25,6 +25,7 @@ import pandas as pd
 from phaseprune import runio
 from phaseprune.errors import UsageError
 from phaseprune.records import (
+    EXACT,
     RECORD_FILES,
     RECORD_TYPES,
     RECORD_VERSIONS,
@@ -66,10 +67,15 @@ def _read_json(path: Path) -> dict:
 def _upgrade(kind: RunKind, record: dict) -> None:
     """Bring a record written by an older phaseprune of the same schema up to date.
 
-    Trajectories of unfinished runs did not store their provisional collapse before the
-    run-record module; it is the collapse of the completed steps. A record too damaged for that
-    is left as it is, for the key check to name what it lacks.
+    Records before ``--precision`` were all exact. Trajectories of unfinished runs did not
+    store their provisional collapse before the run-record module; it is the collapse of the
+    completed steps. A record too damaged for that is left as it is, for the key check to name
+    what it lacks.
     """
+    record.setdefault("precision", dict(EXACT))  # written since --precision existed
+    for step in record.get("steps", []) if isinstance(record.get("steps"), list) else []:
+        if isinstance(step, dict):
+            step.setdefault("precision", None)
     if kind == "prune" and "collapse" not in record:
         from phaseprune.collapse import trajectory_collapse
 

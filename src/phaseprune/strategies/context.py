@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from phaseprune.incremental import IncrementalReadout
+from phaseprune.precision import Rescoring
 from phaseprune.surgery import kept_layers
 
 
@@ -71,6 +72,8 @@ class PruneContext:
     """Bytes the cached layer inputs of candidate scoring may take (None: no limit)."""
     progress: bool = False
     """Show progress bars."""
+    fast: Rescoring | None = None
+    """``--precision fast``: candidates run in this bfloat16 copy, float32 decides near ties."""
     cache: StrategyCache = field(default_factory=StrategyCache)
     """What strategies computed at earlier steps."""
 
@@ -102,6 +105,8 @@ class Choice:
     """A fallback or other rule the user must know about."""
     calib_phases: dict | None = None
     """Phase-aware: the calibration phases the choice was based on."""
+    precision: dict | None = None
+    """``--precision fast``: the bound and the float32 re-scorings behind the choice."""
 
 
 def remaining(ctx: PruneContext, removed: Sequence[int]) -> list[int]:

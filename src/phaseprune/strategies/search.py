@@ -7,6 +7,7 @@ are recomputed), and the candidate is scored by ``--objective`` (:mod:`phaseprun
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from phaseprune import baselines
@@ -15,6 +16,7 @@ from phaseprune.incremental import IncrementalReadout
 from phaseprune.metrics import item_metrics
 from phaseprune.objectives import best_candidate, candidate_metrics, objective_key
 from phaseprune.phases import PhaseResult, detect_phases
+from phaseprune.precision import score_removals_fast
 from phaseprune.strategies.context import (
     Choice,
     Criterion,
@@ -33,26 +35,48 @@ OBJECTIVE_CRITERIA = {
 
 
 def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int]) -> Choice:
-    """Score each candidate removal by the objective on the calibration items; keep the best."""
-    logits = score_removals(
-        ctx.model,
-        removed,
-        candidates,
-        ctx.calib_ids,
-        option_reduce(ctx.option_ids),
-        max_tokens=ctx.max_tokens,
-        cache_budget=ctx.cache_budget,
-        progress=ctx.progress,
-        groups=ctx.calib_groups,
-    )
+    """Score each candidate removal by the objective on the calibration items; keep the best.
+
+    With ``ctx.fast`` the candidates run in bfloat16 and float32 re-scores whatever could
+    change the choice (:func:`~phaseprune.precision.score_removals_fast`).
+    """
+
+    def score(model, removed, candidates, ids, groups):
+        return score_removals(
+            model,
+            removed,
+            candidates,
+            ids,
+            option_reduce(ctx.option_ids),
+            max_tokens=ctx.max_tokens,
+            cache_budget=ctx.cache_budget,
+            progress=ctx.progress,
+            groups=groups,
+        )
+
+    if ctx.fast is None:
+        logits = score(ctx.model, removed, candidates, ctx.calib_ids, ctx.calib_groups)
+    else:
+        logits = score_removals_fast(
+            score,
+            ctx.model,
+            ctx.fast,
+            removed,
+            candidates,
+            ctx.calib_ids,
+            ctx.calib_groups,
+            objective=ctx.objective,
+            gold=ctx.calib_gold,
+            ref_logits=ctx.ref_logits,
+        )
     scores, keys = {}, {}
     for k, value in logits.items():
         metrics = candidate_metrics(value.numpy(), ctx.calib_gold, ctx.ref_logits)
         keys[k] = objective_key(ctx.objective, metrics)
         scores[k] = {**metrics, "score": keys[k][0]}
-    return Choice(
-        (best_candidate(keys),), scores, Criterion(OBJECTIVE_CRITERIA[ctx.objective], "max")
-    )
+    criterion = Criterion(OBJECTIVE_CRITERIA[ctx.objective], "max")
+    precision = None if ctx.fast is None else ctx.fast.record()
+    return Choice((best_candidate(keys),), scores, criterion, precision=precision)
 
 
 def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
@@ -104,7 +128,7 @@ def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     record["spared"] = spared
     if eligible:
         choice = by_objective(ctx, removed, eligible)
-        return Choice(choice.layers, choice.scores, choice.criterion, calib_phases=record)
+        return dataclasses.replace(choice, calib_phases=record)
     why = "the model has no Decisive Phase" if t is None else "no Decisive-Phase layer is removable"
     if not free:
         raise no_candidate(removed)
