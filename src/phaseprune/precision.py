@@ -261,10 +261,11 @@ def score_removals_fast(
                 ~exact[k] & (full | (top_gap(logits[k]) <= fast.bound)))})  # fmt: skip
             if todo:
                 held &= rescore(alive, todo)
-        # the winner is always checked on every item: the likeliest failure is a candidate
-        # whose own error (beyond its bounds) made it look best
-        winner = alive[0]
-        if held and not exact[winner].all():
+        # a single contender is the winner, checked on every item: the likeliest failure is a
+        # candidate whose own error (beyond its bounds) made it look best. Several contenders
+        # were all re-scored on every item above, so they are checked already.
+        if held and len(alive) == 1 and not exact[alive[0]].all():
+            winner = alive[0]
             held &= rescore([winner], [int(i) for i in np.flatnonzero(~exact[winner])])
         if not held:  # a bound did not hold: widen it and decide the step again
             fast.widen()

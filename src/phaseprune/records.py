@@ -212,7 +212,7 @@ def build_summary(
         "phases": phases_record(phases, n_layers),
         "timing": timing,
         "settings": settings,
-        "precision": precision or EXACT,
+        "precision": precision or dict(EXACT),
     }
 
 

@@ -73,7 +73,8 @@ def _upgrade(kind: RunKind, record: dict) -> None:
     what it lacks.
     """
     record.setdefault("precision", dict(EXACT))  # written since --precision existed
-    for step in record.get("steps", []) if isinstance(record.get("steps"), list) else []:
+    steps = record.get("steps")
+    for step in steps if isinstance(steps, list) else []:
         if isinstance(step, dict):
             step.setdefault("precision", None)
     if kind == "prune" and "collapse" not in record:
