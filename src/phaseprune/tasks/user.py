@@ -1,4 +1,11 @@
-"""User multiple-choice data: ``csv:PATH`` (header row) or ``jsonl:PATH`` (an object a line).
+"""User multiple-choice data: files and datasets of the user's own.
+
+* ``csv:PATH`` (a header row) and ``jsonl:PATH`` (an object a line), read here line by line
+  so an error names the line;
+* ``json:PATH`` (a JSON list of objects, or JSON lines) and ``parquet:PATH``, read through
+  ``datasets.load_dataset``'s ``json`` and ``parquet`` builders;
+* ``hf:DATASET[:CONFIG][@SPLIT]``: a hub dataset id (or a local dataset folder), read through
+  ``datasets.load_dataset``; without ``@SPLIT`` the first of test, validation, train present.
 
 Fields, by name (CSV headers are matched case-insensitively, surrounding spaces ignored):
 
@@ -14,7 +21,7 @@ Fields, by name (CSV headers are matched case-insensitively, surrounding spaces 
   ``subject/row``, row being the 0-based index of the record among the data records (header
   and blank lines not counted).
 
-The file is one split, recorded as ``test``. Items are ordered by subject (as requested,
+A file is one split, recorded as ``test``. Items are ordered by subject (as requested,
 else alphabetical), then by file order, and each subject's first k records are its
 exemplars and are not scored, as for built-in tasks without a dev split.
 """
@@ -24,9 +31,10 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from phaseprune.errors import UsageError
+from phaseprune.errors import UsageError, first_line
 from phaseprune.tasks.items import (
     LETTERS,
     MCItem,
@@ -38,39 +46,60 @@ from phaseprune.tasks.items import (
 )
 from phaseprune.tasks.mmlu import choose_subjects
 
-PREFIXES = {"csv:": "user-csv", "jsonl:": "user-jsonl"}
+PREFIXES = {
+    "csv:": "user-csv",
+    "jsonl:": "user-jsonl",
+    "json:": "user-json",
+    "parquet:": "user-parquet",
+    "hf:": "hf-dataset",
+}
 USER_SPLIT = "test"
+HF_SPLITS = ("test", "validation", "train")
+"""The split an ``hf:`` task reads when it names none: the first of these present."""
 
 
 def is_user_task(name: str) -> bool:
-    """Whether ``name`` is a ``csv:PATH`` or ``jsonl:PATH`` task."""
+    """Whether ``name`` is a user task (``csv:``, ``jsonl:``, ``json:``, ``parquet:``, ``hf:``)."""
     return name.startswith(tuple(PREFIXES))
 
 
 def load_user_task(
     name: str, subjects: Sequence[str] | None, shots: int, limit: int | None
 ) -> TaskData:
-    """Load a ``csv:PATH`` / ``jsonl:PATH`` task; see the module docstring for the format.
+    """Load a user task (``csv:``, ``jsonl:``, ``json:``, ``parquet:``, ``hf:``).
+
+    The module docstring gives the fields and how each source is read.
 
     Raises:
-        UsageError: For a missing file or malformed content, naming the file and line.
+        UsageError: For a missing file or dataset or malformed content, naming the file and
+            the line (or record).
     """
     prefix = next(p for p in PREFIXES if name.startswith(p))
     raw = name[len(prefix) :]
     if not raw:
-        raise UsageError(f"task {name!r} names no file; write {prefix}PATH")
-    path = Path(raw).expanduser()
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist or is not a file; check the path in {name!r}")
-    records = _csv_records(path) if prefix == "csv:" else _jsonl_records(path)
+        raise UsageError(f"task {name!r} names nothing; write {prefix}PATH")
+    split = USER_SPLIT
+    if prefix == "hf:":
+        records, split, source, path = _hf_records(raw)
+    else:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist or is not a file; check the path in {name!r}")
+        source = str(path.resolve())
+        records = {
+            "csv:": _csv_records,
+            "jsonl:": _jsonl_records,
+            "json:": lambda p: _builder_records("json", p),
+            "parquet:": lambda p: _builder_records("parquet", p),
+        }[prefix](path)
+    unit = "line" if prefix in ("csv:", "jsonl:") else "record"
     by_subject: dict[str, list[MCItem]] = {}
     seen: set[str] = set()
     for row, (line, record) in enumerate(records):
-        item = _record_item(record, row, path, f"{path}, line {line}")
+        where = f"{source if prefix == 'hf:' else path}, {unit} {line}"
+        item = _record_item(record, row, path, where)
         if item.item_id in seen:
-            raise UsageError(
-                f"{path}, line {line}: id {item.item_id!r} repeats; ids must be unique"
-            )
+            raise UsageError(f"{where}: id {item.item_id!r} repeats; ids must be unique")
         seen.add(item.item_id)
         by_subject.setdefault(item.subject, []).append(item)
     if not by_subject:
@@ -78,8 +107,8 @@ def load_user_task(
     chosen = choose_subjects(name, subjects, list(by_subject), str(path))
     return assemble(
         name=name,
-        split=USER_SPLIT,
-        source=str(path.resolve()),
+        split=split,
+        source=source,
         source_kind=PREFIXES[prefix],
         shots=shots,
         limit=limit,
@@ -131,6 +160,78 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
         if not isinstance(record, dict):
             raise UsageError(f"{path}, line {number}: expected a JSON object, got {record!r:.40}")
         yield number, {str(k).strip().lower(): v for k, v in record.items()}
+
+
+def _lower_keys(rows) -> Iterator[tuple[int, dict[str, object]]]:
+    # (1-based record number, fields by lower-cased name) of a datasets.Dataset
+    for number, record in enumerate(rows, start=1):
+        yield number, {str(k).strip().lower(): v for k, v in record.items()}
+
+
+def _builder_records(builder: str, path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    """Records of a ``json:``/``parquet:`` file through ``datasets``' own builders."""
+    from datasets import load_dataset
+
+    try:
+        with _quiet_datasets():
+            rows = load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # datasets raises many kinds (ArrowInvalid, DatasetGenerationError)
+        raise UsageError(
+            f"{path}: cannot read it as {builder} ({first_line(err.__cause__ or err)}); "
+            + ("write a JSON list of objects or one object a line" if builder == "json"
+               else "write it with pandas.DataFrame.to_parquet or pyarrow")
+        ) from err  # fmt: skip
+    return _lower_keys(rows)
+
+
+def _open_dataset(local: Path, dataset: str, config: str, split: str):
+    """A DatasetDict from a save_to_disk folder (a dict, or one split) or the hub."""
+    import datasets
+
+    if local.is_dir() and (local / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(local))
+    if local.is_dir() and (local / "dataset_info.json").is_file():
+        return datasets.DatasetDict({split or USER_SPLIT: datasets.load_from_disk(str(local))})
+    return datasets.load_dataset(dataset, config or None)
+
+
+@contextmanager
+def _quiet_datasets():
+    """Hide datasets' own progress bars (split generation, shard saving) while reading."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
+def _hf_records(raw: str) -> tuple[Iterator, str, str, Path]:
+    """Records, split, source and a display path of ``hf:DATASET[:CONFIG][@SPLIT]``."""
+    where, _, split = raw.partition("@")
+    dataset, _, config = where.partition(":")
+    local = Path(dataset).expanduser()
+    try:
+        with _quiet_datasets():
+            found = _open_dataset(local, dataset, config, split)
+    except Exception as err:  # hub offline, unknown id or config, unreadable folder
+        raise UsageError(
+            f"cannot load dataset {dataset!r}{f' (config {config})' if config else ''}: "
+            f"{first_line(err)}; pass a hub id the hub or its local cache holds, or a folder "
+            "written by Dataset.save_to_disk"
+        ) from err
+    if split and split not in found:
+        raise UsageError(f"dataset {dataset!r} has no split {split!r}; it has {list(found)}")
+    split = split or next((s for s in HF_SPLITS if s in found), "")
+    if not split:
+        raise UsageError(
+            f"dataset {dataset!r} has splits {list(found)}; name one as hf:{where}@SPLIT"
+        )
+    source = f"hf:{dataset}" + (f":{config}" if config else "") + f"@{split}"
+    return _lower_keys(found[split]), split, source, Path(dataset)
 
 
 def _record_item(record: Mapping[str, object], row: int, path: Path, where: str) -> MCItem:
