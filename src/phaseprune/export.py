@@ -1,23 +1,50 @@
 """``phaseprune export``: the pruned model of one step as a standard Hugging Face checkpoint.
 
-The run's model is loaded again, the layers removed up to the requested step are dropped with
-:func:`~phaseprune.surgery.without_layers`, and the view is saved with ``save_pretrained``
-(safetensors) under a config from :func:`~phaseprune.surgery.export_config` (``num_hidden_layers``
-and per-layer arrays synced), with the tokenizer. GGUF inputs are written in HF format. The
-export is checked by reloading it and comparing its option logits on a few evaluation prompts
-with the view's.
+The run's model is loaded again and refused if its weights are not the run's (the sha256 of a
+local checkpoint's weight files, a hub model's snapshot commit). The layers removed up to the
+requested step are dropped with :func:`~phaseprune.surgery.without_layers`, and the view is
+saved with ``save_pretrained`` (safetensors) under a config from
+:func:`~phaseprune.surgery.export_config` (``num_hidden_layers`` and per-layer arrays synced),
+with the tokenizer. GGUF inputs are written in HF format. :func:`~phaseprune.portable.make_portable`
+then adds what transformers 4 needs to read the config and tokenizer as transformers 5 does
+(or records that the export needs transformers 5), and ``config.json`` gets a ``phaseprune``
+entry naming the base model, its hash and the transformers version needed.
+
+The export is checked by reloading it and comparing its last-position logits, on the first
+:data:`CHECK_PROMPTS` evaluation prompts of the run (rebuilt from the run's task settings),
+with the view's. A model card (``README.md``, :mod:`phaseprune.model_card`) is written last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
-from phaseprune.errors import UsageError
-from phaseprune.models import ModelSpec, load_model, load_tokenizer, resolve_model
+from phaseprune import __version__
+from phaseprune.encoding import encode_prompts
+from phaseprune.errors import UsageError, first_line
+from phaseprune.model_card import model_card
+from phaseprune.models import (
+    ModelSpec,
+    load_model,
+    load_tokenizer,
+    model_change,
+    resolve_model,
+    with_revision,
+)
+from phaseprune.portable import make_portable
+from phaseprune.prompts import build_prompts
 from phaseprune.runs import load_trajectory
+from phaseprune.tasks import load_task
+
+CHECK_PROMPTS = 4
+"""Evaluation prompts the reloaded export is compared on."""
+
+_IDENTITY = ("weights_sha256", "revision", "architecture", "n_layers")
 
 
 def removed_at(traj: dict, step: int) -> list[int]:
@@ -29,17 +56,92 @@ def removed_at(traj: dict, step: int) -> list[int]:
 
 
 def _spec(traj: dict) -> ModelSpec:
+    """The run's model; a hub model at the snapshot commit the run recorded."""
     m = traj["model"]
-    spec = (
-        resolve_model(m["name"])
-        if not m.get("gguf_file")
-        else ModelSpec(m["name"], m["path"], m["gguf_file"])
-    )
-    return spec
+    if m.get("gguf_file"):
+        return ModelSpec(m["name"], m["path"], m["gguf_file"])
+    spec = resolve_model(m["name"])
+    return spec if spec.local else with_revision(spec, m.get("revision"))
+
+
+def check_identity(traj: dict, now: dict, where: str) -> None:
+    """Refuse a model whose weights (or revision, depth) are not those the run recorded.
+
+    A run recorded before weights were hashed cannot be checked: a warning says so.
+    """
+    then = {k: traj["model"].get(k) for k in _IDENTITY}
+    now = {k: now.get(k) for k in _IDENTITY}
+    if then["weights_sha256"] is None and now["weights_sha256"] is not None:
+        warnings.warn(
+            f"{where}: the run records no weights hash (an older phaseprune made it), so "
+            "nothing checks that these weights are the ones it pruned",
+            stacklevel=3,
+        )
+        now["weights_sha256"] = None
+    changed = model_change(then, now)
+    if changed:
+        raise UsageError(
+            f"the model at {where} is not the one this run pruned: other {changed}; export "
+            "from the checkpoint the run was made with, or prune this one again"
+        )
+
+
+def check_prompts(traj: dict, tokenizer, n: int = CHECK_PROMPTS) -> tuple[list[list[int]], list]:
+    """Token ids of the run's first ``n`` evaluation prompts, and their item ids.
+
+    The task is loaded as the run loaded it (its settings, ``--calib`` + ``--eval`` items).
+    When that fails (the data moved, the hub is out of reach) a warning says so and the single
+    prompt ``Answer:`` stands in.
+    """
+    settings = traj["settings"]
+    tc = settings["task"]
+    extra = {"lm_eval_include": tc["lm_eval_include"]} if tc.get("lm_eval_include") else {}
+    try:
+        task = load_task(tc["task"], subjects=tuple(tc["subjects"]) or None,
+                         data_dir=tc["data_dir"], shots=tc["shots"],
+                         limit=settings["calib"] + settings["eval"], **extra)  # fmt: skip
+        index = {it.item_id: i for i, it in enumerate(task.items)}
+        wanted = [i for i in traj["eval_items"][:n] if i in index]
+        if not wanted:
+            raise UsageError("none of the run's evaluation items is in the task now")
+        enc = encode_prompts(tokenizer, [build_prompts(task)[index[i]] for i in wanted],
+                             task.n_options, family=traj["model"]["family"], chat=tc["chat"],
+                             add_bos=tc["bos"])  # fmt: skip
+    except (UsageError, OSError, ValueError) as err:
+        warnings.warn(
+            f"cannot rebuild the run's evaluation prompts ({first_line(err)}): the reload is "
+            "checked on the prompt 'Answer:' only",
+            stacklevel=2,
+        )
+        return [tokenizer.encode("Answer:", add_special_tokens=False)], []
+    return enc.input_ids, wanted
+
+
+def _last_logits(model, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """The last position's logits of each prompt, one forward each (no padding)."""
+    with torch.inference_mode():
+        return [model(torch.tensor([ids])).logits[0, -1].float() for ids in prompts]
+
+
+def _metadata(traj: dict, step: int, removed: list[int], run_dir: str) -> dict:
+    """The ``phaseprune`` entry of the export's ``config.json``."""
+    m = traj["model"]
+    return {
+        "version": __version__,
+        "base_model": m["name"],
+        "base_weights_sha256": m.get("weights_sha256"),
+        "base_revision": m.get("revision"),
+        "base_n_layers": traj["n_layers"],
+        "removed_layers": removed,
+        "strategy": traj["strategy"],
+        "step": step,
+        "run": str(run_dir),
+    }
 
 
 def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) -> dict:
     """Export the pruned model of ``step``; return a small record of what was written."""
+    import transformers
     from transformers import AutoModelForCausalLM
 
     from phaseprune.surgery import export_config, plain_checkpoint, without_layers
@@ -52,29 +154,34 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
     spec = _spec(traj)
     tokenizer, _ = load_tokenizer(spec)
     model, info = load_model(spec, dtype=traj["model"]["dtype"], progress=False)
-    if info.revision != traj["model"]["revision"] or info.n_layers != traj["n_layers"]:
-        raise UsageError(
-            f"the model at {spec.path} is not the one this run pruned (revision differs)"
-        )
-    probe = torch.tensor([tokenizer.encode("Answer:", add_special_tokens=False)])
-    with torch.inference_mode(), without_layers(model, removed), plain_checkpoint(model):
-        expected = model(probe).logits[0, -1]
+    check_identity(traj, dataclasses.asdict(info), spec.path)
+    prompts, items = check_prompts(traj, tokenizer)
+    with without_layers(model, removed), plain_checkpoint(model):
+        expected = _last_logits(model, prompts)
         model.config = export_config(model, ())  # the view's config, already edited
         model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    portability = make_portable(out_dir, _metadata(traj, step, removed, run_dir))
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=model.dtype).eval()
-    with torch.inference_mode():
-        got = reloaded(probe).logits[0, -1]
-    diff = float((got - expected).abs().max())
+    got = _last_logits(reloaded, prompts)
+    diff = max(float((g - e).abs().max()) for g, e in zip(got, expected, strict=True))
     record = {
         "run": str(run_dir),
+        "base_hub_id": None if spec.local else spec.name,
         "step": step,
         "removed_layers": removed,
         "num_hidden_layers": reloaded.config.num_hidden_layers,
         "max_abs_logit_diff": diff,
+        "check_prompts": len(prompts),
+        "check_items": items,
+        "phaseprune_version": __version__,
+        "transformers_version": transformers.__version__,
+        "requires_transformers": portability.requires,
+        "transformers_4_cannot_read": portability.reasons,
     }
     (out_dir / "phaseprune_export.json").write_text(json.dumps(record, indent=2) + "\n")
     if diff > 1e-3:
         raise RuntimeError(f"exported model differs from the pruned view by {diff:.2e} in logits")
+    (out_dir / "README.md").write_text(model_card(traj, record, str(out_dir)))
     return record

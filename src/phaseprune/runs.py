@@ -67,12 +67,17 @@ def _read_json(path: Path) -> dict:
 def _upgrade(kind: RunKind, record: dict) -> None:
     """Bring a record written by an older phaseprune of the same schema up to date.
 
-    Records before ``--precision`` were all exact. Trajectories of unfinished runs did not
-    store their provisional collapse before the run-record module; it is the collapse of the
-    completed steps. A record too damaged for that is left as it is, for the key check to name
-    what it lacks.
+    Records before ``--precision`` were all exact. Models before weight hashing have
+    ``weights_sha256`` None (unknown), or for a GGUF file its revision (its sha256 already).
+    Trajectories of unfinished runs did not store their provisional collapse before the
+    run-record module; it is the collapse of the completed steps. A record too damaged for
+    that is left as it is, for the key check to name what it lacks.
     """
     record.setdefault("precision", dict(EXACT))  # written since --precision existed
+    model = record.get("model")
+    if isinstance(model, dict):
+        gguf_hash = model.get("revision") if model.get("gguf_file") else None
+        model.setdefault("weights_sha256", gguf_hash)
     steps = record.get("steps")
     for step in steps if isinstance(steps, list) else []:
         if isinstance(step, dict):
