@@ -52,7 +52,15 @@ class PhasesRecord(TypedDict):
     statement: str
 
 
-class Readout(TypedDict):
+class LmEvalPart(TypedDict, total=False):
+    """What only runs made with ``prune --lm-eval-tasks`` hold (:mod:`.lm_eval_scores`)."""
+
+    lm_eval: dict[str, dict[str, float | int | None]] | None
+    """Per lm-eval task: its metrics (``acc``, ``acc_stderr``, ``acc_norm``, ...) and ``n``, the
+    docs scored; None at a step not among ``--lm-eval-steps``."""
+
+
+class Readout(LmEvalPart):
     """The full decision readout of one (pruned) model on the evaluation items."""
 
     eval_accuracy: float

@@ -76,6 +76,8 @@ class Section:
     """Per-layer numbers."""
     step_rows: list[tables.StepRow] = field(default_factory=list)
     """Per-step numbers (pruning runs)."""
+    lm_eval_columns: list[str] = field(default_factory=list)
+    """Headers of the step table's lm-evaluation-harness columns (runs with --lm-eval-tasks)."""
     compare_rows: list[tables.CompareRow] = field(default_factory=list)
     """Per-run numbers (comparison)."""
 
@@ -175,7 +177,7 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
         collapse=tables.prune_collapse_text(traj),
         collapsed=traj["collapse"]["step"] is not None, figures=blocks,
         settings=tables.settings(run), layer_rows=tables.layer_rows(s0["layers"], s0["phases"]),
-        step_rows=tables.step_rows(traj),
+        step_rows=tables.step_rows(traj), lm_eval_columns=tables.lm_eval_columns(traj),
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from phaseprune.evidence import layers_before_collapse
 from phaseprune.phases import readout_phase
 from phaseprune.report.load import Run
 from phaseprune.report.text import (
+    DASH,
     layer_ci,
     layers_text,
     num,
@@ -91,6 +92,9 @@ class StepRow(NamedTuple):
     """The strategy's note (e.g. phase-aware's fallback), or empty."""
     is_collapse: bool
     """True for the collapse step."""
+    lm_eval: tuple[str, ...] = ()
+    """lm-evaluation-harness ``acc · acc_norm`` per :func:`lm_eval_columns` task (``–``: the
+    step was not scored)."""
 
 
 class CompareRow(NamedTuple):
@@ -184,13 +188,43 @@ def prune_cards(traj: dict) -> list[Card]:
 def step_rows(traj: dict) -> list[StepRow]:
     """One row per completed removal."""
     c_step = traj["collapse"]["step"]
+    tasks = _lm_eval_tasks(traj)
     return [
         StepRow(s["step"], layers_text(s["removed_layer"]), s["phase_of_removed"],
                 len(s["removed_so_far"]), pct(s["eval_accuracy"]), pct_ci(s["eval_accuracy_ci"]),
                 transition_text(s["transition_layer"], s["transition_ci"]),
-                num(s.get("calib_score"), 3), s.get("note") or "", s["step"] == c_step)
+                num(s.get("calib_score"), 3), s.get("note") or "", s["step"] == c_step,
+                tuple(_lm_eval_cell(s.get("lm_eval"), t) for t in tasks))
         for s in traj["steps"]
     ]  # fmt: skip
+
+
+def _lm_eval_tasks(traj: dict) -> list[str]:
+    """The lm-eval tasks to show: those asked for, else every one scored.
+
+    A tag (``ai2_arc``) is scored as its tasks, without an aggregate under its own name.
+    """
+    scored: dict[str, None] = {}
+    for record in (traj["step0"], *traj["steps"]):
+        scored.update(dict.fromkeys(record.get("lm_eval") or {}))
+    asked = list(traj.get("settings", {}).get("lm_eval_tasks") or [])
+    return asked if asked and all(t in scored for t in asked) else list(scored)
+
+
+def _lm_eval_cell(scores: dict | None, task: str) -> str:
+    if not scores or task not in scores:
+        return DASH
+    metrics = scores[task]
+    if "acc_norm" in metrics:
+        return f"{pct(metrics.get('acc'))} · {pct(metrics['acc_norm'])}"
+    return pct(metrics.get("acc"))
+
+
+def lm_eval_columns(traj: dict) -> list[str]:
+    """Headers of the step table's lm-eval columns, with the unpruned model's scores."""
+    step0 = traj["step0"].get("lm_eval")
+    return [f"lm-eval {t} acc · acc_norm (unpruned {_lm_eval_cell(step0, t)})"
+            for t in _lm_eval_tasks(traj)]  # fmt: skip
 
 
 def removable_before_collapse(traj: dict) -> int:

