@@ -30,11 +30,11 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from phaseprune import __version__
-from phaseprune.analyze import run_analyze
+from phaseprune.analysis import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
 from phaseprune.models import hold_models
-from phaseprune.prune import run_prune
+from phaseprune.pruning import run_prune
 from phaseprune.report import build_report
 from phaseprune.runs import load_candidates, load_summary, load_trajectory
 

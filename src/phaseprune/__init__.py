@@ -1,3 +1,69 @@
-"""phaseprune: where a language model decides a multiple-choice answer, layer by layer."""
+"""phaseprune: where a language model decides a multiple-choice answer, layer by layer.
+
+The Python API (docs/api.md): :func:`analyze`, :func:`prune`, :func:`without_layers`,
+:func:`load_run`, :func:`load_task`, and the result records :class:`Analysis` and
+:class:`Pruning`. They are imported on first use, so ``import phaseprune`` stays light (no torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "analyze": "phaseprune.api",
+    "prune": "phaseprune.api",
+    "Analysis": "phaseprune.api",
+    "Pruning": "phaseprune.api",
+    "make_config": "phaseprune.api",
+    "without_layers": "phaseprune.surgery",
+    "load_run": "phaseprune.runs",
+    "RunRecord": "phaseprune.runs",
+    "load_task": "phaseprune.tasks",
+    "TaskData": "phaseprune.tasks",
+    "AnalyzeConfig": "phaseprune.config",
+    "PruneConfig": "phaseprune.config",
+    "ModelConfig": "phaseprune.config",
+    "TaskConfig": "phaseprune.config",
+    "UsageError": "phaseprune.errors",
+}
+__all__ = [
+    "Analysis",
+    "AnalyzeConfig",
+    "ModelConfig",
+    "PruneConfig",
+    "Pruning",
+    "RunRecord",
+    "TaskConfig",
+    "TaskData",
+    "UsageError",
+    "analyze",
+    "load_run",
+    "load_task",
+    "make_config",
+    "prune",
+    "without_layers",
+]
+
+if TYPE_CHECKING:
+    from phaseprune.api import Analysis, Pruning, analyze, make_config, prune
+    from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+    from phaseprune.errors import UsageError
+    from phaseprune.runs import RunRecord, load_run
+    from phaseprune.surgery import without_layers
+    from phaseprune.tasks import TaskData, load_task
+
+
+def __getattr__(name: str):
+    """Import an API name from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'phaseprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from phaseprune.arch import DecoderParts
 from phaseprune.layer_cache import (
@@ -44,6 +43,7 @@ from phaseprune.layer_cache import (
     run_prefix,
     tokens_budget,
 )
+from phaseprune.progress import bar as progress_bar
 from phaseprune.surgery import kept_layers, without_layers
 
 # reduce(parts, final hidden (batch, seq, d_model), positions (batch,), tokens, mask) -> (batch, ..)
@@ -162,7 +162,7 @@ def score_removals(
     if missing:
         raise ValueError(f"candidates {missing} are not among the remaining layers")
     out: dict[int, list] = {k: [None] * len(input_ids) for k in candidates}
-    bar = tqdm(total=len(input_ids) * len(candidates), desc="candidates", disable=not progress)
+    bar = progress_bar(len(input_ids) * len(candidates), "candidates", enabled=progress)
     limits = (max_tokens, tokens_budget(model, len(kept), cache_budget))
     for group in groups or [list(range(len(input_ids)))]:
         _score_group(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import inspect
+import json
 import sys
 import textwrap
 import typing
@@ -73,37 +74,27 @@ def _print_analyze(summary: dict, out: str) -> None:
 
 def cmd_analyze(cfg: AnalyzeConfig) -> int:
     """Run ``analyze``."""
-    from phaseprune.analyze import run_analyze
+    from phaseprune.api import analyze
 
-    summary = run_analyze(cfg)
+    summary = analyze(config=cfg).summary
     _print_analyze(summary, cfg.out)
     return 0
 
 
 def cmd_prune(cfg: PruneConfig) -> int:
-    """Run ``prune``."""
-    from phaseprune.prune import run_prune
+    """Run ``prune``: each step's line (or JSON object) printed as the step completes."""
+    from phaseprune.api import prune
+    from phaseprune.lines import StepPrinter, step_line
 
-    traj = run_prune(cfg)
-    s0 = traj["step0"]
-    print(
-        f"{traj['model']['name']} · {traj['strategy']}: "
-        f"unpruned eval accuracy {s0['eval_accuracy']:.1%}"
-    )
-    for s in traj["steps"]:
-        fast = s["precision"]
-        rescored = (
-            f"  [float32 re-scored {fast['rescored_candidates']} candidates, "
-            f"{fast['rescored_item_passes']} item passes]"
-            if fast
-            else ""
-        )
-        print(
-            f"  step {s['step']}: removed layer {s['removed_layer']} ({s['phase_of_removed']}) -> "
-            f"accuracy {s['eval_accuracy']:.1%}, transition {s['transition_layer']}"
-            + (f"  [{s['note']}]" if s["note"] else "")
-            + rescored
-        )
+    printer = StepPrinter(json_lines=cfg.log_json, quiet=cfg.quiet)
+    traj = prune(config=cfg, on_step=printer).trajectory
+    if cfg.log_json:
+        print(json.dumps(printer.end(traj)))
+        return 0
+    if cfg.quiet:  # nothing was printed while running: the steps now, as the result
+        print(f"{traj['model']['name']} · {traj['strategy']}:")
+        for record in [traj["step0"], *traj["steps"]]:
+            print(step_line(record))
     print(traj["collapse"]["statement"])
     if line := _precision_line(traj["precision"]):
         print(line)
@@ -128,8 +119,9 @@ def cmd_export(cfg: ExportConfig) -> int:
     record = run_export(cfg.run, cfg.step, cfg.out, overwrite=cfg.overwrite)
     print(
         f"exported step {record['step']} ({record['num_hidden_layers']} layers, removed "
-        f"{record['removed_layers']}) to {cfg.out}; "
-        f"reload matches to {record['max_abs_logit_diff']:.1e}"
+        f"{record['removed_layers']}) to {cfg.out}; reload matches to "
+        f"{record['max_abs_logit_diff']:.1e} on {record['check_prompts']} prompt(s); "
+        f"needs transformers {record['requires_transformers']}; model card {cfg.out}/README.md"
     )
     return 0
 

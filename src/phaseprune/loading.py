@@ -16,7 +16,7 @@ from phaseprune.arch import context_window
 from phaseprune.config import ModelConfig, TaskConfig
 from phaseprune.encoding import encode_prompts
 from phaseprune.errors import UsageError
-from phaseprune.models import load_model, load_tokenizer
+from phaseprune.models import load_model, load_tokenizer, with_revision
 from phaseprune.prompts import build_prompts
 
 
@@ -69,6 +69,7 @@ def encode_and_load(
     depend on the depth, from the config) are checked before the weights load, so a bad
     tokenizer, an unsupported family or an impossible setting fails in seconds.
     """
+    spec = with_revision(spec, mc.revision)  # refused for local models
     tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
     enc = encode_prompts(
         tokenizer,
@@ -81,11 +82,6 @@ def encode_and_load(
     check_context(task, enc.input_ids, context_window(config))
     if check_layers is not None:
         check_layers(config.get_text_config().num_hidden_layers)
-    if mc.precision == "fast" and mc.dtype not in (None, "float32"):
-        raise UsageError(
-            f"--precision fast decides in float32 and runs a bfloat16 copy: drop --dtype "
-            f"{mc.dtype}, or keep it with --precision exact"
-        )
     if mc.device.startswith("cpu"):
         use_cores(check_busy=progress)
     model, info = load_model(
@@ -94,6 +90,86 @@ def encode_and_load(
         device=mc.device,
         trust_remote_code=mc.trust_remote_code,
         progress=progress,
+    )
+    return enc, model, info
+
+
+def check_model_config(mc: ModelConfig) -> None:
+    """Refuse a device or dtype this machine or mode cannot run, before any file is read.
+
+    The field checks have already refused malformed values (``--device tpu``); this one knows
+    the machine: ``cuda`` without a visible GPU, a GPU index past the last one, and ``--dtype``
+    other than float32 with ``--precision fast``.
+    """
+    import torch
+
+    if mc.device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {mc.device} but no CUDA device is visible; use --device cpu"
+            )
+        index = int(mc.device.partition(":")[2] or 0)
+        if index >= count:
+            raise UsageError(
+                f"--device {mc.device}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    if mc.precision == "fast" and mc.dtype not in (None, "float32"):
+        raise UsageError(
+            f"--precision fast decides in float32 and runs a bfloat16 copy: drop --dtype "
+            f"{mc.dtype}, or keep it with --precision exact"
+        )
+
+
+def encode_held(
+    model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, check_layers=None
+):
+    """``(enc, model, info)`` for a model the caller already holds (the Python API).
+
+    The prompts are encoded and checked as for a loaded model; the model is put in eval mode
+    with gradients off (the readout needs both) and otherwise left as it is: its dtype and
+    device are recorded, not changed. Its identity is the config's ``name_or_path``; nothing
+    hashes weights held in memory, so its ``revision`` is None.
+    """
+    from phaseprune.arch import check_family, decoder_parts
+    from phaseprune.models import ModelInfo
+
+    config = getattr(model, "config", None)
+    name = getattr(config, "name_or_path", "") or type(model).__name__
+    check_family(getattr(config, "model_type", None), name)
+    if tokenizer is None:
+        raise UsageError(
+            "a model passed as an object needs its tokenizer too: pass tokenizer=..."
+        )
+    enc = encode_prompts(
+        tokenizer,
+        build_prompts(task),
+        task.n_options,
+        family=config.model_type,
+        chat=tc.chat,
+        add_bos=tc.bos,
+    )
+    check_context(task, enc.input_ids, context_window(config))
+    parts = decoder_parts(model)
+    if check_layers is not None:
+        check_layers(len(parts.layers))
+    dtype = str(parts.embed.weight.dtype).removeprefix("torch.")
+    if mc.dtype is not None and mc.dtype != dtype:
+        raise UsageError(
+            f"the model passed is {dtype}, not {mc.dtype}: convert it (model.to(torch.{mc.dtype}))"
+            " or leave dtype unset"
+        )
+    model.eval().requires_grad_(False)
+    info = ModelInfo(
+        name=name,
+        path=name,
+        gguf_file=None,
+        revision=None,
+        architecture=type(model).__name__,
+        family=parts.family,
+        n_layers=len(parts.layers),
+        dtype=dtype,
+        device=str(parts.embed.weight.device),
     )
     return enc, model, info
 

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
-from tqdm.auto import tqdm
 
 from phaseprune.arch import DecoderParts, layer_input, layer_output
+from phaseprune.progress import bar as progress_bar
 
 
 @contextmanager
@@ -179,7 +179,7 @@ def read_options(
     n_readout = len(parts.layers) + 1
     out = torch.empty(len(input_ids), n_readout, len(option_ids))
     sink: list[torch.Tensor] = []
-    bar = tqdm(total=len(input_ids), unit="item", desc="readout", disable=not progress)
+    bar = progress_bar(len(input_ids), "readout", enabled=progress)
     with readout_hooks(parts, ids_t, sink) as state:
         for batch, run in _batches(parts, input_ids, groups, max_tokens, state):
             sink.clear()

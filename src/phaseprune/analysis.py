@@ -17,7 +17,14 @@ import torch
 from phaseprune import __version__
 from phaseprune.arch import decoder_parts
 from phaseprune.config import AnalyzeConfig
-from phaseprune.loading import encode_and_load, fast_copy, subject_groups, task_record
+from phaseprune.loading import (
+    check_model_config,
+    encode_and_load,
+    encode_held,
+    fast_copy,
+    subject_groups,
+    task_record,
+)
 from phaseprune.metrics import item_metrics, layer_stats
 from phaseprune.models import default_max_tokens, resolve_model
 from phaseprune.phases import detect_phases
@@ -50,17 +57,31 @@ def fast_record(exact: np.ndarray, fast) -> dict:
     }
 
 
-def run_analyze(cfg: AnalyzeConfig) -> dict:
-    """Run the analysis described by ``cfg`` and write it to ``cfg.out``; return the summary."""
+def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) -> dict:
+    """Run the analysis described by ``cfg`` and write it to ``cfg.out``; return the summary.
+
+    ``model`` and ``tokenizer`` (objects the caller holds) replace loading ``cfg.model.model``;
+    ``task`` (a :class:`~phaseprune.tasks.TaskData`) replaces loading ``cfg.task.task``.
+    """
     started = time.perf_counter()
     out = Path(cfg.out)
     tc, mc = cfg.task, cfg.model
-    task = load_task(
-        tc.task, subjects=tc.subjects or None, data_dir=tc.data_dir, shots=tc.shots, limit=tc.limit
-    )
-    spec = resolve_model(mc.model)
+    check_model_config(mc)
+    if task is None:
+        task = load_task(
+            tc.task,
+            subjects=tc.subjects or None,
+            data_dir=tc.data_dir,
+            shots=tc.shots,
+            limit=tc.limit,
+            lm_eval_include=tc.lm_eval_include,
+        )
+    spec = resolve_model(mc.model) if model is None else None
     check_out_dir(out, "analyze", overwrite=cfg.overwrite)
-    enc, model, info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
+    if model is None:
+        enc, model, info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
+    else:
+        enc, model, info = encode_held(model, tokenizer, task, tc, mc)
     model16 = fast_copy(model, mc)
     loaded = time.perf_counter()
     prepare_out_dir(out, "analyze", overwrite=cfg.overwrite)

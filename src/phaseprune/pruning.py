@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,31 +25,44 @@ from phaseprune.collapse import trajectory_collapse
 from phaseprune.config import PruneConfig
 from phaseprune.errors import UsageError
 from phaseprune.incremental import IncrementalReadout
-from phaseprune.loading import encode_and_load, fast_copy, subject_groups, task_record
-from phaseprune.metrics import item_metrics, layer_stats, wilson_interval
-from phaseprune.models import cache_budget_bytes, default_max_tokens, resolve_model
-from phaseprune.objectives import candidate_metrics
-from phaseprune.phases import detect_phases, removal_phase
-from phaseprune.precision import start_rescoring
-from phaseprune.records import (
-    EXACT,
-    TRAJECTORY_SCHEMA,
-    Readout,
-    Step,
-    Trajectory,
-    layer_record,
-    phases_record,
+from phaseprune.lm_eval_scores import StepScorer
+from phaseprune.loading import (
+    check_model_config,
+    encode_and_load,
+    encode_held,
+    fast_copy,
+    subject_groups,
+    task_record,
 )
+from phaseprune.models import (
+    cache_budget_bytes,
+    default_max_tokens,
+    model_change,
+    resolve_model,
+)
+from phaseprune.phases import removal_phase
+from phaseprune.precision import start_rescoring
+from phaseprune.progress import stage
+from phaseprune.records import Readout, Trajectory
 from phaseprune.runio import check_out_dir, fingerprint, prepare_out_dir, stamp_figures
 from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
-from phaseprune.strategies.context import NoCandidate, PruneContext, runner_up
+from phaseprune.strategies.context import NoCandidate, PruneContext
 from phaseprune.strategies.registry import strategy_function
 from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
+from phaseprune.trajectory import candidate_rows, header, readout_record, step_record
 
-VOLATILE = ("out", "resume", "overwrite", "quiet", "plots", "cache_budget")
+VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_budget",
+            "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit", "lm_eval_batch_size")  # fmt: skip
 # settings that only decide where a run stops: a resume may change them (extend or cut short)
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
+
+LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
+"""Model and task settings added after runs were made: left out of the fingerprint at these
+defaults (as ``weights_sha256`` where it adds nothing), so those runs still resume."""
+
+OnStep = Callable[[Trajectory, Readout, bool], None]
+"""``on_step(traj, record, resumed)``: see :func:`run_prune`."""
 
 
 def check_config(cfg: PruneConfig) -> None:
@@ -58,42 +71,26 @@ def check_config(cfg: PruneConfig) -> None:
         raise UsageError("prune takes --calib and --eval instead of --limit")
 
 
-def readout_record(
-    logits: np.ndarray, gold: np.ndarray, n_options: int, cfg: PruneConfig
-) -> Readout:
-    """Accuracy, interval, per-layer records and phases of one evaluation readout."""
-    m = item_metrics(logits, gold)
-    stats = layer_stats(m, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
-    phases = detect_phases(m.correct, m.margin, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
-    k = int(m.correct[:, -1].sum())
-    lo, hi = wilson_interval(np.array(k), len(gold))
-    record = {
-        "eval_accuracy": k / len(gold),
-        "eval_accuracy_ci": [float(lo), float(hi)],
-        "transition_layer": phases.transition_layer,
-        "transition_ci": list(phases.transition_ci) if phases.transition_ci else None,
-        "phases": phases_record(phases, logits.shape[1] - 1),
-        "layers": [layer_record(s) for s in stats],
-    }
-    return record
-
-
 class PruneRun:
     """State of one pruning run: model, items, context and the trajectory so far."""
 
-    def __init__(self, cfg: PruneConfig):
+    def __init__(self, cfg: PruneConfig, *, model=None, tokenizer=None, task=None):
         check_config(cfg)
+        check_model_config(cfg.model)
+        self.lm_eval = StepScorer(cfg, tokenizer)  # lm-eval missing or a task unknown: fail now
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.started = time.perf_counter()
         tc, mc = cfg.task, cfg.model
-        task = load_task(
-            tc.task,
-            subjects=tc.subjects or None,
-            data_dir=tc.data_dir,
-            shots=tc.shots,
-            limit=cfg.calib + cfg.eval,
-        )
+        if task is None:
+            task = load_task(
+                tc.task,
+                subjects=tc.subjects or None,
+                data_dir=tc.data_dir,
+                shots=tc.shots,
+                limit=cfg.calib + cfg.eval,
+                lm_eval_include=tc.lm_eval_include,
+            )
         if len(task.items) < cfg.calib + cfg.eval:
             raise UsageError(
                 f"{tc.task} has {len(task.items)} items; --calib {cfg.calib} + --eval {cfg.eval} "
@@ -102,11 +99,16 @@ class PruneRun:
         self.task = task
         self.max_tokens = cfg.max_tokens or default_max_tokens(mc.device)
         cache_budget = cache_budget_bytes(cfg.cache_budget, mc.device)
-        spec = resolve_model(mc.model)
+        spec = resolve_model(mc.model) if model is None else None
         self._check_out()
-        enc, self.model, self.info = encode_and_load(
-            spec, task, tc, mc, progress=not cfg.quiet, check_layers=self._check_layers
-        )
+        if model is None:
+            enc, self.model, self.info = encode_and_load(
+                spec, task, tc, mc, progress=not cfg.quiet, check_layers=self._check_layers
+            )
+        else:
+            enc, self.model, self.info = encode_held(
+                model, tokenizer, task, tc, mc, check_layers=self._check_layers
+            )
         self.enc = enc
         self.model16 = fast_copy(self.model, mc)
         gold = np.array([it.answer for it in task.items])
@@ -170,46 +172,20 @@ class PruneRun:
         """
         cfg = dataclasses.replace(self.cfg, **stopping)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
+        for section in ("model", "task"):  # settings added later, at their defaults: left out
+            settings[section] = {k: v for k, v in settings[section].items()
+                                 if LATER_DEFAULTS.get(k, ...) != v}  # fmt: skip
         # the prompts' token hash covers questions and options; the answer key is not in them
         answers = [(it.item_id, it.answer) for it in self.task.items]
         info = dataclasses.asdict(self.info)
+        if info["weights_sha256"] in (None, info["revision"]):  # a GGUF file's hash is its revision
+            del info["weights_sha256"]
         return fingerprint(settings, info, self.record_task, answers, __version__)
 
     def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items."""
         logits = self.eval_reader(removed).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
-
-
-def _header(run: PruneRun, step0: Readout) -> Trajectory:
-    cfg = run.cfg
-    items = [it.item_id for it in run.task.items]
-    return {
-        "schema_version": TRAJECTORY_SCHEMA,
-        "kind": "prune",
-        "phaseprune_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": run.key(),
-        "model": dataclasses.asdict(run.info),
-        "task": run.record_task,
-        "strategy": cfg.strategy,
-        "objective": cfg.objective,
-        "settings": dataclasses.asdict(cfg),
-        "calib_items": [items[i] for i in run.calib],
-        "eval_items": [items[i] for i in run.eval],
-        "chance": 1.0 / run.task.n_options,
-        "n_layers": run.info.n_layers,
-        # the unpruned model on the calibration items, as candidates are scored there
-        "calib_step0": candidate_metrics(
-            run.ctx.ref_logits, run.ctx.calib_gold, run.ctx.ref_logits
-        ),
-        "step0": step0,
-        "steps": [],
-        "complete": False,
-        "timing": {},
-        "collapse": None,  # set by _write before anything is written
-        "precision": run.ctx.fast.run_record() if run.ctx.fast else dict(EXACT),
-    }
 
 
 def _flat(settings: dict) -> dict:
@@ -230,8 +206,9 @@ def _differences(run: PruneRun, traj: Trajectory) -> str:
         return "settings (" + ", ".join(flags) + ")"
     if traj["phaseprune_version"] != __version__:
         return f"phaseprune ({traj['phaseprune_version']})"
-    if traj["model"] != json.loads(json.dumps(dataclasses.asdict(run.info))):
-        return "model weights or dtype"
+    changed = model_change(traj["model"], json.loads(json.dumps(dataclasses.asdict(run.info))))
+    if changed:
+        return changed
     if traj["task"] != run.record_task:
         return "items or prompts"
     return "items: the answer key differs"
@@ -255,49 +232,10 @@ def _load_previous(run: PruneRun) -> tuple[Trajectory | None, list[dict]]:
     return traj, load_candidates(run.out, {s["step"] for s in traj["steps"]})
 
 
-def _step_record(
-    run: PruneRun, step: int, choice, removed: list[int], phase_of_removed: str, readout: Readout
-) -> Step:
-    best = choice.scores[choice.layers[0]]
-    return {
-        "step": step,
-        "removed_layer": choice.layers[0] if len(choice.layers) == 1 else list(choice.layers),
-        "removed_layers": list(choice.layers),
-        "removed_so_far": list(removed),
-        "remaining_layers": kept_layers(run.info.n_layers, removed),
-        "phase_of_removed": phase_of_removed,
-        "calib_score": best["score"],
-        "calib_metrics": {k: v for k, v in best.items() if k != "score"},
-        "criterion": str(choice.criterion),
-        **runner_up(choice),
-        "note": choice.note,
-        "calib_phases": choice.calib_phases,
-        "precision": choice.precision,
-        **readout,
-    }
-
-
 def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
     """Store the collapse of the steps so far (provisional until complete), then write."""
     traj["collapse"] = trajectory_collapse(traj)
     write_trajectory(run.out, traj, rows)
-
-
-def _candidate_rows(step: int, choice) -> list[dict]:
-    chosen = choice.layers[0]
-    rows = []
-    for layer, metrics in choice.scores.items():
-        rows.append(
-            {
-                "step": step,
-                "layer": int(layer),
-                "score": float(metrics["score"]),
-                "selected": layer == chosen,
-                "criterion": str(choice.criterion),
-                **{k: float(v) for k, v in metrics.items() if k != "score"},
-            }
-        )
-    return rows
 
 
 def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
@@ -314,14 +252,65 @@ def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
     return len(kept_layers(run.info.n_layers, removed)) <= run.cfg.block_size
 
 
-def run_prune(cfg: PruneConfig) -> Trajectory:
-    """Run (or resume) a pruning run and return its trajectory record."""
-    run = PruneRun(cfg)
+def run_prune(
+    cfg: PruneConfig, *, on_step: OnStep | None = None, model=None, tokenizer=None, task=None
+) -> Trajectory:
+    """Run (or resume) a pruning run and return its trajectory record.
+
+    Args:
+        cfg: The run's settings.
+        on_step: Called as ``on_step(traj, record, resumed)`` once the unpruned readout
+            (``record`` is ``traj["step0"]``) and then each step (``traj["steps"][-1]``) is
+            written; ``resumed`` is True for steps an earlier run completed.
+        model: A model the caller holds (with ``tokenizer``), instead of loading
+            ``cfg.model.model``.
+        tokenizer: That model's tokenizer.
+        task: A :class:`~phaseprune.tasks.TaskData`, instead of loading ``cfg.task.task``.
+    """
+    run = PruneRun(cfg, model=model, tokenizer=tokenizer, task=task)
+    traj, rows, fresh = _start(run)
+    notify = on_step or (lambda traj, record, resumed: None)
+    for record in [traj["step0"], *traj["steps"]]:
+        notify(traj, record, not fresh)
+    if traj.get("complete"):
+        return traj
+    removed = [k for s in traj["steps"] for k in s["removed_layers"]]
+    prev = traj["steps"][-1] if traj["steps"] else traj["step0"]
+    strategy = strategy_function(cfg.strategy)
+    while not _should_stop(run, traj, removed):
+        step = len(traj["steps"]) + 1
+        with stage(f"step {step}/{cfg.steps}"):
+            try:
+                choice = strategy(run.ctx, removed)
+            except NoCandidate as err:
+                warnings.warn(f"stopped after {step - 1} of {cfg.steps} steps: {err}", stacklevel=2)
+                break
+            position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
+            phase = removal_phase(prev["transition_layer"], position)
+            removed = [*removed, *choice.layers]
+            readout = run.eval_readout(removed)
+            readout |= run.lm_eval(run.model, removed, step)
+        record = step_record(run, step, choice, removed, phase, readout)
+        traj["steps"].append(record)
+        rows += candidate_rows(step, choice)
+        traj["timing"][f"step_{step}_s"] = round(time.perf_counter() - run.started, 2)
+        _write(run, traj, rows)
+        notify(traj, record, False)
+        prev = record
+    return _finish(run, traj, rows, removed)
+
+
+def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
+    """The trajectory to continue, its candidate rows, and whether it was made just now.
+
+    A resumed trajectory comes back as it was; a new one with its unpruned readout written.
+    """
+    cfg = run.cfg
     traj, rows = _load_previous(run)
     if traj is not None and traj.get("complete"):
         removed = [k for s in traj["steps"] for k in s["removed_layers"]]
         if _should_stop(run, traj, removed):
-            return traj  # resuming a finished run: nothing to do or rewrite
+            return traj, rows, False  # resuming a finished run: nothing to do or rewrite
         traj["complete"] = False  # finished under other stopping rules: extend it
     if not (traj is not None and cfg.resume):
         prepare_out_dir(run.out, "prune", overwrite=cfg.overwrite)
@@ -342,29 +331,18 @@ def run_prune(cfg: PruneConfig) -> Trajectory:
             run.ctx.calib_gold, run.ctx.ref_logits, max_tokens=run.max_tokens,
         )  # fmt: skip
     if traj is None:
-        step0 = run.eval_readout([])
-        traj = _header(run, step0)
+        with stage("step 0 (unpruned)"):
+            step0 = run.eval_readout([])
+            step0 |= run.lm_eval(run.model, [], 0)
+        traj = header(run, step0)
         _write(run, traj, rows)
-    removed = [k for s in traj["steps"] for k in s["removed_layers"]]
-    prev = traj["steps"][-1] if traj["steps"] else traj["step0"]
-    strategy = strategy_function(cfg.strategy)
-    while not traj.get("complete") and not _should_stop(run, traj, removed):
-        step = len(traj["steps"]) + 1
-        try:
-            choice = strategy(run.ctx, removed)
-        except NoCandidate as err:
-            warnings.warn(f"stopped after {step - 1} of {cfg.steps} steps: {err}", stacklevel=2)
-            break
-        position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
-        phase = removal_phase(prev["transition_layer"], position)
-        removed = [*removed, *choice.layers]
-        readout = run.eval_readout(removed)
-        record = _step_record(run, step, choice, removed, phase, readout)
-        traj["steps"].append(record)
-        rows += _candidate_rows(step, choice)
-        traj["timing"][f"step_{step}_s"] = round(time.perf_counter() - run.started, 2)
-        _write(run, traj, rows)
-        prev = record
+        return traj, rows, True
+    return traj, rows, False
+
+
+def _finish(run: PruneRun, traj: Trajectory, rows: list[dict], removed: list[int]) -> Trajectory:
+    """Mark the run complete, draw its plots and write it for the last time."""
+    cfg = run.cfg
     if len(traj["steps"]) < cfg.steps and len(removed) >= run.info.n_layers - cfg.block_size:
         warnings.warn(
             f"stopped after {len(traj['steps'])} of {cfg.steps} steps: "

@@ -1,0 +1,245 @@
+"""The Python API: analyze and prune a model you load yourself, or one phaseprune loads.
+
+::
+
+    import phaseprune
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B")
+    tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B")
+    result = phaseprune.analyze(model, tokenizer, "mmlu", subjects=["marketing"], limit=100)
+    result.accuracy, result.transition_layer, result.items.head()
+
+    pruned = phaseprune.prune(model, tokenizer, "mmlu", strategy="iterative", steps=4,
+                              calib=32, eval=100, out="runs/iter")
+    with phaseprune.without_layers(model, pruned.removed_layers()):
+        ...  # the pruned view, restored on exit
+
+Each function takes every setting of its CLI command by the same name as a keyword
+(``subjects``, ``shots``, ``limit``, ``n_boot``, ``strategy``, ``objective``, ...; ``--no-plots``
+is ``plots=False``), or a whole config (``config=AnalyzeConfig(...)``); the CLI itself runs
+through these functions with a config. Without ``out`` nothing is left on disk: the run is
+made in a temporary directory and returned in memory. A model passed as an object is used as
+it is (its dtype and device), put in eval mode with gradients off, and never changed: pruned
+views restore it. Its weights are not hashed, so its record's ``revision`` is None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from phaseprune.pruning import OnStep
+    from phaseprune.records import Summary, Trajectory
+
+_SECTIONS = {"model": ModelConfig, "task": TaskConfig}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What :func:`analyze` measured: the run's summary and its per-item table."""
+
+    summary: Summary
+    """``summary.json`` (docs/schema.md): accuracy, per-layer records, phases, settings."""
+    items: pd.DataFrame
+    """``items.parquet``: one row per item and readout layer (margins, picks, logits)."""
+    out: Path | None
+    """Where the run was written; None when it was made in a temporary directory."""
+
+    @property
+    def accuracy(self) -> float:
+        """Final-layer accuracy over the items."""
+        return self.summary["accuracy"]
+
+    @property
+    def transition_layer(self) -> int | None:
+        """First layer of the Decisive Phase (None: the model never decides)."""
+        return self.summary["transition_layer"]
+
+    @property
+    def phases(self) -> dict:
+        """The phases record: Silent and Decisive ranges, each layer's phase, the statement."""
+        return self.summary["phases"]
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What :func:`prune` did: the trajectory and every candidate's score."""
+
+    trajectory: Trajectory
+    """``trajectory.json`` (docs/schema.md): step 0, every step's readout, the collapse."""
+    candidates: pd.DataFrame
+    """``candidates.parquet``: the score of every candidate layer at every step."""
+    out: Path | None
+    """Where the run was written; None when it was made in a temporary directory."""
+
+    def removed_layers(self, step: int | None = None) -> list[int]:
+        """Original indices removed after ``step`` steps (default: all of them)."""
+        steps = self.trajectory["steps"]
+        upto = len(steps) if step is None else step
+        if not 0 <= upto <= len(steps):
+            raise ValueError(f"the run has steps 0..{len(steps)}; step {step} does not exist")
+        return [k for s in steps[:upto] for k in s["removed_layers"]]
+
+    @property
+    def accuracies(self) -> list[float]:
+        """Evaluation accuracy at step 0 (unpruned) and after each step."""
+        t = self.trajectory
+        return [t["step0"]["eval_accuracy"], *(s["eval_accuracy"] for s in t["steps"])]
+
+
+def make_config(cls: type, **settings: Any):
+    """A config of ``cls`` from flat keywords: the command's own fields and its sections'.
+
+    ``make_config(AnalyzeConfig, out="x", model="smollm2-135m", subjects=["marketing"])``
+    fills ``AnalyzeConfig.model.model`` and ``AnalyzeConfig.task.subjects``. Sequences become
+    tuples, as the CLI makes them. An unknown keyword is refused with the closest names.
+    """
+    own = {f.name for f in dataclasses.fields(cls)}
+    sections = {name: sec for name, sec in _SECTIONS.items() if name in own}
+    names = {name: None for name in own - set(sections)}
+    for name, sec in sections.items():
+        names |= {f.name: name for f in dataclasses.fields(sec)}
+    unknown = [k for k in settings if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(names), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TypeError(
+            f"{cls.__name__} has no setting {unknown[0]!r}{hint}; "
+            f"settings: {', '.join(sorted(names))}"
+        )
+    values = {k: _plain(v) for k, v in settings.items()}
+    parts = {name: sec(**{k: v for k, v in values.items() if names[k] == name})
+             for name, sec in sections.items()}  # fmt: skip
+    return cls(**{k: v for k, v in values.items() if names[k] is None}, **parts)
+
+
+def _plain(value: Any) -> Any:
+    """A setting as the CLI would give it: lists as tuples, paths as strings."""
+    if isinstance(value, list):
+        return tuple(value)
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _resolve(cls, model, tokenizer, task, config, out, settings) -> tuple[Any, dict]:
+    """The config to run and the held objects (model, tokenizer, task) to hand over."""
+    from phaseprune.tasks import TaskData
+
+    held: dict = {}
+    if isinstance(model, str):
+        settings.setdefault("model", model)
+    elif model is not None:
+        held.update(model=model, tokenizer=tokenizer)
+    elif tokenizer is not None:
+        raise UsageError("tokenizer= was given without model=: pass the model it belongs to")
+    if isinstance(task, TaskData):
+        held["task"] = task
+        settings.setdefault("task", task.name)
+    elif task is not None:
+        settings.setdefault("task", task)
+    if config is not None:
+        if set(settings) - {"model", "task"}:
+            raise TypeError("pass either config= or keyword settings, not both")
+        return config, held
+    settings.setdefault("plots", out is not None)  # a temporary directory keeps no plots
+    return make_config(cls, out=os.fspath(out) if out else "", **settings), held
+
+
+@contextmanager
+def _out(config) -> Iterator[Any]:
+    """``config`` as given; with an empty ``out``, pointed at a temporary directory."""
+    if config.out:
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="phaseprune-") as tmp:
+        yield dataclasses.replace(config, out=str(Path(tmp) / "run"), overwrite=True)
+
+
+def analyze(
+    model: Any = None,
+    tokenizer: Any = None,
+    task: Any = None,
+    *,
+    out: str | Path | None = None,
+    config: AnalyzeConfig | None = None,
+    **settings: Any,
+) -> Analysis:
+    """Read every layer's decision of ``model`` on ``task`` (``phaseprune analyze``).
+
+    Args:
+        model: A loaded ``*ForCausalLM`` (with ``tokenizer``), or what ``--model`` takes (an
+            alias, a ``.gguf`` file, a checkpoint directory, a hub id); None: the config's,
+            else the default ``smollm2-135m``.
+        tokenizer: The tokenizer of a loaded model.
+        task: A task name as ``--task`` takes it (``"mmlu"``, ``"csv:PATH"``, ...) or a
+            :class:`~phaseprune.tasks.TaskData` from :func:`phaseprune.tasks.load_task`.
+        out: Directory to write the run to (as ``--out``); None: nothing stays on disk.
+        config: A whole :class:`~phaseprune.config.AnalyzeConfig` instead of ``settings``.
+        **settings: ``analyze``'s settings by name (see ``phaseprune analyze --help``).
+
+    Returns:
+        The summary and the per-item table.
+    """
+    import pandas as pd
+
+    from phaseprune.analysis import run_analyze
+    from phaseprune.runs import load_summary
+
+    cfg, held = _resolve(AnalyzeConfig, model, tokenizer, task, config, out, dict(settings))
+    with _out(cfg) as run_cfg:
+        run_analyze(run_cfg, **held)
+        summary = load_summary(run_cfg.out)  # as JSON holds it: what a later reader sees
+        items = pd.read_parquet(Path(run_cfg.out) / "items.parquet")
+    return Analysis(summary, items, Path(cfg.out) if cfg.out else None)
+
+
+def prune(
+    model: Any = None,
+    tokenizer: Any = None,
+    task: Any = None,
+    *,
+    out: str | Path | None = None,
+    config: PruneConfig | None = None,
+    on_step: OnStep | None = None,
+    **settings: Any,
+) -> Pruning:
+    """Remove layers step by step and re-read the decision after each (``phaseprune prune``).
+
+    Args:
+        model: As for :func:`analyze`.
+        tokenizer: As for :func:`analyze`.
+        task: As for :func:`analyze`.
+        out: Directory to write the run to; None: nothing stays on disk (and nothing resumes).
+        config: A whole :class:`~phaseprune.config.PruneConfig` instead of ``settings``.
+        on_step: Called as ``on_step(trajectory, record, resumed)`` after the unpruned readout
+            and after each step, once it is written.
+        **settings: ``prune``'s settings by name (``strategy``, ``steps``, ``calib``, ``eval``,
+            ``objective``, ``resume``, ...; see ``phaseprune prune --help``).
+
+    Returns:
+        The trajectory and the candidates' scores.
+    """
+    import pandas as pd
+
+    from phaseprune.pruning import run_prune
+    from phaseprune.runs import load_trajectory
+
+    cfg, held = _resolve(PruneConfig, model, tokenizer, task, config, out, dict(settings))
+    with _out(cfg) as run_cfg:
+        run_prune(run_cfg, on_step=on_step, **held)
+        traj = load_trajectory(run_cfg.out)  # as JSON holds it: what a later reader sees
+        candidates = pd.read_parquet(Path(run_cfg.out) / "candidates.parquet")
+    return Pruning(traj, candidates, Path(cfg.out) if cfg.out else None)
