@@ -184,3 +184,48 @@ def test_old_records_without_a_hash_are_named(tiny_llama_dir, toy_mmlu_dir, tmp_
     assert "the run recorded no weights hash" in err
     with pytest.warns(UserWarning, match="records no weights hash"):
         assert main(["export", str(out), "--step", "1", "--out", str(tmp_path / "e")]) == 0
+
+
+def _old_recipe_key(run) -> str:
+    """The fingerprint as phaseprune computed it before --revision, --lm-eval-include and
+    weights_sha256 existed (the fields left out, everything else the same)."""
+    import dataclasses
+
+    from phaseprune import __version__
+    from phaseprune.pruning import VOLATILE
+    from phaseprune.runio import fingerprint
+
+    settings = {k: v for k, v in dataclasses.asdict(run.cfg).items() if k not in VOLATILE}
+    settings["model"].pop("revision")
+    settings["task"].pop("lm_eval_include")
+    info = dataclasses.asdict(run.info)
+    info.pop("weights_sha256")
+    answers = [(it.item_id, it.answer) for it in run.task.items]
+    return fingerprint(settings, info, run.record_task, answers, __version__)
+
+
+def test_runs_made_before_the_new_fields_keep_their_fingerprint():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from phaseprune.config import ModelConfig, PruneConfig
+    from phaseprune.models import ModelInfo
+    from phaseprune.pruning import PruneRun
+    from phaseprune.tasks import MCItem
+
+    gguf = ModelInfo(name="m.gguf", path="/x", gguf_file="m.gguf", revision="ab" * 32,
+                     architecture="LlamaForCausalLM", family="llama", n_layers=4,
+                     dtype="float32", device="cpu", weights_sha256="ab" * 32)  # fmt: skip
+    run = SimpleNamespace(
+        cfg=PruneConfig(out="o"), info=gguf, record_task={"name": "t"},
+        task=SimpleNamespace(items=[MCItem("i", "s", "q", ("a", "b"), 1)]),
+    )  # fmt: skip
+    # a GGUF file's weights hash is its revision: the old fingerprint is kept
+    assert PruneRun.key(run) == _old_recipe_key(run)
+    # a hash the old runs could not have recorded (a checkpoint directory's) changes it, and a
+    # setting given a value does too
+    run.info = dataclasses.replace(gguf, gguf_file=None, revision=None, weights_sha256="cd" * 32)
+    assert PruneRun.key(run) != _old_recipe_key(run)
+    run.info = gguf
+    run.cfg = PruneConfig(out="o", model=ModelConfig(revision="main"))
+    assert PruneRun.key(run) != _old_recipe_key(run)
