@@ -3,6 +3,7 @@
     .venv/bin/python experiments/findings.py                      # every model, every stage
     .venv/bin/python experiments/findings.py --models smollm2-135m
     .venv/bin/python experiments/findings.py --doc-only           # re-render from finished runs
+    torchrun --standalone --nproc_per_node 2 experiments/findings.py  # items over 2 processes
 
 For each model it runs, through phaseprune's own commands (one model load per model):
 ``analyze`` on MMLU (several subjects) and on ARC-Challenge, ``prune`` with each strategy on
@@ -32,6 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from phaseprune import __version__
 from phaseprune.analysis import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.distributed import is_main, join, on_main
 from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
 from phaseprune.models import hold_models
 from phaseprune.pruning import run_prune
@@ -117,6 +119,8 @@ def resolve(plan: Plan) -> str:
 
 
 def _log(run_root: Path, stage: str, seconds: float) -> None:
+    if not is_main():  # launched by torchrun: process 0 keeps the log
+        return
     path = run_root / "log.json"
     log = json.loads(path.read_text()) if path.exists() else []
     log.append({"stage": stage, "wall_s": round(seconds, 1), "finished": _now()})
@@ -164,7 +168,8 @@ def run_plan(
     precision: str = "exact",
 ) -> None:
     """Run every unfinished stage of ``plan`` (resuming partial ones) on ``device``."""
-    model = ModelConfig(model=resolve(plan), device=device, dtype=dtype, precision=precision)
+    model = ModelConfig(model=on_main(resolve, plan), device=device, dtype=dtype,
+                        precision=precision)  # fmt: skip
     mmlu = TaskConfig(task="mmlu", subjects=plan.subjects, shots=plan.shots)
     stages: list[tuple[str, object]] = [
         ("analyze-mmlu", AnalyzeConfig(out="", model=model,
@@ -338,6 +343,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown model plan {unknown}; choose from {', '.join(PLANS)}")
     only = set(args.stages.split(",")) - {""} or None
+    join(args.device)  # under torchrun / accelerate launch: every run shares the items out
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the stage's time is logged before exiting
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.doc_only:
@@ -345,6 +351,8 @@ def main() -> None:
             run_plan(
                 PLANS[name], Path(args.runs) / name, only, args.device, args.dtype, args.precision
             )
+    if not is_main():  # launched by torchrun: process 0 writes the document
+        return
     docs = ROOT / "docs" / "findings"
     numbers = {name: collect(PLANS[name], Path(args.runs) / name, docs) for name in PLANS}
     render(numbers, ROOT / "docs" / "findings.md")

@@ -17,6 +17,7 @@ import torch
 from phaseprune import __version__
 from phaseprune.arch import decoder_parts
 from phaseprune.config import AnalyzeConfig
+from phaseprune.distributed import COMMUNICATION, barrier, is_main, join, on_main
 from phaseprune.loading import (
     check_model_config,
     encode_and_load,
@@ -67,6 +68,7 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
     out = Path(cfg.out)
     tc, mc = cfg.task, cfg.model
     check_model_config(mc)
+    processes = join(mc.device)  # launched by torchrun / accelerate: each reads a shard
     if task is None:
         task = load_task(
             tc.task,
@@ -84,13 +86,16 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
         enc, model, info = encode_held(model, tokenizer, task, tc, mc)
     model16 = fast_copy(model, mc)
     loaded = time.perf_counter()
-    prepare_out_dir(out, "analyze", overwrite=cfg.overwrite)
+    if is_main():  # one process writes the run; the others read it only once it is ready
+        prepare_out_dir(out, "analyze", overwrite=cfg.overwrite)
+    barrier()
     parts = decoder_parts(model)
     record = task_record(task, enc, tc.limit)
     mode = "exact" if model16 is None else "fast"
     key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__, mode)
     shape = (len(task.items), info.n_layers + 1, task.n_options)
-    partial = PartialReadout(out, key, shape)
+    partial = on_main(PartialReadout, out, key, shape)  # process 0's, which it alone saves
+    partial.save = is_main()
     todo = np.flatnonzero(~partial.done).tolist()
     settings = {
         "max_tokens": cfg.max_tokens or default_max_tokens(mc.device),
@@ -99,13 +104,14 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
     }
     fast = None
     if todo and model16 is None:
-        read_options(
+        rows = read_options(
             parts,
             [enc.input_ids[i] for i in todo],
             enc.options.ids,
             on_batch=lambda batch, logits: partial.update([todo[j] for j in batch], logits.numpy()),
             **settings,
         )
+        partial.logits[todo], partial.done[todo] = rows.numpy(), True  # every process's rows
     elif todo:
         fast = read_options_fast(
             parts,
@@ -145,6 +151,8 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
             "load_s": round(loaded - started, 3),
             "readout_s": round(read - loaded, 3),
             "items_resumed": len(task.items) - len(todo),
+            "processes": processes,
+            "communication_s": round(COMMUNICATION["seconds"], 3),
             "total_s": round(time.perf_counter() - started, 3),
         },
         settings=dataclasses.asdict(cfg),
@@ -152,6 +160,9 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         precision=None if model16 is None else fast_record(partial.exact, fast),
     )
+    if not is_main():
+        barrier()  # the run is on disk once process 0 passes this
+        return summary
     if cfg.plots:
         from phaseprune.figures.png import write_plots  # presentation, loaded only when asked for
 
@@ -159,4 +170,5 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
         stamp_figures(summary, out / "plots")  # the report copies them while this stays true
     write_summary(out, summary, frame)  # summary.json last: marks the run complete
     partial.clear()
+    barrier()
     return summary

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from phaseprune.arch import DecoderParts
+from phaseprune.distributed import item_shard, local_only
 from phaseprune.layer_cache import (
     SharedPrefix,
     group_batches,
@@ -153,8 +154,19 @@ def score_removals(
             candidate). None: no limit.
 
     Returns:
-        ``{k: (n_items, ...)}`` in item order.
+        ``{k: (n_items, ...)}`` in item order (every item's, on every process, when launched
+        as several: each scores its shard, :mod:`phaseprune.distributed`).
     """
+    if (shard := item_shard(input_ids, groups)) is not None:
+        local = None
+        if shard.items:
+            with local_only():
+                local = score_removals(
+                    model, removed, candidates, shard.take(input_ids), reduce,
+                    max_tokens=max_tokens, progress=progress, groups=shard.groups,
+                    cache_budget=cache_budget,
+                )  # fmt: skip
+        return shard.gather(local)
     n_layers = len(model_layers(model))
     kept = kept_layers(n_layers, removed)
     position = {layer: p for p, layer in enumerate(kept)}
@@ -193,8 +205,18 @@ def final_readout(
 ) -> torch.Tensor:
     """Reduce the final hidden states of the model without ``removed`` (one plain pass).
 
-    With ``groups``, shared prefixes run once per group, exactly as in :func:`score_removals`.
+    With ``groups``, shared prefixes run once per group, exactly as in :func:`score_removals`
+    (and, launched as several processes, sharded as there).
     """
+    if (shard := item_shard(input_ids, groups)) is not None:
+        local = None
+        if shard.items:
+            with local_only():
+                local = final_readout(
+                    model, removed, shard.take(input_ids), reduce, max_tokens=max_tokens,
+                    groups=shard.groups,
+                )  # fmt: skip
+        return shard.gather(local)
     rows: list = [None] * len(input_ids)
     with torch.inference_mode(), without_layers(model, removed) as parts:
         for group in map(list, groups or [range(len(input_ids))]):

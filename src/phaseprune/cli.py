@@ -10,8 +10,11 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import errno
 import inspect
+import io
 import json
 import sys
 import textwrap
@@ -28,7 +31,7 @@ from phaseprune.config import (
     ReportConfig,
     TasksConfig,
 )
-from phaseprune.errors import UsageError
+from phaseprune.errors import UsageError, first_line
 from phaseprune.flags import add_arguments, from_args, plain_text
 
 DESCRIPTION = (
@@ -228,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version and argparse's errors: keep main() returning
         return stop.code if isinstance(stop.code, int) else 1
     try:
-        return args.func(from_args(args.config, args))
+        with one_voice(args.command) as quiet:
+            cfg = from_args(args.config, args)
+            if quiet and "quiet" in {f.name for f in dataclasses.fields(cfg)}:
+                cfg = dataclasses.replace(cfg, quiet=True)
+            return args.func(cfg)
     except UsageError as err:
         print(f"phaseprune: error: {err}", file=sys.stderr)
         return 2
@@ -247,6 +254,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = RESUME.get(args.command, "rerun the same command to resume")
         print(f"phaseprune: interrupted; what was finished is kept: {how}", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not _lost_peer(err):
+            raise
+        how = RESUME.get(args.command, "rerun the same command to resume")
+        print(
+            f"phaseprune: error: process {_rank()} lost the other processes of this run "
+            f"({first_line(err)}); what was finished is kept: {how}, with any number of "
+            "processes",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _rank() -> str:
+    import os
+
+    return f"{os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}"
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed: a process died, or did not answer in time."""
+    if "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    from phaseprune.distributed import launched
+
+    return isinstance(err, getattr(dist, "DistError", ())) or (
+        isinstance(err, RuntimeError) and launched()
+        and any(w in str(err) for w in ("Connection closed", "Connection reset", "Timed out",
+                                        "timed out", "peer"))
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def one_voice(command: str):
+    """Launched as several processes (torchrun), only process 0 prints and draws bars.
+
+    Yields whether this process should be quiet. On exit the process group is left.
+    """
+    import os
+
+    quiet = int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            yield quiet
+    finally:
+        if "torch.distributed" in sys.modules:
+            from phaseprune.distributed import leave
+
+            leave()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from phaseprune.distributed import item_shard, local_only
 from phaseprune.layer_cache import (
     CachedBatch,
     SharedPrefix,
@@ -81,6 +82,10 @@ class IncrementalReadout:
         progress: bool = False,
     ):
         self.model = model
+        # launched as several processes, each keeps its shard's state and gathers the rows
+        self.shard = item_shard(input_ids, groups)
+        if self.shard is not None:
+            input_ids, groups = self.shard.take(input_ids), self.shard.groups
         self.ids = list(input_ids)
         self.option_ids = list(option_ids)
         self.groups = [list(g) for g in groups] if groups is not None else None
@@ -101,9 +106,18 @@ class IncrementalReadout:
             padded += len(lengths) * max(lengths)  # an upper bound of the batches' padding
         return padded <= budget
 
-    @torch.inference_mode()
     def __call__(self, removed: Sequence[int]) -> torch.Tensor:
         """``(n_items, n_kept + 1, n_options)`` float32 option logits on the CPU."""
+        if self.shard is None:
+            return self._call(removed)
+        local = None
+        if self.ids:
+            with local_only():
+                local = self._call(removed)
+        return self.shard.gather(local)
+
+    @torch.inference_mode()
+    def _call(self, removed: Sequence[int]) -> torch.Tensor:
         n_layers = len(model_layers(self.model))
         new = frozenset(removed)
         if not self._fits(n_layers - len(new)):

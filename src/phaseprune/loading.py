@@ -14,6 +14,7 @@ import numpy as np
 
 from phaseprune.arch import context_window
 from phaseprune.config import ModelConfig, TaskConfig
+from phaseprune.distributed import local_device
 from phaseprune.encoding import encode_prompts
 from phaseprune.errors import UsageError
 from phaseprune.models import load_model, load_tokenizer, with_revision
@@ -87,7 +88,7 @@ def encode_and_load(
     model, info = load_model(
         spec,
         dtype="float32" if mc.precision == "fast" else mc.dtype,
-        device=mc.device,
+        device=local_device(mc.device),  # launched: cuda is this process's own GPU
         trust_remote_code=mc.trust_remote_code,
         progress=progress,
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from phaseprune.distributed import gpu_share
 from phaseprune.errors import UsageError, first_line
 from phaseprune.identity import hub_revision, weights_sha256
 
@@ -312,6 +313,8 @@ def load_model(
         kwargs["revision"] = spec.revision
     if device == "auto":
         kwargs["device_map"] = "auto"
+        if share := gpu_share():  # several processes on this machine: this one's GPUs only
+            kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in share}
     _quiet_transformers(progress)
     try:
         with _gguf_bar(progress):

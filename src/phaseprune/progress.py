@@ -10,6 +10,7 @@ written with :func:`say` so that they do not tear a bar that is drawing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -36,7 +37,12 @@ def label(what: str) -> str:
 
 
 def bar(total: int, what: str, *, enabled: bool, unit: str = "item") -> tqdm:
-    """A transient progress bar over ``total`` units, described by :func:`label`."""
+    """A transient progress bar over ``total`` units, described by :func:`label`.
+
+    Launched as several processes (``RANK`` set by torchrun), only process 0 draws; each
+    process's bar counts its own shard of the items.
+    """
+    enabled = enabled and os.environ.get("RANK", "0") == "0"
     return tqdm(total=total, desc=label(what), unit=unit, disable=not enabled, leave=False)
 
 

@@ -23,6 +23,14 @@ from phaseprune import __version__
 from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import trajectory_collapse
 from phaseprune.config import PruneConfig
+from phaseprune.distributed import (
+    COMMUNICATION,
+    barrier,
+    broadcast,
+    is_main,
+    join,
+    on_main,
+)
 from phaseprune.errors import UsageError
 from phaseprune.incremental import IncrementalReadout
 from phaseprune.lm_eval_scores import StepScorer
@@ -77,6 +85,7 @@ class PruneRun:
     def __init__(self, cfg: PruneConfig, *, model=None, tokenizer=None, task=None):
         check_config(cfg)
         check_model_config(cfg.model)
+        self.processes = join(cfg.model.device)  # launched by torchrun: each scores a shard
         self.lm_eval = StepScorer(cfg, tokenizer)  # lm-eval missing or a task unknown: fail now
         self.cfg = cfg
         self.out = Path(cfg.out)
@@ -233,9 +242,16 @@ def _load_previous(run: PruneRun) -> tuple[Trajectory | None, list[dict]]:
 
 
 def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
-    """Store the collapse of the steps so far (provisional until complete), then write."""
+    """Store the collapse of the steps so far (provisional until complete), then write.
+
+    Every process holds the same trajectory; process 0 writes it.
+    """
     traj["collapse"] = trajectory_collapse(traj)
-    write_trajectory(run.out, traj, rows)
+    traj["timing"]["processes"] = run.processes
+    if run.processes > 1:
+        traj["timing"]["communication_s"] = round(COMMUNICATION["seconds"], 3)
+    if is_main():
+        write_trajectory(run.out, traj, rows)
 
 
 def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
@@ -289,7 +305,7 @@ def run_prune(
             phase = removal_phase(prev["transition_layer"], position)
             removed = [*removed, *choice.layers]
             readout = run.eval_readout(removed)
-            readout |= run.lm_eval(run.model, removed, step)
+            readout |= _lm_eval(run, removed, step)
         record = step_record(run, step, choice, removed, phase, readout)
         traj["steps"].append(record)
         rows += candidate_rows(step, choice)
@@ -306,13 +322,13 @@ def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
     A resumed trajectory comes back as it was; a new one with its unpruned readout written.
     """
     cfg = run.cfg
-    traj, rows = _load_previous(run)
+    traj, rows = on_main(_load_previous, run)  # the run directory may be process 0's alone
     if traj is not None and traj.get("complete"):
         removed = [k for s in traj["steps"] for k in s["removed_layers"]]
         if _should_stop(run, traj, removed):
             return traj, rows, False  # resuming a finished run: nothing to do or rewrite
         traj["complete"] = False  # finished under other stopping rules: extend it
-    if not (traj is not None and cfg.resume):
+    if not (traj is not None and cfg.resume) and is_main():  # one process writes the run
         prepare_out_dir(run.out, "prune", overwrite=cfg.overwrite)
     # the unpruned calibration answers, by the same code path as every candidate's
     reduce = option_reduce(run.enc.options.ids)
@@ -333,7 +349,7 @@ def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
     if traj is None:
         with stage("step 0 (unpruned)"):
             step0 = run.eval_readout([])
-            step0 |= run.lm_eval(run.model, [], 0)
+            step0 |= _lm_eval(run, [], 0)
         traj = header(run, step0)
         _write(run, traj, rows)
         return traj, rows, True
@@ -351,10 +367,16 @@ def _finish(run: PruneRun, traj: Trajectory, rows: list[dict], removed: list[int
         )
     traj["complete"] = True
     traj["timing"]["total_s"] = round(time.perf_counter() - run.started, 2)
-    if cfg.plots:
+    if cfg.plots and is_main():
         from phaseprune.figures.png import write_prune_plots
 
         write_prune_plots(traj, run.out / "plots")
         stamp_figures(traj, run.out / "plots")  # the report copies them while this stays true
     _write(run, traj, rows)
+    barrier()  # the run is on disk for every process
     return traj
+
+
+def _lm_eval(run: PruneRun, removed: list[int], step: int) -> dict:
+    """lm-eval's scores of this step, computed by process 0 and sent to the others."""
+    return broadcast(run.lm_eval(run.model, removed, step) if is_main() else None)

@@ -25,6 +25,7 @@ from functools import partial
 import torch
 
 from phaseprune.arch import DecoderParts, layer_input, layer_output
+from phaseprune.distributed import item_shard, local_only
 from phaseprune.progress import bar as progress_bar
 
 
@@ -174,7 +175,23 @@ def read_options(
 
     Returns:
         ``(n_items, n_layers + 1, n_options)`` float32 tensor on the CPU, in item order.
+        Launched as several processes, each reads its shard of the items and every process
+        gets all rows (:mod:`phaseprune.distributed`); ``on_batch`` sees this process's
+        batches, by global item index.
     """
+    if (shard := item_shard(input_ids, groups)) is not None:
+        local = None
+        if shard.items:
+            def local_batch(batch, logits):
+                on_batch([shard.items[j] for j in batch], logits)
+
+            with local_only():
+                local = read_options(
+                    parts, shard.take(input_ids), option_ids, max_tokens=max_tokens,
+                    progress=progress, groups=shard.groups,
+                    on_batch=None if on_batch is None else local_batch,
+                )  # fmt: skip
+        return shard.gather(local)
     ids_t = torch.tensor(list(option_ids), device=parts.unembed.weight.device)
     n_readout = len(parts.layers) + 1
     out = torch.empty(len(input_ids), n_readout, len(option_ids))

@@ -136,9 +136,10 @@ def stamp_figures(record: dict, out_dir: Path) -> None:
 class PartialReadout:
     """Option logits computed so far, saved so an interrupted run can continue."""
 
-    def __init__(self, out: Path, key: str, shape: tuple[int, int, int]):
+    def __init__(self, out: Path, key: str, shape: tuple[int, int, int], *, save: bool = True):
         self.path = out / "partial" / "readout.npz"
         self.key = key
+        self.save = save  # False: keep batches in memory only (a process that does not write)
         self.logits = np.zeros(shape, dtype=np.float32)
         self.done = np.zeros(shape[0], dtype=bool)
         self.exact = np.ones(shape[0], dtype=bool)  # rows read in the model's own dtype
@@ -162,6 +163,8 @@ class PartialReadout:
         self.logits[items] = logits
         self.done[items] = True
         self.exact[items] = exact
+        if not self.save:
+            return
         import io
 
         buf = io.BytesIO()

@@ -17,6 +17,7 @@ import torch
 
 from phaseprune import baselines
 from phaseprune.candidates import final_readout, score_removals
+from phaseprune.distributed import local_only
 from phaseprune.strategies.context import (
     Choice,
     Criterion,
@@ -144,7 +145,14 @@ def logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
     Iteratively removes the layer whose removal gives the smallest mean Jensen-Shannon
     divergence of the last-token full-vocabulary distribution from the unpruned model's.
+    Launched as several processes, every process scores every item: full-vocabulary rows are
+    too large to gather.
     """
+    with local_only():
+        return _logit_js(ctx, removed)
+
+
+def _logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     if ctx.cache.reference_logprobs is None:
         ctx.cache.reference_logprobs = final_readout(
             ctx.model,
