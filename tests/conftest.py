@@ -14,14 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MMLU = REPO.parent / "shared" / "data" / "mmlu"
 
 
+def llama_config(tokenizer, n_layers: int, **extra) -> tf.LlamaConfig:
+    """The tiny Llama of the saved-checkpoint fixtures (hidden 32, 4 heads, 2 KV heads)."""
+    return tf.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=None, **extra,
+    )  # fmt: skip
+
+
 def _save_tiny_llama(path: Path, tokenizer) -> Path:
     torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=None,
-    )  # fmt: skip
-    tf.LlamaForCausalLM(config).save_pretrained(path)
+    tf.LlamaForCausalLM(llama_config(tokenizer, 3)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

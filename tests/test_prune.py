@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers as tf
-from conftest import write_mmlu_csv
+from conftest import llama_config, write_mmlu_csv
 from tiny_tokenizers import byte_bpe
 
 from phaseprune.cli import main
@@ -28,11 +28,7 @@ def planted_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("planted")
     tok = byte_bpe()
     torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=None,
-    )  # fmt: skip
+    config = llama_config(tok, N_LAYERS)
     model = tf.LlamaForCausalLM(config)
     with torch.no_grad():
         for p in model.parameters():

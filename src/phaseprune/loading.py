@@ -72,15 +72,7 @@ def encode_and_load(
     """
     spec = with_revision(spec, mc.revision)  # refused for local models
     tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
-    enc = encode_prompts(
-        tokenizer,
-        build_prompts(task),
-        task.n_options,
-        family=config.model_type,
-        chat=tc.chat,
-        add_bos=tc.bos,
-    )
-    check_context(task, enc.input_ids, context_window(config))
+    enc = _encode(tokenizer, config, task, tc)
     if check_layers is not None:
         check_layers(config.get_text_config().num_hidden_layers)
     if mc.device.startswith("cpu"):
@@ -133,7 +125,7 @@ def encode_held(
     hashes weights held in memory, so its ``revision`` is None.
     """
     from phaseprune.arch import check_family, decoder_parts
-    from phaseprune.models import ModelInfo
+    from phaseprune.models import model_info
 
     config = getattr(model, "config", None)
     name = getattr(config, "name_or_path", "") or type(model).__name__
@@ -142,15 +134,7 @@ def encode_held(
         raise UsageError(
             "a model passed as an object needs its tokenizer too: pass tokenizer=..."
         )
-    enc = encode_prompts(
-        tokenizer,
-        build_prompts(task),
-        task.n_options,
-        family=config.model_type,
-        chat=tc.chat,
-        add_bos=tc.bos,
-    )
-    check_context(task, enc.input_ids, context_window(config))
+    enc = _encode(tokenizer, config, task, tc)
     parts = decoder_parts(model)
     if check_layers is not None:
         check_layers(len(parts.layers))
@@ -161,18 +145,21 @@ def encode_held(
             " or leave dtype unset"
         )
     model.eval().requires_grad_(False)
-    info = ModelInfo(
-        name=name,
-        path=name,
-        gguf_file=None,
-        revision=None,
-        architecture=type(model).__name__,
-        family=parts.family,
-        n_layers=len(parts.layers),
-        dtype=dtype,
-        device=str(parts.embed.weight.device),
+    return enc, model, model_info(model, parts, name=name, path=name, dtype=dtype)
+
+
+def _encode(tokenizer, config, task, tc: TaskConfig):
+    """The task's prompts as token ids (option tokens verified), fitting the context window."""
+    enc = encode_prompts(
+        tokenizer,
+        build_prompts(task),
+        task.n_options,
+        family=config.model_type,
+        chat=tc.chat,
+        add_bos=tc.bos,
     )
-    return enc, model, info
+    check_context(task, enc.input_ids, context_window(config))
+    return enc
 
 
 def use_cores(*, check_busy: bool) -> None:

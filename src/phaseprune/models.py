@@ -282,6 +282,20 @@ def hold_models():
         _HELD = outer
 
 
+def model_info(model, parts, *, name: str, path: str, dtype: str, **identity) -> ModelInfo:
+    """The :class:`ModelInfo` of a loaded model (``identity``: gguf_file, revision, weights)."""
+    return ModelInfo(
+        name=name,
+        path=path,
+        architecture=type(model).__name__,
+        family=parts.family,
+        n_layers=len(parts.layers),
+        dtype=dtype,
+        device=str(parts.embed.weight.device),
+        **{"gguf_file": None, "revision": None, **identity},
+    )
+
+
 def load_model(
     spec: ModelSpec,
     *,
@@ -327,18 +341,10 @@ def load_model(
     model.eval().requires_grad_(False)
     parts = decoder_parts(model)  # raises UsageError for unsupported families
     weights, revision = _identity(spec, model.config)
-    info = ModelInfo(
-        name=spec.name,
-        path=spec.path,
-        gguf_file=spec.gguf_file,
-        revision=revision,
-        architecture=type(model).__name__,
-        family=parts.family,
-        n_layers=len(parts.layers),
-        dtype=dtype,
-        device=str(parts.embed.weight.device),
-        weights_sha256=weights,
-    )
+    info = model_info(
+        model, parts, name=spec.name, path=spec.path, dtype=dtype, gguf_file=spec.gguf_file,
+        revision=revision, weights_sha256=weights,
+    )  # fmt: skip
     if _HELD is not None:
         _HELD[key] = (model, info)
     return model, info
