@@ -104,7 +104,8 @@ def check_prompts(traj: dict, tokenizer, n: int = CHECK_PROMPTS) -> tuple[list[l
         wanted = [i for i in traj["eval_items"][:n] if i in index]
         if not wanted:
             raise UsageError("none of the run's evaluation items is in the task now")
-        enc = encode_prompts(tokenizer, [build_prompts(task)[index[i]] for i in wanted],
+        prompts = build_prompts(task)  # every item's, once
+        enc = encode_prompts(tokenizer, [prompts[index[i]] for i in wanted],
                              task.n_options, family=traj["model"]["family"], chat=tc["chat"],
                              add_bos=tc["bos"])  # fmt: skip
     except (UsageError, OSError, ValueError) as err:
