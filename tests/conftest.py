@@ -24,6 +24,16 @@ def llama_config(tokenizer, n_layers: int, **extra) -> tf.LlamaConfig:
     )  # fmt: skip
 
 
+def spread_llama(tokenizer, n_layers: int, noise: float, **extra) -> tf.LlamaForCausalLM:
+    """A seeded tiny Llama whose weights get Gaussian ``noise`` added, so every layer matters."""
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(llama_config(tokenizer, n_layers, **extra))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return model
+
+
 def _save_tiny_llama(path: Path, tokenizer) -> Path:
     torch.manual_seed(0)
     tf.LlamaForCausalLM(llama_config(tokenizer, 3)).save_pretrained(path)

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import transformers as tf
-from conftest import llama_config
+from conftest import spread_llama
 from tiny_tokenizers import byte_bpe
 
 import phaseprune.export as export
@@ -32,12 +31,7 @@ def rope_llama_dir(tmp_path_factory) -> Path:
     """A random 4-layer Llama with RoPE base 777."""
     path = tmp_path_factory.mktemp("rope-llama")
     tok = byte_bpe()
-    torch.manual_seed(0)
-    config = llama_config(tok, 4, rope_parameters={"rope_type": "default", "rope_theta": THETA})
-    model = tf.LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+    model = spread_llama(tok, 4, 0.2, rope_parameters={"rope_type": "default", "rope_theta": THETA})
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

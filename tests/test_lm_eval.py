@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import llama_config
+from conftest import spread_llama
 from tiny_tokenizers import byte_bpe
 
 from phaseprune.cli import main
@@ -80,12 +80,7 @@ def model_dir(tmp_path_factory) -> Path:
     """A random 4-layer Llama, weights spread so that every layer changes the answers."""
     path = tmp_path_factory.mktemp("lm-eval-llama")
     tok = byte_bpe()
-    torch.manual_seed(0)
-    config = llama_config(tok, 4)
-    model = tf.LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
+    model = spread_llama(tok, 4, 0.5)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers as tf
-from conftest import llama_config, write_mmlu_csv
+from conftest import spread_llama, write_mmlu_csv
 from tiny_tokenizers import byte_bpe
 
 from phaseprune.cli import main
@@ -27,12 +27,8 @@ def planted_dir(tmp_path_factory) -> Path:
     """A random 6-layer Llama whose layers 2 and 4 are exact identities."""
     path = tmp_path_factory.mktemp("planted")
     tok = byte_bpe()
-    torch.manual_seed(0)
-    config = llama_config(tok, N_LAYERS)
-    model = tf.LlamaForCausalLM(config)
+    model = spread_llama(tok, N_LAYERS, 0.2)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
         for i in IDENTITY:
             model.model.layers[i].self_attn.o_proj.weight.zero_()
             model.model.layers[i].mlp.down_proj.weight.zero_()
