@@ -212,6 +212,20 @@ class PruneConfig:
     guard: int = _doc(
         "phase-aware: also spare this many layers before the transition layer.", 1, minimum=0
     )
+    spare: int = _doc(
+        "phase-aware: spare the N decision builders, the layers whose removal alone from the "
+        "unpruned model scores worst by --objective on the calibration items (one scan of every "
+        "layer before step 1).",
+        0,
+        minimum=0,
+    )
+    after_decisive: str = _doc(
+        "phase-aware, once no Decisive-Phase layer is eligible: block-influence (the lowest "
+        "block influence), objective (the best by --objective among the rest) or transition "
+        "(the best by --objective whose removal keeps the calibration transition).",
+        "block-influence",
+        choices=("block-influence", "objective", "transition"),
+    )
     protect: tuple[int, ...] = _doc(
         "Comma-separated original layer indices never removed.", (), minimum=0
     )
@@ -231,6 +245,13 @@ class PruneConfig:
         "0.25",
     )
     n_boot: int = _doc("Bootstrap resamples for intervals.", 1000, minimum=1)
+    score_cache: str | None = _doc(
+        "Folder where the option logits of every pruned model this run reads are kept by "
+        "removed set, and read back by any later run on the same model, items and settings "
+        "(other strategies, a resume); float32 runs only. The results do not change.",
+        None,
+        shown="none",
+    )
     resume: bool = _doc("Continue an interrupted run in --out from its last completed step.", False)
     overwrite: bool = _doc("Replace a previous run in --out.", False)
     quiet: bool = _doc("No progress bars and no step lines while running.", False)

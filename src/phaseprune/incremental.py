@@ -116,6 +116,18 @@ class IncrementalReadout:
                 local = self._call(removed)
         return self.shard.gather(local)
 
+    def probe(self, removed: Sequence[int]) -> torch.Tensor:
+        """The readout of ``removed`` without keeping its state.
+
+        The next call resumes from the set before the probe: a probe of a superset of it costs
+        only the layers after the newly removed ones, and leaves the cache as it was.
+        """
+        saved = (self.removed, self.state, self.full_passes)
+        try:
+            return self(removed)
+        finally:
+            self.removed, self.state, self.full_passes = saved
+
     @torch.inference_mode()
     def _call(self, removed: Sequence[int]) -> torch.Tensor:
         n_layers = len(model_layers(self.model))

@@ -54,20 +54,24 @@ from phaseprune.progress import stage
 from phaseprune.records import Readout, Trajectory
 from phaseprune.runio import check_out_dir, fingerprint, prepare_out_dir, stamp_figures
 from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
-from phaseprune.strategies.context import NoCandidate, PruneContext
+from phaseprune.score_store import ScoreStore
+from phaseprune.strategies.context import NoCandidate, PruneContext, stored
 from phaseprune.strategies.registry import strategy_function
 from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
 from phaseprune.trajectory import candidate_rows, header, readout_record, step_record
 
 VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_budget",
-            "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit", "lm_eval_batch_size")  # fmt: skip
+            "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit",
+            "lm_eval_batch_size")  # fmt: skip
 # settings that only decide where a run stops: a resume may change them (extend or cut short)
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made: left out of the fingerprint at these
 defaults (as ``weights_sha256`` where it adds nothing), so those runs still resume."""
+LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence"}
+"""The same for pruning settings added later (phase-aware's variants)."""
 
 OnStep = Callable[[Trajectory, Readout, bool], None]
 """``on_step(traj, record, resumed)``: see :func:`run_prune`."""
@@ -141,6 +145,8 @@ class PruneRun:
             objective=cfg.objective,
             protect=frozenset(cfg.protect),
             guard=cfg.guard,
+            spare=cfg.spare,
+            after_decisive=cfg.after_decisive,
             block_size=cfg.block_size,
             seed=cfg.seed,
             n_boot=cfg.n_boot,
@@ -149,6 +155,7 @@ class PruneRun:
             progress=not cfg.quiet,
             calib_groups=subject_groups([task.items[i].subject for i in self.calib]),
         )
+        self.ctx.store = self._store()
         # the evaluation readout after each removal recomputes only the layers after it
         self.eval_reader = IncrementalReadout(
             self.model,
@@ -159,6 +166,18 @@ class PruneRun:
             cache_budget=cache_budget,
             progress=not cfg.quiet,
         )
+
+    def _store(self) -> ScoreStore | None:
+        """``--score-cache``: the store for this model, these items and settings (exact runs)."""
+        if not self.cfg.score_cache or self.model16 is not None:
+            return None
+        ctx, groups = self.ctx, subject_groups([self.task.items[i].subject for i in self.eval])
+        info = {k: v for k, v in dataclasses.asdict(self.info).items() if k != "path"}
+        return ScoreStore(
+            self.cfg.score_cache,
+            info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups, self.eval_ids, groups,
+            list(ctx.option_ids), self.max_tokens, self.processes, __version__,
+        )  # fmt: skip
 
     def _check_layers(self, n: int) -> None:
         """Refuse settings the model's depth makes impossible (before the weights load)."""
@@ -180,7 +199,8 @@ class PruneRun:
         ``stopping`` overrides :data:`STOPPING` settings (to recognise a run made with others).
         """
         cfg = dataclasses.replace(self.cfg, **stopping)
-        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                    if k not in VOLATILE and LATER_PRUNE_DEFAULTS.get(k, ...) != v}  # fmt: skip
         for section in ("model", "task"):  # settings added later, at their defaults: left out
             settings[section] = {k: v for k, v in settings[section].items()
                                  if LATER_DEFAULTS.get(k, ...) != v}  # fmt: skip
@@ -193,7 +213,7 @@ class PruneRun:
 
     def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items."""
-        logits = self.eval_reader(removed).numpy()
+        logits = stored(self.ctx, "eval", removed, lambda: self.eval_reader(removed)).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
 
 
@@ -248,6 +268,8 @@ def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
     """
     traj["collapse"] = trajectory_collapse(traj)
     traj["timing"]["processes"] = run.processes
+    if run.ctx.store is not None:
+        traj["timing"]["score_cache"] = run.ctx.store.record()
     if run.processes > 1:
         traj["timing"]["communication_s"] = round(COMMUNICATION["seconds"], 3)
     if is_main():
@@ -332,14 +354,14 @@ def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
         prepare_out_dir(run.out, "prune", overwrite=cfg.overwrite)
     # the unpruned calibration answers, by the same code path as every candidate's
     reduce = option_reduce(run.enc.options.ids)
-    ref = final_readout(
+    ref = stored(run.ctx, "calib-final", (), lambda: final_readout(
         run.model,
         (),
         run.ctx.calib_ids,
         reduce,
         max_tokens=run.max_tokens,
         groups=run.ctx.calib_groups,
-    )
+    ))  # fmt: skip
     run.ctx.ref_logits = ref.numpy()
     if run.model16 is not None:  # the bounds: bfloat16 against float32 on the same items
         run.ctx.fast = start_rescoring(

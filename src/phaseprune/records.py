@@ -60,7 +60,20 @@ class LmEvalPart(TypedDict, total=False):
     docs scored; None at a step not among ``--lm-eval-steps``."""
 
 
-class Readout(LmEvalPart):
+class ItemOutcomes(TypedDict, total=False):
+    """Each evaluation item's final answer at this readout (runs made since the head-to-head).
+
+    Paired statistics between strategies (:mod:`.headtohead`) resample these items; older runs
+    lack them and are compared by their accuracies alone.
+    """
+
+    eval_picks: list[int]
+    """Per evaluation item (in ``eval_items`` order), the option picked at the last layer."""
+    eval_margins: list[float]
+    """Per evaluation item, its Decision Margin at the last layer (logits, 4 decimals)."""
+
+
+class Readout(LmEvalPart, ItemOutcomes):
     """The full decision readout of one (pruned) model on the evaluation items."""
 
     eval_accuracy: float
@@ -105,7 +118,14 @@ class Collapse(TypedDict):
     statement: str
 
 
-class Trajectory(TypedDict):
+class EvalGold(TypedDict, total=False):
+    """The evaluation items' gold options (runs made since the head-to-head)."""
+
+    eval_gold: list[int]
+    """Gold option index per evaluation item, in ``eval_items`` order."""
+
+
+class Trajectory(EvalGold):
     """``trajectory.json``; ``collapse`` is provisional while ``complete`` is false."""
 
     schema_version: int

@@ -43,6 +43,9 @@ def readout_record(logits: np.ndarray, gold: np.ndarray, n_options: int, cfg) ->
         "transition_ci": list(phases.transition_ci) if phases.transition_ci else None,
         "phases": phases_record(phases, logits.shape[1] - 1),
         "layers": [layer_record(s) for s in stats],
+        # per item, for paired comparisons between runs on the same items
+        "eval_picks": [int(x) for x in m.pred[:, -1]],
+        "eval_margins": [round(float(x), 4) for x in m.margin[:, -1]],
     }
     return record
 
@@ -64,6 +67,7 @@ def header(run, step0: Readout) -> Trajectory:
         "settings": dataclasses.asdict(cfg),
         "calib_items": [items[i] for i in run.calib],
         "eval_items": [items[i] for i in run.eval],
+        "eval_gold": [int(g) for g in run.eval_gold],
         "chance": 1.0 / run.task.n_options,
         "n_layers": run.info.n_layers,
         # the unpruned model on the calibration items, as candidates are scored there

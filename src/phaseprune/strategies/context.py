@@ -18,6 +18,7 @@ import torch
 
 from phaseprune.incremental import IncrementalReadout
 from phaseprune.precision import Rescoring
+from phaseprune.score_store import ScoreStore
 from phaseprune.surgery import kept_layers
 
 
@@ -30,6 +31,13 @@ class StrategyCache:
     calib_readout: IncrementalReadout | None = None
     """Phase-aware: the calibration items' all-layer readout, kept across steps so each step
     recomputes only the layers after the removed one."""
+    builders: list[int] | None = None
+    """Phase-aware with ``spare``: the decision builders spared, from one scan at the start."""
+    builder_scan: dict[int, float] | None = None
+    """Phase-aware with ``spare``: each layer's objective score removed alone (the scan)."""
+    calib_origin: tuple[int | None, int, float] | None = None
+    """Phase-aware ``transition``: the unpruned model's calibration transition, depth and last
+    mean margin."""
     reference_logprobs: torch.Tensor | None = None
     """logit-js: ``(n_calib, vocab)`` last-token log-probabilities of the unpruned model."""
 
@@ -60,6 +68,10 @@ class PruneContext:
     """Original indices never removed."""
     guard: int = 1
     """Phase-aware: layers before the transition layer also spared."""
+    spare: int = 0
+    """Phase-aware: the decision builders spared (those scoring worst removed alone)."""
+    after_decisive: str = "block-influence"
+    """Phase-aware: the rule once no Decisive-Phase layer is eligible (see search.phase_aware)."""
     block_size: int = 1
     """Angular: layers removed per step."""
     seed: int = 0
@@ -72,6 +84,8 @@ class PruneContext:
     """Bytes the cached layer inputs of candidate scoring may take (None: no limit)."""
     progress: bool = False
     """Show progress bars."""
+    store: ScoreStore | None = None
+    """``--score-cache``: logits of pruned models kept on disk by removed set (exact runs)."""
     fast: Rescoring | None = None
     """``--precision fast``: candidates run in this bfloat16 copy, float32 decides near ties."""
     cache: StrategyCache = field(default_factory=StrategyCache)
@@ -107,6 +121,13 @@ class Choice:
     """Phase-aware: the calibration phases the choice was based on."""
     precision: dict | None = None
     """``--precision fast``: the bound and the float32 re-scorings behind the choice."""
+
+
+def stored(ctx: PruneContext, kind: str, removed, compute, candidate: int | None = None):
+    """``compute()``, or its value kept in ``ctx.store`` by an earlier run (see score_store)."""
+    if ctx.store is None:
+        return compute()
+    return ctx.store.fetch(kind, removed, compute, candidate)
 
 
 def remaining(ctx: PruneContext, removed: Sequence[int]) -> list[int]:

@@ -39,9 +39,10 @@ RULES = {
     "iterative": "the paper's Iterative Pruning: try every remaining layer on the calibration "
     "items, remove the best by `--objective` (`accuracy` with margin tie-break, `margin`, "
     "`prob-margin`, `kl`)",
-    "phase-aware": "like iterative, but only Decisive-Phase layers (never the transition layer or "
-    "`--guard` layers before it), phases re-estimated each step; without a Decisive Phase it "
-    "falls back to the lowest block influence and says so in the step's `note`",
+    "phase-aware": "like iterative, but Decisive-Phase layers first (never the transition layer "
+    "or `--guard` layers before it, nor the `--spare` decision builders), phases re-estimated "
+    "each step; then `--after-decisive`: the lowest block influence, the best by the objective, "
+    "or the best that keeps the calibration transition (the step's `note` says which)",
     "block-influence": "ShortGPT: 1 − cos(layer input, output) over calibration tokens, one-shot",
     "angular": "Gromov et al.: arccos(cos(x_l, x_{l+n}))/π at the last token, best block of "
     "`--block-size`",

@@ -23,6 +23,7 @@ from phaseprune.strategies.context import (
     PruneContext,
     no_candidate,
     remaining,
+    stored,
 )
 from phaseprune.surgery import kept_layers, without_layers
 
@@ -54,7 +55,9 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
             groups=groups,
         )
 
-    if ctx.fast is None:
+    if ctx.fast is None and ctx.store is not None:
+        logits = _stored_candidates(ctx, removed, candidates, score)
+    elif ctx.fast is None:
         logits = score(ctx.model, removed, candidates, ctx.calib_ids, ctx.calib_groups)
     else:
         logits = score_removals_fast(
@@ -79,6 +82,18 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
     return Choice((best_candidate(keys),), scores, criterion, precision=precision)
 
 
+def _stored_candidates(ctx: PruneContext, removed, candidates, score) -> dict:
+    """Candidates' logits from ``ctx.store`` where an earlier run left them; the rest scored."""
+    found = {k: ctx.store.lookup("candidates", removed, k) for k in candidates}
+    missing = [k for k, v in found.items() if v is None]
+    if missing:
+        fresh = score(ctx.model, removed, missing, ctx.calib_ids, ctx.calib_groups)
+        for k in missing:
+            ctx.store.save("candidates", removed, fresh[k], k)
+            found[k] = fresh[k]
+    return found
+
+
 def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     """The paper's Iterative Pruning: try every remaining layer, keep the best by the objective."""
     candidates = remaining(ctx, removed)
@@ -87,8 +102,7 @@ def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     return by_objective(ctx, removed, candidates)
 
 
-def calibration_phases(ctx: PruneContext, removed: Sequence[int]) -> PhaseResult:
-    """The phases of the model without ``removed``, on the calibration items."""
+def _calib_reader(ctx: PruneContext) -> IncrementalReadout:
     if ctx.cache.calib_readout is None:  # kept across steps: each step recomputes the suffix
         ctx.cache.calib_readout = IncrementalReadout(
             ctx.model,
@@ -98,23 +112,98 @@ def calibration_phases(ctx: PruneContext, removed: Sequence[int]) -> PhaseResult
             max_tokens=ctx.max_tokens,
             cache_budget=ctx.cache_budget,
         )
-    logits = ctx.cache.calib_readout(removed).numpy()
-    m = item_metrics(logits, ctx.calib_gold)
-    return detect_phases(m.correct, m.margin, len(ctx.option_ids), n_boot=ctx.n_boot, seed=ctx.seed)
+    return ctx.cache.calib_readout
+
+
+def _phases_of(ctx: PruneContext, logits) -> tuple[PhaseResult, float]:
+    """Phases and last-readout mean margin of one all-layer calibration readout."""
+    m = item_metrics(logits.numpy(), ctx.calib_gold)
+    phases = detect_phases(
+        m.correct, m.margin, len(ctx.option_ids), n_boot=ctx.n_boot, seed=ctx.seed
+    )
+    return phases, float(m.margin[:, -1].mean())
+
+
+def calibration_phases(ctx: PruneContext, removed: Sequence[int]) -> PhaseResult:
+    """The phases of the model without ``removed``, on the calibration items."""
+    logits = stored(ctx, "calib", removed, lambda: _calib_reader(ctx)(removed))
+    return _phases_of(ctx, logits)[0]
+
+
+def decision_builders(ctx: PruneContext) -> list[int]:
+    """The ``ctx.spare`` layers whose removal alone from the unpruned model scores worst.
+
+    One scan of every layer on the calibration items by the objective (what an iterative step
+    1 computes), done once per run and kept; protected layers are not scanned (never removed
+    anyway). On Qwen2.5-Coder-1.5B these are the layers that build the decision: removing one
+    of them alone costs the most calibration accuracy or destroys the transition.
+    """
+    if ctx.cache.builders is None:
+        free = [k for k in range(ctx.n_layers) if k not in ctx.protect]
+        scan = by_objective(ctx, (), free) if ctx.spare else None
+        keys = {} if scan is None else scan.scores
+        worst = sorted(keys, key=lambda k: (keys[k]["score"], -k))  # lowest score first
+        ctx.cache.builders = sorted(worst[: ctx.spare])
+        ctx.cache.builder_scan = {k: keys[k]["score"] for k in sorted(keys)}
+    return ctx.cache.builders
+
+
+DEPTH_SLACK = 0.15
+"""``--after-decisive transition``: how far (as a share of the depth) the calibration
+transition may move from the unpruned model's relative depth and still count as kept."""
+MARGIN_HELD = 0.5
+"""``--after-decisive transition``: the share of the unpruned model's last-readout mean
+calibration margin a removal must keep."""
+PROBES = 4
+"""``--after-decisive transition``: how many of the objective's best candidates are checked
+for the transition before the best is taken anyway (each check is one incremental readout)."""
+
+
+def keeps_transition(ctx: PruneContext, removed: Sequence[int], k: int) -> dict:
+    """Whether removing ``k`` keeps the calibration transition, and what was measured.
+
+    Kept: a transition is still found; its relative depth (readout index over the number of
+    layers) is within :data:`DEPTH_SLACK` of the unpruned model's; and the last readout's mean
+    margin is at least :data:`MARGIN_HELD` of the unpruned model's.
+    """
+    reader = _calib_reader(ctx)
+    probe = [*removed, k]
+    phases, margin = _phases_of(ctx, stored(ctx, "calib", probe, lambda: reader.probe(probe)))
+    if ctx.cache.calib_origin is None:
+        origin = stored(ctx, "calib", (), lambda: reader.probe(()))
+        start, start_margin = _phases_of(ctx, origin)
+        ctx.cache.calib_origin = (start.transition_layer, start.n_readout - 1, start_margin)
+    t0, depth0, margin0 = ctx.cache.calib_origin
+    t = phases.transition_layer
+    depth = phases.n_readout - 1
+    ok = t is not None and t0 is not None
+    if ok:
+        ok = abs(t / depth - t0 / depth0) <= DEPTH_SLACK and margin >= MARGIN_HELD * margin0
+    return {"layer": k, "transition_layer": t, "last_margin": round(margin, 4), "kept": bool(ok)}
 
 
 def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
-    """Remove only Decisive-Phase layers, chosen by the objective; phases re-estimated each step.
+    """Remove Decisive-Phase layers first, chosen by the objective; phases re-estimated each step.
 
     Before every removal the phases of the current model are estimated on the calibration
     items. Candidates are the decoder layers whose output lies in the Decisive Phase, except
-    the transition layer itself (the layer writing the transition readout index) and the
-    ``guard`` layers before it. If the model has no Decisive Phase, or no eligible layer, the
-    step falls back to the lowest block influence among the remaining layers and says so.
+    the transition layer itself (the layer writing the transition readout index), the
+    ``guard`` layers before it, and the ``spare`` decision builders
+    (:func:`decision_builders`). When no Decisive-Phase layer is eligible, ``after_decisive``
+    says what follows:
+
+    - ``block-influence`` (the first version): the lowest block influence among the remaining
+      layers;
+    - ``objective``: the best by the objective among the remaining layers (builders spared);
+    - ``transition``: as ``objective``, but the first of the :data:`PROBES` best whose removal
+      keeps the calibration transition (:func:`keeps_transition`); if none does, the best.
+
+    Every step's record says which rule chose (``note``) and what was checked.
     """
     phases = calibration_phases(ctx, removed)
     kept = kept_layers(ctx.n_layers, removed)
-    free = set(remaining(ctx, removed))
+    spared_builders = decision_builders(ctx) if ctx.spare else []
+    free = set(remaining(ctx, removed)) - set(spared_builders)
     t = phases.transition_layer
     record = {
         "transition_layer": t,
@@ -126,12 +215,47 @@ def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
         [] if t is None else [kept[p] for p in range(max(0, t - 1 - ctx.guard), t) if p < len(kept)]
     )
     record["spared"] = spared
+    if ctx.spare:
+        record["builders"] = spared_builders
+        if not removed:  # the scan behind them, once
+            record["builder_scan"] = {str(k): v for k, v in ctx.cache.builder_scan.items()}
     if eligible:
         choice = by_objective(ctx, removed, eligible)
         return dataclasses.replace(choice, calib_phases=record)
     why = "the model has no Decisive Phase" if t is None else "no Decisive-Phase layer is removable"
     if not free:
         raise no_candidate(removed)
+    if ctx.after_decisive == "block-influence":
+        return _block_influence_fallback(ctx, removed, kept, free, why, record)
+    choice = by_objective(ctx, removed, sorted(free))
+    note = f"after the Decisive Phase ({why}): the best by the objective"
+    if ctx.after_decisive == "transition":
+        return _keeping_transition(ctx, removed, choice, note, record)
+    return dataclasses.replace(choice, note=note, calib_phases=record)
+
+
+def _keeping_transition(ctx, removed, choice: Choice, note: str, record: dict) -> Choice:
+    """``--after-decisive transition``: the objective's best that keeps the transition."""
+    ranked = sorted(choice.scores, key=lambda k: (choice.scores[k]["score"], -k), reverse=True)
+    checks = []
+    for k in ranked[:PROBES]:
+        checks.append(keeps_transition(ctx, removed, k))
+        if checks[-1]["kept"]:
+            break
+    record["transition_checks"] = checks
+    if checks[-1]["kept"]:
+        layer = checks[-1]["layer"]
+        note += " that keeps the calibration transition"
+        if layer != ranked[0]:
+            note += f" ({len(checks) - 1} better candidate(s) would lose it)"
+        choice = dataclasses.replace(choice, layers=(layer,))
+    else:
+        note += f"; none of the best {len(checks)} keeps the calibration transition"
+    return dataclasses.replace(choice, note=note, calib_phases=record)
+
+
+def _block_influence_fallback(ctx, removed, kept, free, why, record) -> Choice:
+    """The first version's rule after the Decisive Phase: the lowest block influence."""
     with without_layers(ctx.model, removed) as parts:
         bi = baselines.block_influence(parts, ctx.calib_ids, max_tokens=ctx.max_tokens)
     scores = {k: {"score": float(bi[p])} for p, k in enumerate(kept) if k in free}

@@ -1,0 +1,114 @@
+"""Phase-aware's variants (--spare, --after-decisive), the score store, and per-item outcomes,
+on the trained tiny decider (6 layers, a real decision transition)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phaseprune.cli import main
+
+
+def _run(decider, out, *extra, steps=4):
+    argv = ["prune", "--model", str(decider.path), "--task",
+            f"jsonl:{decider.path / 'eval.jsonl'}", "--steps", str(steps), "--calib", "20",
+            "--eval", "40", "--n-boot", "50", "--quiet", "--no-plots", "--out", str(out),
+            *map(str, extra)]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads((out / "trajectory.json").read_text())
+
+
+def _without_timing(traj):
+    return {k: v for k, v in traj.items() if k not in ("timing", "created", "settings")}
+
+
+def test_every_readout_keeps_each_items_pick_and_margin(decider, tmp_path):
+    traj = _run(decider, tmp_path / "r", "--strategy", "last", steps=2)
+    gold = np.array(traj["eval_gold"])
+    assert len(gold) == len(traj["eval_items"]) == 40
+    for record in [traj["step0"], *traj["steps"]]:
+        picks = np.array(record["eval_picks"])
+        assert (picks == gold).mean() == pytest.approx(record["eval_accuracy"])
+        margins = np.array(record["eval_margins"])
+        # a correct pick has a positive margin, a wrong one a negative (or zero) margin
+        assert np.all((margins > 0) == (picks == gold))
+        assert np.mean(margins) == pytest.approx(record["layers"][-1]["margin_mean"], abs=1e-3)
+
+
+def test_spare_keeps_the_worst_single_removals(decider, tmp_path):
+    spared = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--spare", "2",
+                  "--after-decisive", "objective", steps=4)  # fmt: skip
+    it = _run(decider, tmp_path / "it", "--strategy", "iterative", steps=1)
+    scan = spared["steps"][0]["calib_phases"]["builder_scan"]
+    # the scan is iterative step 1's candidate scores
+    cands = pd.read_parquet(tmp_path / "it" / "candidates.parquet")
+    for layer, score in scan.items():
+        assert cands.set_index("layer").loc[int(layer), "score"] == pytest.approx(score)
+    worst = sorted(scan, key=lambda k: (scan[k], -int(k)))[:2]
+    builders = spared["steps"][0]["calib_phases"]["builders"]
+    assert builders == sorted(int(k) for k in worst)
+    removed = [k for s in spared["steps"] for k in s["removed_layers"]]
+    assert not set(removed) & set(builders)
+    assert it["steps"][0]["removed_layers"][0] not in builders  # the best is never a builder
+
+
+def test_after_decisive_objective_takes_the_best_candidate(decider, tmp_path):
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--after-decisive",
+                "objective", steps=4)  # fmt: skip
+    cands = pd.read_parquet(tmp_path / "pa" / "candidates.parquet")
+    after = [s for s in traj["steps"] if s["note"] and s["note"].startswith("after the Decisive")]
+    assert after, "the decider's Decisive Phase is exhausted within 4 steps"
+    for s in after:
+        rows = cands[cands.step == s["step"]]
+        best = rows.sort_values(["score", "layer"], ascending=[False, True]).iloc[0]
+        assert s["removed_layer"] == best.layer
+        assert s["criterion"].startswith("calibration accuracy")
+
+
+def test_after_decisive_transition_checks_and_records(decider, tmp_path):
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--after-decisive",
+                "transition", steps=4)  # fmt: skip
+    after = [s for s in traj["steps"] if s["note"] and s["note"].startswith("after the Decisive")]
+    assert after
+    for s in after:
+        checks = s["calib_phases"]["transition_checks"]
+        assert 1 <= len(checks) <= 4
+        assert all(not c["kept"] for c in checks[:-1])  # stops at the first that keeps it
+        if checks[-1]["kept"]:
+            assert s["removed_layer"] == checks[-1]["layer"]
+            assert "keeps the calibration transition" in s["note"]
+        else:
+            assert "none of the best" in s["note"]
+
+
+@pytest.mark.parametrize(
+    "strategy", [["iterative"], ["phase-aware", "--spare", "1", "--after-decisive", "transition"]]
+)
+def test_score_cache_changes_nothing_and_is_reused(decider, tmp_path, strategy):
+    plain = _run(decider, tmp_path / "plain", "--strategy", *strategy, steps=3)
+    store = tmp_path / "store"
+    first = _run(decider, tmp_path / "a", "--strategy", *strategy, "--score-cache", store, steps=3)
+    second = _run(decider, tmp_path / "b", "--strategy", *strategy, "--score-cache", store, steps=3)
+    assert _without_timing(first) == _without_timing(plain)
+    assert _without_timing(second) == _without_timing(plain)
+    assert first["fingerprint"] == plain["fingerprint"]  # the cache is not a setting
+    assert first["timing"]["score_cache"]["misses"] > 0
+    assert second["timing"]["score_cache"]["misses"] == 0  # nothing ran the model again
+    assert pd.read_parquet(tmp_path / "b" / "candidates.parquet").equals(
+        pd.read_parquet(tmp_path / "plain" / "candidates.parquet")
+    )
+
+
+def test_score_cache_is_keyed_by_the_items(decider, tmp_path):
+    store = tmp_path / "store"
+    _run(decider, tmp_path / "a", "--strategy", "last", "--score-cache", store, steps=1)
+    other = ["--strategy", "last", "--score-cache", store, "--seed", "1"]
+    traj = _run(decider, tmp_path / "b", *other, steps=1)
+    assert traj["timing"]["score_cache"]["hits"] > 0  # the seed does not change the logits
+    argv_items = ["--strategy", "last", "--score-cache", store, "--calib", "21"]
+    traj = _run(decider, tmp_path / "c", *argv_items, steps=1)
+    assert traj["timing"]["score_cache"]["hits"] == 0  # other calibration items: a new key
+    assert len(list(store.iterdir())) == 2
