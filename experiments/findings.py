@@ -83,7 +83,43 @@ class Plan:
         "iterative",
     )
     notes: dict = field(default_factory=dict)
+    # the head-to-head (issue 13): every variant pruned to `steps` removals on the same items
+    # (not stopping at collapse), then, where one has not collapsed, on to `extend_to` or its
+    # collapse; stage "h2h-<label>" with these settings over the plan's
+    h2h: dict = field(default_factory=dict)
+    extend_to: int = 20
 
+
+HEAD_TO_HEAD = {
+    # cheapest and most telling first, so a partial run already answers most
+    "last": {"strategy": "last"},
+    "angular": {"strategy": "angular"},
+    "phase-aware-transition": {"strategy": "phase-aware", "after_decisive": "transition",
+                               "spare": 7},
+    "iterative": {"strategy": "iterative"},
+    "block-influence": {"strategy": "block-influence"},
+    # the ablation: the issue lets variants stop earlier (8 removals); any of them can be
+    # resumed deeper with more steps (stopping settings keep the fingerprint)
+    "phase-aware-spare": {"strategy": "phase-aware", "after_decisive": "objective", "spare": 7,
+                          "steps": 8},
+    "phase-aware": {"strategy": "phase-aware", "steps": 8},  # the first version
+    "phase-aware-objective": {"strategy": "phase-aware", "after_decisive": "objective",
+                              "steps": 8},
+    "phase-aware-kl": {"strategy": "phase-aware", "after_decisive": "transition", "spare": 7,
+                       "objective": "kl", "steps": 8},
+    "sleb": {"strategy": "sleb"},
+    "ppl": {"strategy": "ppl"},
+    "logit-js": {"strategy": "logit-js"},
+    "taylor": {"strategy": "taylor"},
+    "random": {"strategy": "random"},
+}  # fmt: skip
+"""The head-to-head's runs: every strategy, and phase-aware's variants (the ablation). The
+spared decision builders are a quarter of Qwen2.5-Coder-1.5B's 28 layers."""
+
+RECORDS = ROOT / "experiments" / "records"
+"""Where each stage's small records are committed (trajectory.json, candidates.parquet,
+summary.json, never weights), so that a fresh machine resumes instead of starting over."""
+RECORD_FILES = ("trajectory.json", "candidates.parquet", "summary.json")
 
 PLANS = {
     # about 2 s per 0-shot item per full pass on 2 CPU cores: fewer pruning items than SmolLM2
@@ -91,10 +127,11 @@ PLANS = {
         "qwen2.5-coder-1.5b",
         "",
         fetch="qwen2.5-coder-1.5b",
-        calib=24,
-        eval=60,
-        # an iterative step scores all 28 layers on 24 items: about 8 min on 2 CPU cores
-        steps_by_strategy={"iterative": 8},
+        calib=32,
+        eval=200,
+        strategies=(),  # the earlier 24/60-item runs are replaced by the head-to-head
+        h2h=HEAD_TO_HEAD,
+        single_items=120,
     ),
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
@@ -186,15 +223,29 @@ def run_plan(
                           calib=plan.calib, eval=plan.eval, seed=plan.seed,
                           stop_at_collapse=True)  # fmt: skip
         stages.append((f"prune-{strategy}", cfg))
+    cache = str(run_root / "score-cache")  # logits of pruned models, shared by every h2h run
+    h2h = [(f"h2h-{label}", PruneConfig(
+        out="", model=model, task=mmlu, calib=plan.calib, eval=plan.eval,
+        seed=plan.seed, stop_at_collapse=False, plots=False, score_cache=cache,
+        cache_budget="6GB", **{"steps": plan.steps, **settings}))
+        for label, settings in plan.h2h.items()]  # fmt: skip
+    # the first three runs, then the decision readout, then the rest
+    single = []
     if plan.single_items:
-        stages.append(("single-removals", PruneConfig(
+        single.append(("single-removals", PruneConfig(
             out="", model=model, task=mmlu, strategy="iterative", steps=1,
             calib=plan.single_items, eval=10, seed=plan.seed)))  # fmt: skip
+    stages = [*h2h[:3], *stages, *h2h[3:], *single]
     run_root.mkdir(parents=True, exist_ok=True)
     with hold_models():
         for name, cfg in stages:
             out = run_root / name
-            if (only and name not in only) or not _todo(out, cfg):
+            if only and name not in only:
+                continue
+            on_main(_restore, plan, name, out)
+            if name.startswith("h2h-"):
+                cfg = _extended(out, cfg, plan)
+            if not _todo(out, cfg):
                 continue
             started = time.perf_counter()
             print(f"[{_now()}] {plan.name}: {name}", flush=True)
@@ -209,6 +260,56 @@ def run_plan(
             finally:  # an interrupted invocation's time counts too (its steps are kept)
                 label = name if finished else f"{name} (interrupted)"
                 _log(run_root, label, time.perf_counter() - started)
+                if is_main():
+                    _keep(plan, name, out)
+
+
+def _extended(out: Path, cfg: PruneConfig, plan: Plan) -> PruneConfig:
+    """A head-to-head run past ``plan.steps`` removals without a collapse goes on to it.
+
+    The same run resumed with a larger ``--steps`` and ``--stop-at-collapse`` (stopping
+    settings, so the fingerprint allows it): every strategy is compared at every depth up to
+    ``plan.steps``, and the deeper ones also to where they collapse.
+    """
+    if not _done(out) or cfg.steps != plan.steps:  # ablation variants stop at their own depth
+        return cfg
+    traj = load_trajectory(out)
+    if len(traj["steps"]) >= cfg.steps and traj["collapse"]["step"] is None:
+        return replace(cfg, steps=plan.extend_to, stop_at_collapse=True)
+    return cfg
+
+
+def _keep(plan: Plan, name: str, out: Path) -> None:
+    """Copy a stage's small records into experiments/records/ (committed with the code)."""
+    target = RECORDS / plan.name / name
+    if (out.parent / "log.json").exists():  # every invocation's wall time, for the document
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out.parent / "log.json", target.parent / "log.json")
+    for f in RECORD_FILES:
+        if (out / f).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / f, target / f)
+
+
+def _restore(plan: Plan, name: str, out: Path) -> None:
+    """On a machine without the stage's run directory, start from the committed records.
+
+    ``prune --resume`` then continues from the last step recorded (its fingerprint still
+    checks the model, items and settings).
+    """
+    source = RECORDS / plan.name / name
+    log = source.parent / "log.json"
+    if log.exists() and not (out.parent / "log.json").exists():  # earlier machines' wall time
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, out.parent / "log.json")
+    if (out / "trajectory.json").exists() or (out / "summary.json").exists():
+        return
+    if not (source / "trajectory.json").exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for f in RECORD_FILES:
+        if (source / f).exists():
+            shutil.copyfile(source / f, out / f)
 
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:

@@ -109,9 +109,16 @@ def cmd_compare(cfg: CompareConfig) -> int:
     """Run ``compare``."""
     from phaseprune.compare import run_compare
 
-    table = run_compare(cfg.runs, cfg.out)
+    table = run_compare(cfg.runs, cfg.out, reference=cfg.reference, depth=cfg.depth,
+                        n_boot=cfg.n_boot, seed=cfg.seed)  # fmt: skip
     print(table.to_string(index=False))
-    print(f"wrote {cfg.out}/compare.png, {cfg.out}/compare.csv, {cfg.out}/compare.md")
+    wrote = f"{cfg.out}/compare.png, {cfg.out}/compare.csv, {cfg.out}/compare.md"
+    h = table.attrs.get("headtohead")
+    if h:
+        with open(f"{cfg.out}/headtohead.md") as fh:
+            print(fh.read().rstrip())
+        wrote += f", {cfg.out}/headtohead.md, {cfg.out}/headtohead.json"
+    print(f"wrote {wrote}")
     return 0
 
 

@@ -40,8 +40,21 @@ def compare_table(trajs: Sequence[Trajectory], labels: Sequence[str]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def run_compare(run_dirs: Sequence[str], out: str) -> pd.DataFrame:
-    """Write ``OUT/compare.png``, ``OUT/compare.csv`` and ``OUT/compare.md``; return the table."""
+def run_compare(
+    run_dirs: Sequence[str],
+    out: str,
+    *,
+    reference: str | None = None,
+    depth: int = 12,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Write ``OUT/compare.png``, ``OUT/compare.csv`` and ``OUT/compare.md``; return the table.
+
+    With two runs or more on the same evaluation items, also ``OUT/headtohead.json`` and
+    ``OUT/headtohead.md`` (:mod:`phaseprune.headtohead`): ``reference`` (default the first
+    run) against every other; the table's ``attrs["headtohead"]`` holds it.
+    """
     if len(run_dirs) < 1:
         raise UsageError("compare needs at least one run directory")
     trajs = [run.record for run in load_runs(list(run_dirs), "prune")]
@@ -59,6 +72,10 @@ def run_compare(run_dirs: Sequence[str], out: str) -> pd.DataFrame:
         if _has_tabulate()
         else table.to_string(index=False).encode(),
     )
+    table.attrs["headtohead"] = write_headtohead(
+        trajs, run_dirs, labels, out_dir, reference=reference, depth=depth, n_boot=n_boot,
+        seed=seed,
+    )  # fmt: skip
     return table
 
 
@@ -66,3 +83,91 @@ def _has_tabulate() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tabulate") is not None
+
+
+def _reference_label(trajs, run_dirs, labels, reference: str | None) -> str:
+    """The label of ``reference``: a run directory's name or path, or a strategy (unique)."""
+    if reference is None:
+        return labels[0]
+    for d, label in zip(run_dirs, labels, strict=True):
+        if reference in (d, Path(d).name, label):
+            return label
+    matches = [label for t, label in zip(trajs, labels, strict=True) if t["strategy"] == reference]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UsageError(
+            f"--reference {reference}: {len(matches)} runs use that strategy; name the run's "
+            "directory instead"
+        )
+    raise UsageError(
+        f"--reference {reference}: none of the runs ({', '.join(labels)}); give a run's "
+        "directory or a strategy"
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def headtohead_markdown(h: dict) -> str:
+    """headtohead.md: every run's depths and area, then the reference against each run."""
+    depth = h["depth"]
+    lines = [
+        f"# Head-to-head against {h['reference']}",
+        "",
+        f"| run | keeps 90% to depth | keeps 80% to depth | area to depth {depth} | "
+        f"accuracy at {depth} | collapse (layers removed) | deepest |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in h["rows"]:
+        area = "—" if r["area"] is None else f"{r['area']:.3f}"
+        lines.append(
+            f"| {r['run']} | {r['depth_90']} | {r['depth_80']} | {area} | "
+            f"{_pct(r['accuracy_at'].get(depth))} | {r['collapse_depth'] or '—'} | "
+            f"{r['deepest']} |"
+        )
+    lines += ["", f"Paired differences ({h['reference']} minus the other run, 95% paired "
+              "bootstrap interval over items; * where it excludes zero), and McNemar's exact test "
+              "at the first depth where either run keeps less than 90%:", ""]  # fmt: skip
+    if not h["paired"]:
+        lines += ["Some runs were made before each item's answer was kept: no paired numbers."]
+    for p in h["pairs"]:
+        cells = [f"{d['depth']}: {100 * d['difference']:+.1f} [{100 * d['ci'][0]:+.1f}, "
+                 f"{100 * d['ci'][1]:+.1f}]{'*' if d['excludes_zero'] else ''}"
+                 for d in p["differences"]]  # fmt: skip
+        m = p["mcnemar"]
+        test = "—" if m is None else (
+            f"depth {m['depth']}: {m['a_only']} items only {p['run']} gets right, "
+            f"{m['b_only']} only {p['against']}; p = {m['p']:.3g}"
+        )  # fmt: skip
+        joined = "; ".join(cells) or "no common depth"
+        lines += [f"- **{p['against']}**: {joined}. McNemar: {test}."]
+    v = h["verdict"]
+    if v.get("supported") is not None:
+        lines += ["", f"Verdict: {h['reference']} keeps 90% to depth {v['depth_90']}, the best "
+                  f"other run ({v['best_other']}) to {v['best_other_depth_90']}; deeper than or "
+                  f"as deep as every run: {'yes' if v['deeper_than_all'] else 'no'} (short by "
+                  f"{v['shortfall']}); paired wins before that run's collapse at depths "
+                  f"{v['paired_wins_at'] or 'none'}: "
+                  f"**{'supported' if v['supported'] else 'not supported'}**."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_headtohead(trajs, run_dirs, labels, out_dir: Path, *, reference, depth, n_boot,
+                     seed) -> dict | None:  # fmt: skip
+    """headtohead.json and headtohead.md (None for a single run).
+
+    ``load_runs`` already refused runs on other evaluation items.
+    """
+    import json
+
+    from phaseprune.headtohead import head_to_head
+
+    if len(trajs) < 2:
+        return None
+    ref = _reference_label(trajs, run_dirs, labels, reference)
+    h = head_to_head(trajs, labels, ref, depth=depth, n_boot=n_boot, seed=seed)
+    atomic_write_bytes(out_dir / "headtohead.json", json.dumps(h, indent=1, default=str).encode())
+    atomic_write_bytes(out_dir / "headtohead.md", headtohead_markdown(h).encode())
+    return h

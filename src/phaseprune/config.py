@@ -230,8 +230,9 @@ class PruneConfig:
         "Comma-separated original layer indices never removed.", (), minimum=0
     )
     collapse_fraction: float = _doc(
-        "Collapse when eval accuracy falls below this share of the unpruned accuracy "
-        "(or within its interval of chance).",
+        "Collapse when eval accuracy falls below this share of the unpruned accuracy (a rule "
+        "that does not depend on the number of items; a step whose interval reaches chance is "
+        "flagged separately).",
         0.5,
         minimum=0,
         maximum=1,
@@ -322,6 +323,19 @@ class CompareConfig:
 
     runs: tuple[str, ...] = _doc("Run directories made by phaseprune prune.", positional=True)
     out: str = _doc("Output directory for compare.png, compare.csv and compare.md.")
+    reference: str | None = _doc(
+        "The run compared against every other in headtohead.md/.json (its directory name or "
+        "its strategy): paired bootstrap differences in accuracy at each depth and McNemar's "
+        "test, on runs made on the same evaluation items.",
+        None,
+        shown="the first run",
+    )
+    depth: int = _doc(
+        "Common depth (layers removed) of the head-to-head's retained-accuracy area.", 12,
+        minimum=1,
+    )
+    n_boot: int = _doc("Bootstrap resamples of each paired interval.", 2000, minimum=1)
+    seed: int = _doc("Seed of the paired bootstrap.", 0, minimum=0)
 
 
 @config

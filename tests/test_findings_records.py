@@ -1,0 +1,101 @@
+"""experiments/findings.py's committed records: a stage kept, restored on a fresh machine and
+resumed gives the uninterrupted run; head-to-head runs are extended to their collapse."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from phaseprune.config import ModelConfig, PruneConfig, TaskConfig
+from phaseprune.pruning import run_prune
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def findings():
+    spec = importlib.util.spec_from_file_location("findings", ROOT / "experiments" / "findings.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["findings"] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cfg(decider, out, steps, **extra):
+    task = TaskConfig(task=f"jsonl:{decider.path / 'eval.jsonl'}")
+    return PruneConfig(out=str(out), model=ModelConfig(model=str(decider.path)), task=task,
+                       strategy="last", steps=steps, calib=10, eval=30, n_boot=50, quiet=True,
+                       plots=False, **extra)  # fmt: skip
+
+
+def _same(a: dict, b: dict) -> bool:
+    drop = ("timing", "created", "settings", "fingerprint", "collapse")
+    return {k: v for k, v in a.items() if k not in drop} == {
+        k: v for k, v in b.items() if k not in drop
+    }
+
+
+def test_kept_records_resume_on_a_fresh_machine(findings, decider, tmp_path, monkeypatch):
+    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+    plan = findings.Plan("toy", "")
+    machine1 = tmp_path / "machine1" / "h2h-last"
+    run_prune(_cfg(decider, machine1, 2))
+    findings._keep(plan, "h2h-last", machine1)
+    kept = tmp_path / "records" / "toy" / "h2h-last"
+    assert sorted(p.name for p in kept.iterdir()) == ["candidates.parquet", "trajectory.json"]
+    # a new machine: no run directory, the records from the repository
+    machine2 = tmp_path / "machine2" / "h2h-last"
+    findings._restore(plan, "h2h-last", machine2)
+    resumed = run_prune(dataclasses.replace(_cfg(decider, machine2, 3), resume=True))
+    straight = run_prune(_cfg(decider, tmp_path / "straight", 3))
+    assert _same(resumed, straight)
+    assert resumed["collapse"] == straight["collapse"]
+    # a run directory already there is never replaced by the records
+    before = (machine2 / "trajectory.json").read_text()
+    findings._restore(plan, "h2h-last", machine2)
+    assert (machine2 / "trajectory.json").read_text() == before
+
+
+def test_head_to_head_runs_go_on_to_their_collapse(findings, decider, tmp_path):
+    plan = findings.Plan("toy", "", steps=2, extend_to=5)
+    out = tmp_path / "r"
+    cfg = _cfg(decider, out, 2)
+    assert findings._extended(out, cfg, plan) is cfg  # nothing run yet
+    traj = run_prune(cfg)
+    if traj["collapse"]["step"] is None:
+        extended = findings._extended(out, cfg, plan)
+        assert (extended.steps, extended.stop_at_collapse) == (5, True)
+    else:  # collapsed within the common depth: nothing more to run
+        assert findings._extended(out, cfg, plan) is cfg
+    # an ablation variant with its own depth stays there
+    assert findings._extended(out, dataclasses.replace(cfg, steps=1), plan).steps == 1
+
+
+def test_qwen_plan_runs_every_strategy_on_enough_items(findings):
+    from phaseprune.strategies.registry import STRATEGY_NAMES
+
+    plan = findings.PLANS["qwen2.5-coder-1.5b"]
+    assert plan.eval >= 200 and plan.calib >= 32 and len(plan.subjects) >= 5
+    strategies = {s["strategy"] for s in plan.h2h.values()}
+    assert strategies == set(STRATEGY_NAMES)
+    # every strategy but the ablation's variants goes to the common depth of 12
+    full = [label for label, s in plan.h2h.items() if s.get("steps", plan.steps) == plan.steps]
+    assert {plan.h2h[label]["strategy"] for label in full} == set(STRATEGY_NAMES)
+    assert plan.steps == 12
+
+
+def test_records_are_json_not_weights():
+    records = ROOT / "experiments" / "records"
+    for path in records.rglob("*") if records.exists() else ():
+        assert path.is_dir() or path.name in ("trajectory.json", "candidates.parquet",
+                                              "summary.json", "log.json")  # fmt: skip
+        assert path.is_dir() or path.stat().st_size < 2_000_000
+    if (records / "qwen2.5-coder-1.5b").exists():
+        for traj in (records / "qwen2.5-coder-1.5b").glob("h2h-*/trajectory.json"):
+            record = json.loads(traj.read_text())
+            assert len(record["eval_items"]) >= 200 and "eval_gold" in record
