@@ -88,6 +88,8 @@ class Plan:
     # collapse; stage "h2h-<label>" with these settings over the plan's
     h2h: dict = field(default_factory=dict)
     extend_to: int = 20
+    # the phase-aware variant compared against every other run (claim (d))
+    reference: str = "phase-aware-transition"
 
 
 HEAD_TO_HEAD = {
@@ -312,8 +314,36 @@ def _restore(plan: Plan, name: str, out: Path) -> None:
             shutil.copyfile(source / f, out / f)
 
 
+def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
+    """The head-to-head of the plan's h2h runs so far (each up to its last completed step).
+
+    Runs only in experiments/records/ (made on another machine) are restored first.
+    """
+    from phaseprune.compare import headtohead_markdown
+    from phaseprune.headtohead import head_to_head
+
+    runs = {}
+    for label in plan.h2h:
+        out = run_root / f"h2h-{label}"
+        _restore(plan, f"h2h-{label}", out)
+        if _steps_done(out):
+            runs[label] = load_trajectory(out)
+    if plan.reference not in runs or len(runs) < 2:
+        return None
+    h = head_to_head(list(runs.values()), list(runs), plan.reference, depth=plan.steps,
+                     n_boot=2000, seed=plan.seed)  # fmt: skip
+    h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
+    h["n_eval"] = len(runs[plan.reference]["eval_items"])
+    h["n_calib"] = len(runs[plan.reference]["calib_items"])
+    h["unfinished"] = [label for label, t in runs.items() if not t["complete"]]
+    h["missing"] = [label for label in plan.h2h if label not in runs]
+    return h
+
+
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     """Build the report, copy its figures into docs, and extract every number the doc uses."""
+    for stage in ("analyze-mmlu", f"analyze-{plan.other_task}", "single-removals"):
+        _restore(plan, stage, run_root / stage)
     analyze = run_root / "analyze-mmlu"
     committed = docs_root / plan.name / "numbers.json"
     if not (analyze / "summary.json").exists():
@@ -371,6 +401,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "changes": largest_changes(trajs),
         "figures": copied,
         "report": os.path.relpath(report.html, ROOT),
+        "h2h": head_to_head_numbers(plan, run_root) if plan.h2h else None,
     }
     numbers = _slim(numbers)
     committed.write_text(json.dumps(numbers, indent=1))

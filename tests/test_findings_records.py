@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -99,3 +100,21 @@ def test_records_are_json_not_weights():
         for traj in (records / "qwen2.5-coder-1.5b").glob("h2h-*/trajectory.json"):
             record = json.loads(traj.read_text())
             assert len(record["eval_items"]) >= 200 and "eval_gold" in record
+
+
+def test_head_to_head_numbers_from_runs_and_records(findings, decider, tmp_path, monkeypatch):
+    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+    plan = findings.Plan("toy", "", steps=2, reference="pa",
+                         h2h={"last": {"strategy": "last"}, "pa": {"strategy": "phase-aware"},
+                              "iterative": {"strategy": "iterative"}})  # fmt: skip
+    root = tmp_path / "runs"
+    run_prune(_cfg(decider, root / "h2h-last", 2))
+    run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa", 2), strategy="phase-aware"))
+    findings._keep(plan, "h2h-pa", root / "h2h-pa")
+    shutil.rmtree(root / "h2h-pa")  # made on another machine: only its records are here
+    h = findings.head_to_head_numbers(plan, root)
+    assert h["reference"] == "pa" and h["missing"] == ["iterative"] and h["unfinished"] == []
+    assert [r["run"] for r in h["rows"]] == ["last", "pa"]
+    assert h["pairs"][0]["against"] == "last" and h["n_eval"] == 30
+    assert h["markdown"].startswith("| run | keeps 90% to depth")
+    assert h["verdict"]["supported"] in (True, False)
