@@ -90,6 +90,10 @@ class Plan:
     extend_to: int = 20
     # the phase-aware variant compared against every other run (claim (d))
     reference: str = "phase-aware-transition"
+    # the head-to-head's task: MMLU over `subjects`, or another built-in task
+    h2h_task: str = "mmlu"
+    # stages this plan skips (a second setting needs only its head-to-head)
+    skip: tuple[str, ...] = ()
 
 
 HEAD_TO_HEAD = {
@@ -134,6 +138,19 @@ PLANS = {
         strategies=(),  # the earlier 24/60-item runs are replaced by the head-to-head
         h2h=HEAD_TO_HEAD,
         single_items=120,
+    ),
+    # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
+    # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated)
+    "qwen2.5-coder-1.5b-arc": Plan(
+        "qwen2.5-coder-1.5b-arc",
+        "",
+        fetch="qwen2.5-coder-1.5b",
+        calib=32,
+        eval=150,
+        strategies=(),
+        h2h=HEAD_TO_HEAD,
+        h2h_task="arc_challenge",
+        skip=("analyze-mmlu", "analyze-arc_challenge"),
     ),
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
@@ -226,8 +243,10 @@ def run_plan(
                           stop_at_collapse=True)  # fmt: skip
         stages.append((f"prune-{strategy}", cfg))
     cache = str(run_root / "score-cache")  # logits of pruned models, shared by every h2h run
+    h2h_task = mmlu if plan.h2h_task == "mmlu" else TaskConfig(task=plan.h2h_task,
+                                                                shots=plan.shots)  # fmt: skip
     h2h = [(f"h2h-{label}", PruneConfig(
-        out="", model=model, task=mmlu, calib=plan.calib, eval=plan.eval,
+        out="", model=model, task=h2h_task, calib=plan.calib, eval=plan.eval,
         seed=plan.seed, stop_at_collapse=False, plots=False, score_cache=cache,
         cache_budget="6GB", **{"steps": plan.steps, **settings}))
         for label, settings in plan.h2h.items()]  # fmt: skip
@@ -242,7 +261,7 @@ def run_plan(
     with hold_models():
         for name, cfg in stages:
             out = run_root / name
-            if only and name not in only:
+            if (only and name not in only) or name in plan.skip:
                 continue
             on_main(_restore, plan, name, out)
             if name.startswith("h2h-"):

@@ -156,6 +156,11 @@ def cmd_demo(cfg: DemoConfig) -> int:
         accs = ", ".join(f"{s['eval_accuracy']:.0%}" for s in traj["steps"])
         removed = ", ".join(str(s["removed_layer"]) for s in traj["steps"])
         print(f"prune {strategy}: removed {removed} -> accuracy {accs}")
+    h = result["compare"].attrs.get("headtohead")
+    if h:
+        rows = ", ".join(f"{r['run'].split(' (')[0]} {r['depth_90']}" for r in h["rows"])
+        print(f"keeps 90% of the unpruned accuracy to depth: {rows} ({cfg.out}/compare/"
+              "headtohead.md: paired intervals over items)")  # fmt: skip
     print(f"demo finished in {result['wall_s']:.0f} s; runs in {cfg.out}/")
     print(f"report: {result['report'].html}")
     return 0

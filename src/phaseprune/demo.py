@@ -94,7 +94,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                 trajs[pc.strategy] = run_prune(pc, on_step=_advance(bar, pc))
             bar.update(1 + (i + 1) * (cfg.steps + 1) - bar.n)  # a run that stopped early
     bar.set_postfix_str("compare")
-    result["compare"] = run_compare([p.out for p in prune_cfgs], str(out / "compare"))
+    # the head-to-head: phase-aware (when run) against every other strategy on the same items
+    reference = "phase-aware" if "phase-aware" in cfg.strategies else None
+    result["compare"] = run_compare(
+        [p.out for p in prune_cfgs], str(out / "compare"), reference=reference, depth=cfg.steps
+    )
     bar.update()
     bar.set_postfix_str("report")
     runs = [analyze_cfg.out, *(p.out for p in prune_cfgs)]
