@@ -83,3 +83,30 @@ def test_model_is_restored():
     inc((3, 0))
     assert len(decoder_parts(model).layers) == 4
     torch.testing.assert_close(reference(model, (), ids, None, 8192), before, atol=0, rtol=0)
+
+
+def test_runs_in_one_process_share_the_unpruned_state():
+    """Inside share_unpruned (hold_models), a new reader of the same items starts from the
+    unpruned state another computed: bit-identical readouts, no full pass of its own."""
+    from phaseprune.incremental import share_unpruned
+
+    model = build_tiny("llama", n_layers=6)
+    ids, groups = items()
+    options = OPTION_IDS.tolist()
+    with share_unpruned():
+        first = IncrementalReadout(model, ids, options, groups=groups, max_tokens=20)
+        got = first((4,))  # no unpruned readout asked for: it is made once, then resumed
+        assert first.full_passes == 1
+        torch.testing.assert_close(got, reference(model, (4,), ids, groups, 20), atol=0, rtol=0)
+        second = IncrementalReadout(model, ids, options, groups=groups, max_tokens=20)
+        for removed in [(2,), (2, 5), (1,)]:  # (1,) is no superset: back to the shared state
+            torch.testing.assert_close(
+                second(removed), reference(model, removed, ids, groups, 20), atol=0, rtol=0
+            )
+        assert second.full_passes == 0
+        other = IncrementalReadout(model, ids[:5], options, max_tokens=20)  # other items
+        other((2,))
+        assert other.full_passes == 1
+    outside = IncrementalReadout(model, ids, options, groups=groups, max_tokens=20)
+    outside((2,))
+    assert outside.full_passes == 1  # nothing shared outside the block

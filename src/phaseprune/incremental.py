@@ -23,7 +23,9 @@ runs a plain :func:`~phaseprune.readout.read_options` per call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +53,30 @@ class _Group:
 
     prefix: SharedPrefix
     batches: list[CachedBatch]
+
+
+_UNPRUNED: dict | None = None
+"""Inside :func:`share_unpruned`: the unpruned model's state per (model, items), shared."""
+SHARED_STATES = 4
+"""How many unpruned states :func:`share_unpruned` keeps (the oldest goes first)."""
+
+
+@contextmanager
+def share_unpruned() -> Iterator[None]:
+    """Let every readout of the same model and items start from one unpruned state.
+
+    Several pruning runs in one process (``hold_models``: the demo, the findings script) read
+    the same evaluation items; each run's first readout of a pruned model then resumes from the
+    unpruned model's layer inputs, computed once, instead of a full pass. The states are
+    never changed in place (a resumed readout builds new lists), so sharing them is safe; they
+    stay in memory until the block ends.
+    """
+    global _UNPRUNED
+    outer, _UNPRUNED = _UNPRUNED, ({} if _UNPRUNED is None else _UNPRUNED)
+    try:
+        yield
+    finally:
+        _UNPRUNED = outer
 
 
 class IncrementalReadout:
@@ -144,11 +170,20 @@ class IncrementalReadout:
                     progress=self.progress,
                     groups=self.groups,
                 )
+        stale = self.removed is None or not self.removed <= new
+        if stale and new and _UNPRUNED is not None:
+            # shared by every run of this process: the unpruned state first (once), then resume
+            if self._shared() is None and self._fits(n_layers):
+                self._call(())
+            if (shared := self._shared()) is not None:
+                self.removed, self.state, stale = frozenset(), shared, False
         bar = progress_bar(len(self.ids), "readout", enabled=self.progress)
         with without_layers(self.model, sorted(new)) as parts:
-            if self.removed is None or not self.removed <= new:
+            if stale:
                 self.state = self._full(parts, bar)
                 self.full_passes += 1
+                if not new:
+                    self._share()
             elif new != self.removed:
                 kept = kept_layers(n_layers, sorted(self.removed))
                 start = min(kept.index(k) for k in new - self.removed)
@@ -159,6 +194,21 @@ class IncrementalReadout:
             out = self._read(parts)
         bar.close()
         return out
+
+    def _key(self) -> str:
+        digest = hashlib.sha256(repr((self.ids, self.option_ids, self.groups,
+                                      self.max_tokens)).encode())  # fmt: skip
+        return f"{id(self.model)}:{digest.hexdigest()}"
+
+    def _shared(self) -> list[_Group] | None:
+        return None if _UNPRUNED is None else _UNPRUNED.get(self._key())
+
+    def _share(self) -> None:
+        if _UNPRUNED is None:
+            return
+        while len(_UNPRUNED) >= SHARED_STATES:
+            del _UNPRUNED[next(iter(_UNPRUNED))]
+        _UNPRUNED[self._key()] = self.state
 
     def _full(self, parts, bar) -> list[_Group]:
         state = []

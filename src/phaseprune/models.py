@@ -274,10 +274,13 @@ def hold_models():
     loads it once. Safe because the commands never change weights: pruned views restore the
     layer list.
     """
+    from phaseprune.incremental import share_unpruned
+
     global _HELD
     outer, _HELD = _HELD, ({} if _HELD is None else _HELD)
     try:
-        yield
+        with share_unpruned():  # and each run's first pruned readout starts from its state
+            yield
     finally:
         _HELD = outer
 
