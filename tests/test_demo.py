@@ -122,3 +122,27 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     assert findings.collect(findings.PLANS["smollm2-135m"], tmp_path / "none", docs) == json.loads(
         (docs / "smollm2-135m" / "numbers.json").read_text()
     )
+
+
+def test_demo_decider_story(tmp_path):
+    """demo --decider: the tiny decider trained, analyzed, pruned; phase-aware held against
+    the rest on the same items, and removing its Decisive-Phase layers keeps the decision."""
+    from phaseprune.config import DemoConfig
+    from phaseprune.demo import _decider_story
+
+    cfg = DemoConfig(out=str(tmp_path), strategies=("phase-aware", "last"), steps=3)
+    story = _decider_story(cfg, tmp_path / "decider")
+    assert story["analyze"]["transition_layer"] is not None  # it decides
+    pa, last = story["prune"]["phase-aware"], story["prune"]["last"]
+    assert pa["steps"][0]["phase_of_removed"] == "decisive"
+    h = story["compare"].attrs["headtohead"]
+    assert h["reference"].startswith("phase-aware")
+    rows = {r["strategy"]: r for r in h["rows"]}
+    assert rows["phase-aware"]["depth_90"] >= rows["last"]["depth_90"]
+    assert (tmp_path / "decider" / "compare" / "headtohead.md").exists()
+    assert story["report"].html.exists()
+    # a rerun reuses the trained model and the finished runs
+    before = (tmp_path / "decider" / "model" / "model.safetensors").stat().st_mtime_ns
+    again = _decider_story(cfg, tmp_path / "decider")
+    assert (tmp_path / "decider" / "model" / "model.safetensors").stat().st_mtime_ns == before
+    assert again["prune"]["last"]["steps"] == last["steps"]

@@ -161,6 +161,16 @@ def cmd_demo(cfg: DemoConfig) -> int:
         rows = ", ".join(f"{r['run'].split(' (')[0]} {r['depth_90']}" for r in h["rows"])
         print(f"keeps 90% of the unpruned accuracy to depth: {rows} ({cfg.out}/compare/"
               "headtohead.md: paired intervals over items)")  # fmt: skip
+    if "decider" in result:
+        story = result["decider"]
+        print(f"decider: {_analyze_line(story['analyze'])}. "
+              f"{story['analyze']['phases']['statement']}")  # fmt: skip
+        for strategy, traj in story["prune"].items():
+            accs = ", ".join(f"{s['eval_accuracy']:.0%}" for s in traj["steps"])
+            removed = ", ".join(f"{s['removed_layer']} ({s['phase_of_removed']})"
+                                for s in traj["steps"])  # fmt: skip
+            print(f"decider prune {strategy}: removed {removed} -> accuracy {accs}")
+        print(f"decider report: {story['report'].html}")
     print(f"demo finished in {result['wall_s']:.0f} s; runs in {cfg.out}/")
     print(f"report: {result['report'].html}")
     return 0

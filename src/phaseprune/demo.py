@@ -106,8 +106,53 @@ def run_demo(cfg: DemoConfig) -> dict:
     bar.update()
     bar.close()
     result["prune"] = trajs
+    if cfg.decider:
+        result["decider"] = _decider_story(cfg, out / "decider")
     result["wall_s"] = time.perf_counter() - started
     return result
+
+
+DECIDER_ITEMS = {"analyze": 160, "calib": 40, "eval": 120}
+"""The decider's share of its 160 held-out items: all for analyze, 40/120 for pruning."""
+
+
+def _decider_story(cfg: DemoConfig, out: Path) -> dict:
+    """The same story on a model that decides: train it (once), analyze, prune, head-to-head.
+
+    The decider (:mod:`phaseprune.decider`) has a sharp transition, so here phase-aware's
+    Decisive-Phase removals keep the accuracy while removing Silent-Phase layers breaks it.
+    """
+    from phaseprune.analysis import run_analyze
+    from phaseprune.compare import run_compare
+    from phaseprune.decider import build_decider
+    from phaseprune.pruning import run_prune
+    from phaseprune.report import build_report
+
+    model = out / "model"
+    if not (model / "eval.jsonl").exists() or cfg.overwrite:
+        with stage("demo decider: training"):
+            build_decider(model, seed=0)
+    task = TaskConfig(task=f"jsonl:{model / 'eval.jsonl'}")
+    mc = ModelConfig(model=str(model))
+    analyze = AnalyzeConfig(out=str(out / "analyze"), model=mc, overwrite=cfg.overwrite,
+                            task=dataclasses.replace(task, limit=DECIDER_ITEMS["analyze"]),
+                            quiet=True)  # fmt: skip
+    summary = _analyze(run_analyze, analyze)
+    runs, trajs = [], {}
+    steps = min(cfg.steps, summary["n_layers"] - 1)
+    for strategy in cfg.strategies:
+        run_dir = out / f"prune-{strategy}"
+        pc = PruneConfig(out=str(run_dir), model=mc, task=task, strategy=strategy, steps=steps,
+                         calib=DECIDER_ITEMS["calib"], eval=DECIDER_ITEMS["eval"],
+                         resume=(run_dir / "trajectory.json").exists() and not cfg.overwrite,
+                         overwrite=cfg.overwrite, quiet=True)  # fmt: skip
+        with stage(f"demo decider prune {strategy}"):
+            trajs[strategy] = run_prune(pc)
+        runs.append(pc.out)
+    reference = "phase-aware" if "phase-aware" in cfg.strategies else None
+    table = run_compare(runs, str(out / "compare"), reference=reference, depth=steps)
+    report = build_report([analyze.out, *runs], out / "report.html")
+    return {"analyze": summary, "prune": trajs, "compare": table, "report": report}
 
 
 def _advance(bar: tqdm, pc: PruneConfig):
