@@ -47,7 +47,8 @@ def test_spare_keeps_the_worst_single_removals(decider, tmp_path):
     cands = pd.read_parquet(tmp_path / "it" / "candidates.parquet")
     for layer, score in scan.items():
         assert cands.set_index("layer").loc[int(layer), "score"] == pytest.approx(score)
-    worst = sorted(scan, key=lambda k: (scan[k], -int(k)))[:2]
+    keys = cands.set_index("layer")
+    worst = sorted(scan, key=lambda k: (scan[k], keys.loc[int(k), "margin"], -int(k)))[:2]
     builders = spared["steps"][0]["calib_phases"]["builders"]
     assert builders == sorted(int(k) for k in worst)
     removed = [k for s in spared["steps"] for k in s["removed_layers"]]

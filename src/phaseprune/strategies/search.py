@@ -141,10 +141,12 @@ def decision_builders(ctx: PruneContext) -> list[int]:
     if ctx.cache.builders is None:
         free = [k for k in range(ctx.n_layers) if k not in ctx.protect]
         scan = by_objective(ctx, (), free) if ctx.spare else None
-        keys = {} if scan is None else scan.scores
-        worst = sorted(keys, key=lambda k: (keys[k]["score"], -k))  # lowest score first
+        scores = {} if scan is None else scan.scores
+        # the objective's whole key (accuracy ties go to the margin), worst first
+        keys = {k: objective_key(ctx.objective, v) for k, v in scores.items()}
+        worst = sorted(keys, key=lambda k: (keys[k], -k))
         ctx.cache.builders = sorted(worst[: ctx.spare])
-        ctx.cache.builder_scan = {k: keys[k]["score"] for k in sorted(keys)}
+        ctx.cache.builder_scan = {k: scores[k]["score"] for k in sorted(scores)}
     return ctx.cache.builders
 
 
