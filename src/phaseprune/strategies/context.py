@@ -35,9 +35,6 @@ class StrategyCache:
     """Phase-aware with ``spare``: the decision builders spared, from one scan at the start."""
     builder_scan: dict[int, float] | None = None
     """Phase-aware with ``spare``: each layer's objective score removed alone (the scan)."""
-    calib_origin: tuple[int | None, int, float] | None = None
-    """Phase-aware ``transition``: the unpruned model's calibration transition, depth and last
-    mean margin."""
     reference_logprobs: torch.Tensor | None = None
     """logit-js: ``(n_calib, vocab)`` last-token log-probabilities of the unpruned model."""
 

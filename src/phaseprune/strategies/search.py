@@ -152,9 +152,9 @@ def decision_builders(ctx: PruneContext) -> list[int]:
 
 DEPTH_SLACK = 0.15
 """``--after-decisive transition``: how far (as a share of the depth) the calibration
-transition may move from the unpruned model's relative depth and still count as kept."""
+transition may move from the current model's relative depth and still count as kept."""
 MARGIN_HELD = 0.5
-"""``--after-decisive transition``: the share of the unpruned model's last-readout mean
+"""``--after-decisive transition``: the share of the current model's last-readout mean
 calibration margin a removal must keep."""
 PROBES = 4
 """``--after-decisive transition``: how many of the objective's best candidates are checked
@@ -164,24 +164,23 @@ for the transition before the best is taken anyway (each check is one incrementa
 def keeps_transition(ctx: PruneContext, removed: Sequence[int], k: int) -> dict:
     """Whether removing ``k`` keeps the calibration transition, and what was measured.
 
-    Kept: a transition is still found; its relative depth (readout index over the number of
-    layers) is within :data:`DEPTH_SLACK` of the unpruned model's; and the last readout's mean
-    margin is at least :data:`MARGIN_HELD` of the unpruned model's.
+    Kept, against the current model (without ``removed``): a transition is still found; its
+    relative depth (readout index over the number of layers) moves by at most
+    :data:`DEPTH_SLACK`; and the last readout's mean margin keeps at least :data:`MARGIN_HELD`
+    of the current one. (Against the unpruned model instead, nothing passes once the
+    Decisive-Phase layers are gone: they carry much of the final margin.)
     """
     reader = _calib_reader(ctx)
+    now, now_margin = _phases_of(ctx, stored(ctx, "calib", removed, lambda: reader(removed)))
     probe = [*removed, k]
     phases, margin = _phases_of(ctx, stored(ctx, "calib", probe, lambda: reader.probe(probe)))
-    if ctx.cache.calib_origin is None:
-        origin = stored(ctx, "calib", (), lambda: reader.probe(()))
-        start, start_margin = _phases_of(ctx, origin)
-        ctx.cache.calib_origin = (start.transition_layer, start.n_readout - 1, start_margin)
-    t0, depth0, margin0 = ctx.cache.calib_origin
-    t = phases.transition_layer
-    depth = phases.n_readout - 1
+    t0, depth0 = now.transition_layer, now.n_readout - 1
+    t, depth = phases.transition_layer, phases.n_readout - 1
     ok = t is not None and t0 is not None
     if ok:
-        ok = abs(t / depth - t0 / depth0) <= DEPTH_SLACK and margin >= MARGIN_HELD * margin0
-    return {"layer": k, "transition_layer": t, "last_margin": round(margin, 4), "kept": bool(ok)}
+        ok = abs(t / depth - t0 / depth0) <= DEPTH_SLACK and margin >= MARGIN_HELD * now_margin
+    return {"layer": k, "transition_layer": t, "last_margin": round(margin, 4),
+            "current_margin": round(now_margin, 4), "kept": bool(ok)}  # fmt: skip
 
 
 def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
