@@ -7,14 +7,14 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "phaseprune"
 LAYERS = {  # docs/architecture.md's table, top to bottom
-    "core": ["metrics", "phases", "objectives", "collapse", "evidence", "prompts", "tasks",
-             "errors", "progress"],
+    "core": ["metrics", "phases", "objectives", "collapse", "evidence", "headtohead", "prompts",
+             "tasks", "errors", "progress"],
     "architecture": ["arch", "surgery", "portable"],
     "engine": ["cpu", "distributed", "identity", "models", "encoding", "readout",
-               "layer_cache", "candidates", "incremental", "precision", "baselines"],
+               "layer_cache", "candidates", "incremental", "precision", "baselines", "decider"],
     "strategies": ["strategies"],
     "runs": ["flags", "config", "loading", "records", "runio", "runs", "lines",
-             "trajectory", "lm_eval_scores"],
+             "trajectory", "lm_eval_scores", "score_store"],
     "presentation": ["figures", "report", "model_card"],
     "entry points": ["analysis", "pruning", "compare", "export", "demo", "api", "cli", "__main__"],
 }  # fmt: skip

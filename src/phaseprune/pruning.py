@@ -62,16 +62,14 @@ from phaseprune.tasks import load_task, round_robin
 from phaseprune.trajectory import candidate_rows, header, readout_record, step_record
 
 VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_budget",
-            "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit",
-            "lm_eval_batch_size")  # fmt: skip
+            "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit", "lm_eval_batch_size")
 # settings that only decide where a run stops: a resume may change them (extend or cut short)
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made: left out of the fingerprint at these
 defaults (as ``weights_sha256`` where it adds nothing), so those runs still resume."""
-LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence"}
-"""The same for pruning settings added later (phase-aware's variants)."""
+LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence"}  # the same, for prune
 
 OnStep = Callable[[Trajectory, Readout, bool], None]
 """``on_step(traj, record, resumed)``: see :func:`run_prune`."""
@@ -173,11 +171,9 @@ class PruneRun:
             return None
         ctx, groups = self.ctx, subject_groups([self.task.items[i].subject for i in self.eval])
         info = {k: v for k, v in dataclasses.asdict(self.info).items() if k != "path"}
-        return ScoreStore(
-            self.cfg.score_cache,
-            info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups, self.eval_ids, groups,
-            list(ctx.option_ids), self.max_tokens, self.processes, __version__,
-        )  # fmt: skip
+        return ScoreStore(self.cfg.score_cache, info, self.cfg.model.dtype, ctx.calib_ids,
+                          ctx.calib_groups, self.eval_ids, groups, list(ctx.option_ids),
+                          self.max_tokens, self.processes, __version__)  # fmt: skip
 
     def _check_layers(self, n: int) -> None:
         """Refuse settings the model's depth makes impossible (before the weights load)."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from phaseprune.incremental import IncrementalReadout
 from phaseprune.precision import Rescoring
-from phaseprune.score_store import ScoreStore
 from phaseprune.surgery import kept_layers
 
 
@@ -81,8 +80,9 @@ class PruneContext:
     """Bytes the cached layer inputs of candidate scoring may take (None: no limit)."""
     progress: bool = False
     """Show progress bars."""
-    store: ScoreStore | None = None
-    """``--score-cache``: logits of pruned models kept on disk by removed set (exact runs)."""
+    store: Any = None
+    """``--score-cache``: a :class:`phaseprune.score_store.ScoreStore` (a later layer, so not
+    imported here), keeping logits of pruned models on disk by removed set (exact runs)."""
     fast: Rescoring | None = None
     """``--precision fast``: candidates run in this bfloat16 copy, float32 decides near ties."""
     cache: StrategyCache = field(default_factory=StrategyCache)
