@@ -245,10 +245,10 @@ def head_to_head(
     pairs = [pair_row(ref, c, depth, n_boot=n_boot, seed=seed) for c in curves if c is not ref]
     return {"reference": reference, "depth": depth, "rows": rows, "pairs": pairs,
             "paired": all(c.correct is not None for c in curves),
-            "verdict": verdict(ref, curves, pairs)}  # fmt: skip
+            "verdict": verdict(ref, curves, pairs, depth)}  # fmt: skip
 
 
-def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping]) -> dict:
+def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth: int) -> dict:
     """Whether ``ref`` prunes deeper than every other run, by the rule fixed before the runs.
 
     Supported only if ``ref``'s 90%-retention depth is at least every other run's, and its paired
@@ -261,7 +261,7 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping]) -> di
     share = SHARES[0]
 
     def strength(c):
-        return (retention_depth(c, share), retained_area(c, min(max(c.depths), 12)) or 0.0)
+        return (retention_depth(c, share), retained_area(c, min(max(c.depths), depth)) or 0.0)
 
     best = max(others, key=strength)
     mine, theirs = retention_depth(ref, share), retention_depth(best, share)
