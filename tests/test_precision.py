@@ -9,6 +9,7 @@ the same). The fast results must still equal float32's exactly where decisions a
 import numpy as np
 import pytest
 import torch
+from conftest import needs_bf16_units
 from tiny_models import CASES, OPTION_IDS, VOCAB, build_tiny
 
 from phaseprune.arch import decoder_parts
@@ -107,6 +108,7 @@ def test_subset_groups_reindexes():
 
 
 @pytest.mark.parametrize("case", FAMILIES)
+@needs_bf16_units
 def test_fast_readout_picks_equal_float32_at_every_layer(case):
     model = near_tied(case)
     fast_model = bfloat16_copy(model)
@@ -130,6 +132,7 @@ def test_fast_readout_picks_equal_float32_at_every_layer(case):
 
 
 @pytest.mark.parametrize("case", FAMILIES)
+@needs_bf16_units
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_fast_scoring_chooses_the_float32_layer(case, objective):
     model = near_tied(case)

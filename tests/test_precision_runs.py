@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs_bf16_units
 from golden_runs import GOLDEN, cases, record_of
 from test_golden import SMOL
 
@@ -30,6 +31,7 @@ def picks_by_layer(summary: dict) -> list:
     return [(x["accuracy"], x["option_frequency"]) for x in summary["layers"]]
 
 
+@needs_bf16_units
 @pytest.mark.parametrize("name", NAMES)
 def test_fast_runs_decide_as_the_golden_float32_runs(name, decider, tmp_path):
     if name.startswith("smollm2") and not SMOL:

@@ -9,7 +9,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import SHARED_MMLU
+from conftest import SHARED_MMLU, needs_bf16_units
 
 from phaseprune.arch import decoder_parts
 from phaseprune.encoding import encode_prompts
@@ -127,6 +127,7 @@ def test_iterative_pruning_two_steps(tmp_path, smollm):
     assert acc == pytest.approx(traj["steps"][0]["calib_metrics"]["accuracy"])
 
 
+@needs_bf16_units
 def test_fast_bounds_hold_for_every_candidate_on_smollm(smollm):
     """The bounds start_rescoring measures cover every candidate's rows and means.
 
