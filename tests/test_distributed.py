@@ -77,6 +77,8 @@ def _same_run(got: Path, want: Path) -> None:
             for col in x.columns:
                 if pd.api.types.is_float_dtype(y[col]):
                     np.testing.assert_allclose(x[col], y[col], atol=1e-4, rtol=1e-4)
+                elif col == "picks":  # one list of calibration picks per candidate
+                    assert [list(v) for v in x[col]] == [list(v) for v in y[col]], col
                 else:
                     assert (x[col] == y[col]).all(), col
 

@@ -94,6 +94,27 @@ def test_single_removals_group_by_phase():
     assert s["decisive"]["worst_delta"] == pytest.approx(-0.3)
 
 
+def test_single_removals_paired_intervals_from_picks():
+    t = traj("iterative", [3], ["decisive"], [0.9])
+    gold = [i % 4 for i in range(40)]
+    t |= {"calib_items": list(range(40)), "calib_gold": gold, "calib_picks": gold}  # all right
+    lose_half = [g if i % 2 else (g + 1) % 4 for i, g in enumerate(gold)]
+    lose_one = [g if i else (g + 1) % 4 for i, g in enumerate(gold)]
+    rows = [{"step": 1, "layer": 0, "accuracy": 0.5, "picks": lose_half},
+            {"step": 1, "layer": 1, "accuracy": 0.975, "picks": lose_one},
+            {"step": 1, "layer": 2, "accuracy": 1.0, "picks": gold},
+            {"step": 1, "layer": 3, "accuracy": 1.0}]  # fmt: skip (layer 3: an older row)
+    t["calib_step0"] = {"accuracy": 1.0}
+    s = single_removals(t, rows)
+    by = {r["layer"]: r for r in s["layers"]}
+    lo, hi = by[0]["delta_ci"]
+    assert lo < -0.5 < hi < 0 and by[0]["items_lost"] == 20 and by[0]["items_gained"] == 0
+    lo, hi = by[1]["delta_ci"]  # one item of 40 lost: the interval reaches zero
+    assert lo < 0 and hi == 0 and by[1]["items_lost"] == 1
+    assert by[2]["delta_ci"] == [0.0, 0.0] and "delta_ci" not in by[3]
+    assert s["silent"]["n_hurt_sure"] == 1 and s["decisive"]["n_hurt_sure"] == 0
+
+
 def test_claims_verdicts():
     pa = traj("phase-aware", [3, 2, 1], ["decisive"] * 2 + ["silent"], [0.9, 0.88, 0.3], 3)
     bi = traj("block-influence", [1, 3], ["silent", "decisive"], [0.3, 0.25], 1)

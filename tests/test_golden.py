@@ -55,10 +55,14 @@ def with_later_settings(golden: dict) -> dict:
 
 def without_item_outcomes(got: dict) -> dict:
     """The record less what runs gained later (each item's pick and margin, the gold letters,
-    the within-chance flag), after checking those agree with the golden content kept."""
+    the unpruned calibration picks, the within-chance flag), after checking those agree with
+    the golden content kept."""
     if "steps" not in got:
         return got
     gold = got.pop("eval_gold")
+    calib_gold, calib_picks = got.pop("calib_gold"), got.pop("calib_picks")
+    right = sum(p == g for p, g in zip(calib_picks, calib_gold, strict=True))
+    assert right / len(calib_gold) == pytest.approx(got["calib_step0"]["accuracy"])
     for record in [got["step0"], *got["steps"]]:
         picks = record.pop("eval_picks")
         margins = record.pop("eval_margins")

@@ -54,6 +54,13 @@ def test_spare_keeps_the_worst_single_removals(decider, tmp_path):
     removed = [k for s in spared["steps"] for k in s["removed_layers"]]
     assert not set(removed) & set(builders)
     assert it["steps"][0]["removed_layers"][0] not in builders  # the best is never a builder
+    # every candidate keeps each calibration item's pick: its accuracy, item by item
+    gold = np.array(it["calib_gold"])
+    for _, row in cands.iterrows():
+        assert (np.array(row["picks"]) == gold).mean() == pytest.approx(row["accuracy"])
+    assert (np.array(it["calib_picks"]) == gold).mean() == pytest.approx(
+        it["calib_step0"]["accuracy"]
+    )
 
 
 def test_after_decisive_objective_takes_the_best_candidate(decider, tmp_path):

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from phaseprune.headtohead import paired_interval
+
 THRESHOLDS = {
     "sharp_width": 3,  # (a) transition interval at most this many layers wide ...
     "sharp_p_none": 0.05,  # ... and at most this share of resamples find no transition
@@ -157,7 +159,12 @@ def delta_stats(deltas: Sequence[float]) -> dict:
 
 
 def single_removals(
-    traj: Mapping, candidates: Sequence[Mapping], phases: Sequence[str] | None = None
+    traj: Mapping,
+    candidates: Sequence[Mapping],
+    phases: Sequence[str] | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> dict:
     """(b), (c) cleanly: step 1 of an iterative run scores removing each layer alone.
 
@@ -165,7 +172,9 @@ def single_removals(
     without it is compared with the unpruned calibration accuracy (``calib_step0``), grouped
     by the layer's phase in the unpruned model: ``phases`` (one per decoder layer, e.g. an
     ``analyze`` run's ``phases.layer_phases`` on more items), or by default the run's own
-    evaluation readout (``step0.phases.layer_phases``).
+    evaluation readout (``step0.phases.layer_phases``). Where the run kept each item's pick
+    (``calib_picks`` and the candidates' ``picks``), each layer also gets ``delta_ci``, a
+    paired bootstrap 95% interval over the calibration items, and the items it loses and gains.
     """
     base = traj["calib_step0"]["accuracy"]
     phases = list(phases) if phases is not None else traj["step0"]["phases"]["layer_phases"]
@@ -175,9 +184,26 @@ def single_removals(
          "accuracy": float(r["accuracy"]), "delta": float(r["accuracy"]) - base}
         for r in sorted(rows, key=lambda r: r["layer"])
     ]  # fmt: skip
+    # runs that keep every calibration item's pick: a paired 95% interval on each delta
+    gold, unpruned = traj.get("calib_gold"), traj.get("calib_picks")
+    if gold is not None and unpruned is not None:
+        gold = np.asarray(gold)
+        before = np.asarray(unpruned) == gold
+        for rec, r in zip(per_layer, sorted(rows, key=lambda r: r["layer"]), strict=True):
+            if r.get("picks") is None:
+                continue
+            after = np.asarray(r["picks"]) == gold
+            _, lo, hi = paired_interval(after, before, n_boot=n_boot, seed=seed)
+            rec["delta_ci"] = [lo, hi]
+            rec["items_lost"] = int((before & ~after).sum())
+            rec["items_gained"] = int((~before & after).sum())
     out: dict = {"base_accuracy": base, "n_items": len(traj["calib_items"]), "layers": per_layer}
     for phase in ("decisive", "silent"):
         out[phase] = delta_stats([r["delta"] for r in per_layer if r["phase"] == phase])
+        # layers whose removal alone costs accuracy beyond doubt (interval below zero)
+        out[phase]["n_hurt_sure"] = sum(
+            1 for r in per_layer if r["phase"] == phase and r.get("delta_ci", [0, 0])[1] < 0
+        )
     return out
 
 

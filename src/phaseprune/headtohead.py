@@ -144,23 +144,32 @@ def paired_difference(
     i, j = a.at(depth), b.at(depth)
     if i is None or j is None or a.correct is None or b.correct is None:
         return None
-    x = a.correct[i].astype(float)
-    y = b.correct[j].astype(float)
+    diff, lo, hi = paired_interval(a.correct[i], b.correct[j], n_boot=n_boot, seed=seed)
+    return {"depth": depth, "difference": diff, "ci": [lo, hi], "excludes_zero": lo > 0 or hi < 0}
+
+
+def paired_interval(
+    x: np.ndarray, y: np.ndarray, *, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``x`` minus mean of ``y``, with a paired percentile bootstrap 95% interval.
+
+    ``x`` and ``y`` are per-item outcomes of two models on the same items; each resample draws
+    the same items for both. Returns ``(difference, low, high)``.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     diff = float(x.mean() - y.mean())
     if np.array_equal(x, y):  # no item differs: every resample gives 0
-        lo = hi = 0.0
-    else:
-        res = stats.bootstrap(
-            (x, y),
-            lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-            paired=True,
-            vectorized=True,
-            n_resamples=n_boot,
-            method="percentile",
-            random_state=np.random.default_rng(seed),
-        )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"depth": depth, "difference": diff, "ci": [lo, hi], "excludes_zero": lo > 0 or hi < 0}
+        return diff, 0.0, 0.0
+    res = stats.bootstrap(
+        (x, y),
+        lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_boot,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mcnemar(a: Curve, b: Curve, depth: int) -> dict | None:

@@ -119,10 +119,15 @@ class Collapse(TypedDict):
 
 
 class EvalGold(TypedDict, total=False):
-    """The evaluation items' gold options (runs made since the head-to-head)."""
+    """The items' gold options and unpruned picks (runs made since the head-to-head)."""
 
     eval_gold: list[int]
     """Gold option index per evaluation item, in ``eval_items`` order."""
+    calib_gold: list[int]
+    """Gold option index per calibration item, in ``calib_items`` order."""
+    calib_picks: list[int]
+    """The unpruned model's pick per calibration item (``candidates.parquet``'s ``picks``
+    are the same items' picks without each candidate)."""
 
 
 class Trajectory(EvalGold):

@@ -68,6 +68,8 @@ def header(run, step0: Readout) -> Trajectory:
         "calib_items": [items[i] for i in run.calib],
         "eval_items": [items[i] for i in run.eval],
         "eval_gold": [int(g) for g in run.eval_gold],
+        "calib_gold": [int(g) for g in run.ctx.calib_gold],
+        "calib_picks": [int(p) for p in np.asarray(run.ctx.ref_logits).argmax(-1)],
         "chance": 1.0 / run.task.n_options,
         "n_layers": run.info.n_layers,
         # the unpruned model on the calibration items, as candidates are scored there
@@ -96,7 +98,7 @@ def step_record(
         "remaining_layers": kept_layers(run.info.n_layers, removed),
         "phase_of_removed": phase_of_removed,
         "calib_score": best["score"],
-        "calib_metrics": {k: v for k, v in best.items() if k != "score"},
+        "calib_metrics": {k: v for k, v in best.items() if k not in ("score", "picks")},
         "criterion": str(choice.criterion),
         **runner_up(choice),
         "note": choice.note,
@@ -118,7 +120,9 @@ def candidate_rows(step: int, choice) -> list[dict]:
                 "score": float(metrics["score"]),
                 "selected": layer == chosen,
                 "criterion": str(choice.criterion),
-                **{k: float(v) for k, v in metrics.items() if k != "score"},
+                **{k: float(v) for k, v in metrics.items() if k not in ("score", "picks")},
+                # per calibration item (objective-scored strategies): the pruned model's pick
+                **({"picks": [int(p) for p in metrics["picks"]]} if "picks" in metrics else {}),
             }
         )
     return rows

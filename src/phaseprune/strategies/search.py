@@ -76,7 +76,8 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
     for k, value in logits.items():
         metrics = candidate_metrics(value.numpy(), ctx.calib_gold, ctx.ref_logits)
         keys[k] = objective_key(ctx.objective, metrics)
-        scores[k] = {**metrics, "score": keys[k][0]}
+        # each calibration item's pick without k: paired intervals per removal (evidence)
+        scores[k] = {**metrics, "score": keys[k][0], "picks": value.numpy().argmax(-1).tolist()}
     criterion = Criterion(OBJECTIVE_CRITERIA[ctx.objective], "max")
     precision = None if ctx.fast is None else ctx.fast.record()
     return Choice((best_candidate(keys),), scores, criterion, precision=precision)
