@@ -7,9 +7,10 @@
 
 For each model it runs, through phaseprune's own commands (one model load per model):
 ``analyze`` on MMLU (several subjects) and on ARC-Challenge, ``prune`` with each strategy on
-disjoint calibration/evaluation items, ``report`` over them; then it extracts the claims'
-numbers (:mod:`phaseprune.evidence`) and renders docs/findings.md from
-experiments/findings.md.j2. Runs go to ``runs/findings/<model>/`` and are resumed, so an
+disjoint calibration/evaluation items, ``report`` over them; then ``findings_doc.py`` (the
+document half) extracts the claims' numbers (:mod:`phaseprune.evidence`) and renders
+docs/findings.md from experiments/findings.md.j2. This module holds the plans, the stages and
+their committed records (``experiments/records/``). Runs go to ``runs/findings/<model>/`` and are resumed, so an
 interrupted or partial run continues where it stopped; the wall time of every invocation is
 logged there and summed in the document. Figures are copied to ``docs/findings/<model>/``.
 """
@@ -18,27 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-from phaseprune import __version__
 from phaseprune.analysis import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.distributed import is_main, join, on_main
-from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
 from phaseprune.models import hold_models
 from phaseprune.pruning import run_prune
-from phaseprune.report import build_report
-from phaseprune.runs import load_candidates, load_summary, load_trajectory
+from phaseprune.runs import load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -102,8 +97,9 @@ HEAD_TO_HEAD = {
     "angular": {"strategy": "angular"},
     "phase-aware-transition": {"strategy": "phase-aware", "after_decisive": "transition",
                                "spare": 7},
-    "iterative": {"strategy": "iterative"},
+    # block influence finishes its 12 removals in about an hour; iterative needs hours
     "block-influence": {"strategy": "block-influence"},
+    "iterative": {"strategy": "iterative"},
     # the ablation: the issue lets variants stop earlier (8 removals); any of them can be
     # resumed deeper with more steps (stopping settings keep the fingerprint)
     "phase-aware-spare": {"strategy": "phase-aware", "after_decisive": "objective", "spare": 7,
@@ -250,13 +246,14 @@ def run_plan(
         seed=plan.seed, stop_at_collapse=False, plots=False, score_cache=cache,
         cache_budget="6GB", **{"steps": plan.steps, **settings}))
         for label, settings in plan.h2h.items()]  # fmt: skip
-    # the first three runs, then the decision readout, then the rest
+    # the first three runs, the decision readout, the single removals (claims b, c; under an
+    # hour), then the rest
     single = []
     if plan.single_items:
         single.append(("single-removals", PruneConfig(
             out="", model=model, task=mmlu, strategy="iterative", steps=1,
             calib=plan.single_items, eval=10, seed=plan.seed)))  # fmt: skip
-    stages = [*h2h[:3], *stages, *h2h[3:], *single]
+    stages = [*h2h[:3], *stages, *single, *h2h[3:]]
     run_root.mkdir(parents=True, exist_ok=True)
     with hold_models():
         for name, cfg in stages:
@@ -333,140 +330,6 @@ def _restore(plan: Plan, name: str, out: Path) -> None:
             shutil.copyfile(source / f, out / f)
 
 
-def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
-    """The head-to-head of the plan's h2h runs so far (each up to its last completed step).
-
-    Runs only in experiments/records/ (made on another machine) are restored first.
-    """
-    from phaseprune.compare import headtohead_markdown
-    from phaseprune.headtohead import head_to_head
-
-    runs = {}
-    for label in plan.h2h:
-        out = run_root / f"h2h-{label}"
-        _restore(plan, f"h2h-{label}", out)
-        if _steps_done(out):
-            runs[label] = load_trajectory(out)
-    if plan.reference not in runs or len(runs) < 2:
-        return None
-    h = head_to_head(list(runs.values()), list(runs), plan.reference, depth=plan.steps,
-                     n_boot=2000, seed=plan.seed)  # fmt: skip
-    h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
-    h["n_eval"] = len(runs[plan.reference]["eval_items"])
-    h["n_calib"] = len(runs[plan.reference]["calib_items"])
-    h["unfinished"] = [label for label, t in runs.items() if not t["complete"]]
-    h["missing"] = [label for label in plan.h2h if label not in runs]
-    return h
-
-
-def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
-    """Build the report, copy its figures into docs, and extract every number the doc uses."""
-    for stage in ("analyze-mmlu", f"analyze-{plan.other_task}", "single-removals"):
-        _restore(plan, stage, run_root / stage)
-    analyze = run_root / "analyze-mmlu"
-    committed = docs_root / plan.name / "numbers.json"
-    if not (analyze / "summary.json").exists():
-        # runs made elsewhere: the document is rebuilt from the numbers committed with it
-        return json.loads(committed.read_text()) if committed.exists() else None
-    other = run_root / f"analyze-{plan.other_task}"
-    prunes = [run_root / f"prune-{s}" for s in plan.strategies]
-    # unfinished runs are shown up to their last step (and marked so); resumed by the next run
-    prunes = [p for p in prunes if _steps_done(p)]
-    runs = [analyze, *prunes]
-    report = build_report(runs, run_root / "report.html")
-    figures = docs_root / plan.name
-    if figures.exists():
-        shutil.rmtree(figures)
-    figures.mkdir(parents=True)
-    copied = {}
-    for png in report.pngs:
-        rel = png.relative_to(report.files_dir)
-        # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
-        run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
-        key = f"{run}/{png.stem}" if run else png.stem
-        target = figures / (key.replace("/", "__") + ".png")
-        shutil.copyfile(png, target)
-        copied[key] = target.relative_to(docs_root.parent).as_posix()
-    summary = load_summary(analyze)
-    other_summary = load_summary(other) if (other / "summary.json").exists() else None
-    # an unfinished run's stored collapse is provisional, up to its last completed step
-    trajs = [load_trajectory(p) for p in prunes]
-    single = None
-    # phases from the analyze run (more items than any pruning run's evaluation readout)
-    phases = summary["phases"]["layer_phases"]
-    for source in ("single-removals", "prune-iterative"):
-        run = run_root / source
-        if single is not None or not (run / "candidates.parquet").exists():
-            continue
-        traj = load_trajectory(run)
-        if traj["steps"]:  # step 1 is all it needs, finished run or not
-            rows = load_candidates(run, {1})
-            single = single_removals(traj, rows, phases) | {"source": source}
-    log = (
-        json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
-    )
-    numbers = {
-        "plan": asdict(plan),
-        "model": summary["model"],
-        "phaseprune_version": __version__,
-        "wall_s": sum(e["wall_s"] for e in log),
-        "log": log,
-        "analyze": summary,
-        "other": other_summary,
-        "prune": trajs,
-        "single": single,
-        "claims": claims(summary, trajs, single),
-        "pileup": pileup(summary),
-        "changes": largest_changes(trajs),
-        "figures": copied,
-        "report": os.path.relpath(report.html, ROOT),
-        "h2h": head_to_head_numbers(plan, run_root) if plan.h2h else None,
-    }
-    numbers = _slim(numbers)
-    committed.write_text(json.dumps(numbers, indent=1))
-    return numbers
-
-
-def _slim(numbers: dict) -> dict:
-    """numbers.json keeps the trajectories' per-step headline numbers, not every layer."""
-    out = dict(numbers)
-    out["prune"] = [
-        {k: t.get(k) for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items",
-                                "complete")}
-        | {"step0_accuracy": t["step0"]["eval_accuracy"],
-           "step0_accuracy_ci": t["step0"]["eval_accuracy_ci"],
-           "step0_transition": t["step0"]["transition_layer"],
-           "steps": [{k: s[k] for k in ("step", "removed_layer", "phase_of_removed",
-                                        "eval_accuracy", "eval_accuracy_ci", "transition_layer")}
-                     for s in t["steps"]]}
-        for t in numbers["prune"]
-    ]  # fmt: skip
-    for key in ("analyze", "other"):
-        if out.get(key):
-            out[key] = {k: v for k, v in out[key].items() if k != "settings"}
-    return out
-
-
-def render(all_numbers: dict[str, dict | None], path: Path) -> None:
-    """docs/findings.md from the template and every model's numbers."""
-    env = Environment(
-        loader=FileSystemLoader(Path(__file__).parent),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["pct"] = lambda x, d=1: "—" if x is None else f"{100 * x:.{d}f}%"
-    env.filters["pts"] = lambda x: "—" if x is None else f"{100 * x:+.1f} pts"
-    env.filters["pp"] = lambda x: f"{100 * x:.0f} points"
-    env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:.{d}f}"
-    env.filters["verdict"] = lambda v: {True: "supported", False: "not supported",
-                                        None: "not testable here"}[v]  # fmt: skip
-    text = env.get_template("findings.md.j2").render(
-        models=all_numbers, plans=PLANS, thresholds=THRESHOLDS, version=__version__
-    )
-    path.write_text(text)
-
-
 def main() -> None:
     """Run the stages, then write the document."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -504,9 +367,12 @@ def main() -> None:
             )
     if not is_main():  # launched by torchrun: process 0 writes the document
         return
+    sys.modules.setdefault("findings", sys.modules[__name__])  # one copy of this module
+    import findings_doc  # the document half (experiments/ is on sys.path: this script's folder)
+
     docs = ROOT / "docs" / "findings"
-    numbers = {name: collect(PLANS[name], Path(args.runs) / name, docs) for name in PLANS}
-    render(numbers, ROOT / "docs" / "findings.md")
+    numbers = {n: findings_doc.collect(PLANS[n], Path(args.runs) / n, docs) for n in PLANS}
+    findings_doc.render(numbers, ROOT / "docs" / "findings.md")
     print(f"wrote {ROOT / 'docs' / 'findings.md'}")
 
 

@@ -83,13 +83,18 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     findings = importlib.util.module_from_spec(spec)
     sys.modules["findings"] = findings  # dataclasses look their module up while it loads
     spec.loader.exec_module(findings)
+    spec = importlib.util.spec_from_file_location(
+        "findings_doc", ROOT / "experiments" / "findings_doc.py"
+    )
+    doc_half = importlib.util.module_from_spec(spec)  # imports `findings`, loaded above
+    spec.loader.exec_module(doc_half)
     runs = tmp_path / "runs"
     runs.mkdir()
     shutil.copytree(out / "analyze", runs / "analyze-mmlu")
     for strategy in ("iterative", "last"):
         shutil.copytree(out / f"prune-{strategy}", runs / f"prune-{strategy}")
     docs = tmp_path / "docs" / "findings"
-    numbers = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    numbers = doc_half.collect(findings.PLANS["smollm2-135m"], runs, docs)
     assert numbers["claims"]["a"]["verdict"] is False  # a random model has no transition
     iterative = next(t for t in numbers["prune"] if t["strategy"] == "iterative")
     assert numbers["single"]["base_accuracy"] == iterative["calib_step0"]["accuracy"]
@@ -97,7 +102,7 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     phases = numbers["analyze"]["phases"]["layer_phases"]  # grouped by the analyze run's phases
     assert [r["phase"] for r in numbers["single"]["layers"]] == phases
     doc = tmp_path / "docs" / "findings.md"
-    findings.render({"smollm2-135m": numbers, "qwen2.5-coder-1.5b": None}, doc)
+    doc_half.render({"smollm2-135m": numbers, "qwen2.5-coder-1.5b": None}, doc)
     text = doc.read_text()
     assert "not run yet" in text and "| last |" in text
     assert "(run `prune-iterative`)" in text
@@ -107,22 +112,22 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     traj["steps"] = traj["steps"][:-1]
     del traj["collapse"]
     (runs / "prune-last" / "trajectory.json").write_text(json.dumps(traj))
-    partial = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    partial = doc_half.collect(findings.PLANS["smollm2-135m"], runs, docs)
     last = next(t for t in partial["prune"] if t["strategy"] == "last")
     assert not last["complete"] and len(last["steps"]) == len(traj["steps"])
     assert "statement" in last["collapse"]
-    findings.render({"smollm2-135m": partial, "qwen2.5-coder-1.5b": None}, doc)
+    doc_half.render({"smollm2-135m": partial, "qwen2.5-coder-1.5b": None}, doc)
     assert "| last (unfinished) |" in doc.read_text()
     # a dedicated single-removals run, when there is one, is preferred
     shutil.copytree(out / "prune-iterative", runs / "single-removals")
-    again = findings.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    again = doc_half.collect(findings.PLANS["smollm2-135m"], runs, docs)
     assert again["single"]["source"] == "single-removals"
     for rel in numbers["figures"].values():
         assert (tmp_path / "docs" / rel).exists()
     for key in ("analyze-mmlu/margin", "analyze-mmlu/option_frequency", "compare"):
         assert f"]({numbers['figures'][key]})" in text
     # rebuilt from the committed numbers alone when the runs are not on this machine
-    assert findings.collect(findings.PLANS["smollm2-135m"], tmp_path / "none", docs) == json.loads(
+    assert doc_half.collect(findings.PLANS["smollm2-135m"], tmp_path / "none", docs) == json.loads(
         (docs / "smollm2-135m" / "numbers.json").read_text()
     )
 

@@ -27,6 +27,16 @@ def findings():
     return module
 
 
+@pytest.fixture(scope="module")
+def findings_doc(findings):
+    """The document half (it imports ``findings``, loaded above)."""
+    path = ROOT / "experiments" / "findings_doc.py"
+    spec = importlib.util.spec_from_file_location("findings_doc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cfg(decider, out, steps, **extra):
     task = TaskConfig(task=f"jsonl:{decider.path / 'eval.jsonl'}")
     return PruneConfig(out=str(out), model=ModelConfig(model=str(decider.path)), task=task,
@@ -102,7 +112,9 @@ def test_records_are_json_not_weights():
             assert len(record["eval_items"]) >= 200 and "eval_gold" in record
 
 
-def test_head_to_head_numbers_from_runs_and_records(findings, decider, tmp_path, monkeypatch):
+def test_head_to_head_numbers_from_runs_and_records(
+    findings, findings_doc, decider, tmp_path, monkeypatch
+):
     monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
     plan = findings.Plan("toy", "", steps=2, reference="pa",
                          h2h={"last": {"strategy": "last"}, "pa": {"strategy": "phase-aware"},
@@ -112,7 +124,7 @@ def test_head_to_head_numbers_from_runs_and_records(findings, decider, tmp_path,
     run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa", 2), strategy="phase-aware"))
     findings._keep(plan, "h2h-pa", root / "h2h-pa")
     shutil.rmtree(root / "h2h-pa")  # made on another machine: only its records are here
-    h = findings.head_to_head_numbers(plan, root)
+    h = findings_doc.head_to_head_numbers(plan, root)
     assert h["reference"] == "pa" and h["missing"] == ["iterative"] and h["unfinished"] == []
     assert [r["run"] for r in h["rows"]] == ["last", "pa"]
     assert h["pairs"][0]["against"] == "last" and h["n_eval"] == 30

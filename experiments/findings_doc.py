@@ -1,0 +1,158 @@
+"""The document half of experiments/findings.py: numbers from finished runs, docs/findings.md.
+
+``findings.py`` runs the stages; this module reads what they left (in ``runs/findings/`` or,
+from other machines, ``experiments/records/``), extracts every number the document uses
+(:mod:`phaseprune.evidence`, :mod:`phaseprune.headtohead`) and renders
+experiments/findings.md.j2. Imported by ``findings.py --doc-only`` and by the tests, with
+experiments/ on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from findings import PLANS, ROOT, Plan, _restore, _steps_done
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from phaseprune import __version__
+from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
+from phaseprune.report import build_report
+from phaseprune.runs import load_candidates, load_summary, load_trajectory
+
+
+def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
+    """The head-to-head of the plan's h2h runs so far (each up to its last completed step).
+
+    Runs only in experiments/records/ (made on another machine) are restored first.
+    """
+    from phaseprune.compare import headtohead_markdown
+    from phaseprune.headtohead import head_to_head
+
+    runs = {}
+    for label in plan.h2h:
+        out = run_root / f"h2h-{label}"
+        _restore(plan, f"h2h-{label}", out)
+        if _steps_done(out):
+            runs[label] = load_trajectory(out)
+    if plan.reference not in runs or len(runs) < 2:
+        return None
+    h = head_to_head(list(runs.values()), list(runs), plan.reference, depth=plan.steps,
+                     n_boot=2000, seed=plan.seed)  # fmt: skip
+    h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
+    h["n_eval"] = len(runs[plan.reference]["eval_items"])
+    h["n_calib"] = len(runs[plan.reference]["calib_items"])
+    h["unfinished"] = [label for label, t in runs.items() if not t["complete"]]
+    h["missing"] = [label for label in plan.h2h if label not in runs]
+    return h
+
+
+def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
+    """Build the report, copy its figures into docs, and extract every number the doc uses."""
+    for stage in ("analyze-mmlu", f"analyze-{plan.other_task}", "single-removals"):
+        _restore(plan, stage, run_root / stage)
+    analyze = run_root / "analyze-mmlu"
+    committed = docs_root / plan.name / "numbers.json"
+    if not (analyze / "summary.json").exists():
+        # runs made elsewhere: the document is rebuilt from the numbers committed with it
+        return json.loads(committed.read_text()) if committed.exists() else None
+    other = run_root / f"analyze-{plan.other_task}"
+    prunes = [run_root / f"prune-{s}" for s in plan.strategies]
+    # unfinished runs are shown up to their last step (and marked so); resumed by the next run
+    prunes = [p for p in prunes if _steps_done(p)]
+    runs = [analyze, *prunes]
+    report = build_report(runs, run_root / "report.html")
+    figures = docs_root / plan.name
+    if figures.exists():
+        shutil.rmtree(figures)
+    figures.mkdir(parents=True)
+    copied = {}
+    for png in report.pngs:
+        rel = png.relative_to(report.files_dir)
+        # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
+        run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
+        key = f"{run}/{png.stem}" if run else png.stem
+        target = figures / (key.replace("/", "__") + ".png")
+        shutil.copyfile(png, target)
+        copied[key] = target.relative_to(docs_root.parent).as_posix()
+    summary = load_summary(analyze)
+    other_summary = load_summary(other) if (other / "summary.json").exists() else None
+    # an unfinished run's stored collapse is provisional, up to its last completed step
+    trajs = [load_trajectory(p) for p in prunes]
+    single = None
+    # phases from the analyze run (more items than any pruning run's evaluation readout)
+    phases = summary["phases"]["layer_phases"]
+    for source in ("single-removals", "prune-iterative"):
+        run = run_root / source
+        if single is not None or not (run / "candidates.parquet").exists():
+            continue
+        traj = load_trajectory(run)
+        if traj["steps"]:  # step 1 is all it needs, finished run or not
+            rows = load_candidates(run, {1})
+            single = single_removals(traj, rows, phases) | {"source": source}
+    log = (
+        json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
+    )
+    numbers = {
+        "plan": asdict(plan),
+        "model": summary["model"],
+        "phaseprune_version": __version__,
+        "wall_s": sum(e["wall_s"] for e in log),
+        "log": log,
+        "analyze": summary,
+        "other": other_summary,
+        "prune": trajs,
+        "single": single,
+        "claims": claims(summary, trajs, single),
+        "pileup": pileup(summary),
+        "changes": largest_changes(trajs),
+        "figures": copied,
+        "report": os.path.relpath(report.html, ROOT),
+        "h2h": head_to_head_numbers(plan, run_root) if plan.h2h else None,
+    }
+    numbers = _slim(numbers)
+    committed.write_text(json.dumps(numbers, indent=1))
+    return numbers
+
+
+def _slim(numbers: dict) -> dict:
+    """numbers.json keeps the trajectories' per-step headline numbers, not every layer."""
+    out = dict(numbers)
+    out["prune"] = [
+        {k: t.get(k) for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items",
+                                "complete")}
+        | {"step0_accuracy": t["step0"]["eval_accuracy"],
+           "step0_accuracy_ci": t["step0"]["eval_accuracy_ci"],
+           "step0_transition": t["step0"]["transition_layer"],
+           "steps": [{k: s[k] for k in ("step", "removed_layer", "phase_of_removed",
+                                        "eval_accuracy", "eval_accuracy_ci", "transition_layer")}
+                     for s in t["steps"]]}
+        for t in numbers["prune"]
+    ]  # fmt: skip
+    for key in ("analyze", "other"):
+        if out.get(key):
+            out[key] = {k: v for k, v in out[key].items() if k != "settings"}
+    return out
+
+
+def render(all_numbers: dict[str, dict | None], path: Path) -> None:
+    """docs/findings.md from the template and every model's numbers."""
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda x, d=1: "—" if x is None else f"{100 * x:.{d}f}%"
+    env.filters["pts"] = lambda x: "—" if x is None else f"{100 * x:+.1f} pts"
+    env.filters["pp"] = lambda x: f"{100 * x:.0f} points"
+    env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:.{d}f}"
+    env.filters["verdict"] = lambda v: {True: "supported", False: "not supported",
+                                        None: "not testable here"}[v]  # fmt: skip
+    text = env.get_template("findings.md.j2").render(
+        models=all_numbers, plans=PLANS, thresholds=THRESHOLDS, version=__version__
+    )
+    path.write_text(text)
