@@ -178,18 +178,18 @@ def single_removals(
     """
     base = traj["calib_step0"]["accuracy"]
     phases = list(phases) if phases is not None else traj["step0"]["phases"]["layer_phases"]
-    rows = [r for r in candidates if r["step"] == 1]
+    rows = sorted((r for r in candidates if r["step"] == 1), key=lambda r: r["layer"])
     per_layer = [
         {"layer": int(r["layer"]), "phase": phases[int(r["layer"])],
          "accuracy": float(r["accuracy"]), "delta": float(r["accuracy"]) - base}
-        for r in sorted(rows, key=lambda r: r["layer"])
+        for r in rows
     ]  # fmt: skip
     # runs that keep every calibration item's pick: a paired 95% interval on each delta
     gold, unpruned = traj.get("calib_gold"), traj.get("calib_picks")
     if gold is not None and unpruned is not None:
         gold = np.asarray(gold)
         before = np.asarray(unpruned) == gold
-        for rec, r in zip(per_layer, sorted(rows, key=lambda r: r["layer"]), strict=True):
+        for rec, r in zip(per_layer, rows, strict=True):
             if r.get("picks") is None:
                 continue
             after = np.asarray(r["picks"]) == gold
