@@ -113,7 +113,7 @@ def decider(tmp_path_factory):
     """The trained tiny decider (tests/fixtures/decider, see DECIDER_FIXTURE) and its items."""
     import shutil
 
-    from decider import LETTERS, DeciderInfo, letter_logits, load_eval_items
+    from decider import DeciderInfo, gold_indices, letter_logits, load_eval_items
 
     path = tmp_path_factory.mktemp("decider") / "decider"
     shutil.copytree(DECIDER_FIXTURE, path)  # tests never touch the committed copy
@@ -121,8 +121,7 @@ def decider(tmp_path_factory):
     tokenizer = tf.AutoTokenizer.from_pretrained(path)
     items = load_eval_items(path)
     logits = letter_logits(model, tokenizer, items)
-    gold = torch.tensor([LETTERS.index(item["answer"]) for item in items])
-    accuracy = (logits.argmax(-1) == gold).float().mean().item()
+    accuracy = (logits.argmax(-1) == gold_indices(items)).float().mean().item()
     # train_seconds 0: loaded, not trained (test_decider.py trains the recipe)
     return DeciderInfo(path, model.config.num_hidden_layers, accuracy, len(items), 0.0, logits)
 

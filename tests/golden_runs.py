@@ -105,8 +105,7 @@ def without_later_fields(record: dict) -> dict:
     if "steps" not in record:
         return record
     record = {k: v for k, v in record.items() if k not in LATER_FIELDS}
-    for key in ("step0",):
-        record[key] = {k: v for k, v in record[key].items() if k not in LATER_READOUT_FIELDS}
+    record["step0"] = {k: v for k, v in record["step0"].items() if k not in LATER_READOUT_FIELDS}
     record["steps"] = [{k: v for k, v in s.items() if k not in LATER_READOUT_FIELDS}
                        for s in record["steps"]]  # fmt: skip
     record["collapse"] = {k: v for k, v in record["collapse"].items()
