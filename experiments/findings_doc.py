@@ -23,21 +23,30 @@ from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, sin
 from phaseprune.report import build_report
 from phaseprune.runs import load_candidates, load_summary, load_trajectory
 
+DOC_FIGURES = ("analyze-mmlu/margin", "analyze-mmlu/option_frequency", "compare")
+"""The report's figures the document shows (the others stay in the report)."""
 
-def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
-    """The head-to-head of the plan's h2h runs so far (each up to its last completed step).
+
+def h2h_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
+    """The plan's head-to-head trajectories with at least one step, by label, in plan order.
 
     Runs only in experiments/records/ (made on another machine) are restored first.
     """
-    from phaseprune.compare import headtohead_markdown
-    from phaseprune.headtohead import head_to_head
-
     runs = {}
     for label in plan.h2h:
         out = run_root / f"h2h-{label}"
         _restore(plan, f"h2h-{label}", out)
         if _steps_done(out):
             runs[label] = load_trajectory(out)
+    return runs
+
+
+def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
+    """The head-to-head of the plan's h2h runs so far (each up to its last completed step)."""
+    from phaseprune.compare import headtohead_markdown
+    from phaseprune.headtohead import head_to_head
+
+    runs = h2h_runs(plan, run_root)
     if plan.reference not in runs or len(runs) < 2:
         return None
     h = head_to_head(list(runs.values()), list(runs), plan.reference, depth=plan.steps,
@@ -47,7 +56,73 @@ def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
     h["n_calib"] = len(runs[plan.reference]["calib_items"])
     h["unfinished"] = [label for label, t in runs.items() if not t["complete"]]
     h["missing"] = [label for label in plan.h2h if label not in runs]
+    h["ablation"] = ablation(plan, runs)
+    h["advice"] = advice(h)
     return h
+
+
+def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
+    """Phase-aware's variants against each other at the depth all of them are run to.
+
+    For each variant that has reached ``depth``: its settings, the 90%/80% retention depths
+    (up to ``depth``), the retained area to ``depth``, its accuracy there and, against the
+    best variant, the paired difference at ``depth``. The best is the deepest 90% retention,
+    then the largest area: the rule the default is picked by.
+    """
+    from phaseprune.headtohead import curve, paired_difference, retained_area, retention_depth
+
+    variants = {label: t for label, t in runs.items()
+                if plan.h2h[label]["strategy"] == "phase-aware"}  # fmt: skip
+    # the shallowest variant's steps (the issue lets the ablation's variants stop at 8)
+    depth = min(s.get("steps", plan.steps) for s in plan.h2h.values()
+                if s["strategy"] == "phase-aware")  # fmt: skip
+    curves = {label: curve(t, label) for label, t in variants.items()}
+    reached = {label: c for label, c in curves.items() if max(c.depths) >= depth}
+    if not reached:
+        return None
+    rows = []
+    for label, c in reached.items():
+        cut = _cut(c, sum(d <= depth for d in c.depths))
+        rows.append({
+            "run": label,
+            "settings": {k: v for k, v in plan.h2h[label].items()
+                         if k not in ("strategy", "steps")},
+            "depth_90": retention_depth(cut, 0.9),
+            "depth_80": retention_depth(cut, 0.8),
+            "area": retained_area(c, depth),
+            "accuracy": c.accuracy[c.at(depth)] if c.at(depth) is not None else None,
+            "collapse_depth": c.collapse_depth,
+        })  # fmt: skip
+    best = max(rows, key=lambda r: (r["depth_90"], r["area"] or 0.0))
+    for r in rows:
+        r["against_best"] = None if r is best else paired_difference(
+            reached[r["run"]], reached[best["run"]], depth
+        )
+    return {"depth": depth, "rows": rows, "best": best["run"],
+            "waiting": [label for label in plan.h2h if plan.h2h[label]["strategy"] ==
+                        "phase-aware" and label not in reached]}  # fmt: skip
+
+
+def _cut(c, n: int):
+    """``c`` cut to its first ``n`` readouts (a variant's numbers up to the ablation depth)."""
+    from dataclasses import replace
+
+    return replace(c, depths=c.depths[:n], accuracy=c.accuracy[:n],
+                   correct=None if c.correct is None else c.correct[:n])  # fmt: skip
+
+
+def advice(h: dict) -> dict:
+    """What a user should do, from the head-to-head rows.
+
+    The run that keeps 90% deepest (then the largest area), how deep, and where it collapsed.
+    """
+    rows = [r for r in h["rows"] if r["area"] is not None]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: (r["depth_90"], r["area"]))
+    return {"run": best["run"], "depth_90": best["depth_90"], "depth_80": best["depth_80"],
+            "area": best["area"], "collapse_depth": best["collapse_depth"],
+            "unpruned": best["accuracy_unpruned"]}  # fmt: skip
 
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
@@ -60,9 +135,16 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         # runs made elsewhere: the document is rebuilt from the numbers committed with it
         return json.loads(committed.read_text()) if committed.exists() else None
     other = run_root / f"analyze-{plan.other_task}"
-    prunes = [run_root / f"prune-{s}" for s in plan.strategies]
-    # unfinished runs are shown up to their last step (and marked so); resumed by the next run
-    prunes = [p for p in prunes if _steps_done(p)]
+    if plan.h2h:  # the head-to-head's runs are the pruning runs (labelled: several variants)
+        labelled = h2h_runs(plan, run_root)
+        prunes = [run_root / f"h2h-{label}" for label in labelled]
+        trajs = [{**t, "label": label} for label, t in labelled.items()]
+    else:
+        prunes = [run_root / f"prune-{s}" for s in plan.strategies]
+        # unfinished runs are shown up to their last step (and marked so); resumed next run
+        prunes = [p for p in prunes if _steps_done(p)]
+        # an unfinished run's stored collapse is provisional, up to its last completed step
+        trajs = [load_trajectory(p) for p in prunes]
     runs = [analyze, *prunes]
     report = build_report(runs, run_root / "report.html")
     figures = docs_root / plan.name
@@ -75,27 +157,23 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
         run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
         key = f"{run}/{png.stem}" if run else png.stem
+        if key not in DOC_FIGURES:
+            continue
         target = figures / (key.replace("/", "__") + ".png")
         shutil.copyfile(png, target)
         copied[key] = target.relative_to(docs_root.parent).as_posix()
     summary = load_summary(analyze)
     other_summary = load_summary(other) if (other / "summary.json").exists() else None
-    # an unfinished run's stored collapse is provisional, up to its last completed step
-    trajs = [load_trajectory(p) for p in prunes]
-    single = None
     # phases from the analyze run (more items than any pruning run's evaluation readout)
     phases = summary["phases"]["layer_phases"]
-    for source in ("single-removals", "prune-iterative"):
-        run = run_root / source
-        if single is not None or not (run / "candidates.parquet").exists():
-            continue
-        traj = load_trajectory(run)
-        if traj["steps"]:  # step 1 is all it needs, finished run or not
-            rows = load_candidates(run, {1})
-            single = single_removals(traj, rows, phases) | {"source": source}
+    single = _single(run_root, phases)
     log = (
         json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
     )
+    h2h = head_to_head_numbers(plan, run_root) if plan.h2h else None
+    found = claims(summary, trajs, single, reference=plan.reference if plan.h2h else "phase-aware")
+    if h2h is not None:  # (d) by the head-to-head's rule (paired, on enough items)
+        found["d"]["verdict"] = h2h["verdict"]["supported"]
     numbers = {
         "plan": asdict(plan),
         "model": summary["model"],
@@ -106,16 +184,29 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "other": other_summary,
         "prune": trajs,
         "single": single,
-        "claims": claims(summary, trajs, single),
+        "claims": found,
         "pileup": pileup(summary),
         "changes": largest_changes(trajs),
         "figures": copied,
         "report": os.path.relpath(report.html, ROOT),
-        "h2h": head_to_head_numbers(plan, run_root) if plan.h2h else None,
+        "h2h": h2h,
     }
     numbers = _slim(numbers)
     committed.write_text(json.dumps(numbers, indent=1))
     return numbers
+
+
+def _single(run_root: Path, phases: list[str]) -> dict | None:
+    """Every layer removed alone: the single-removals run, else step 1 of the iterative run."""
+    for source in ("single-removals", "prune-iterative"):
+        run = run_root / source
+        if not (run / "candidates.parquet").exists():
+            continue
+        traj = load_trajectory(run)
+        if traj["steps"]:  # step 1 is all it needs, finished run or not
+            rows = load_candidates(run, {1})
+            return single_removals(traj, rows, phases) | {"source": source}
+    return None
 
 
 def _slim(numbers: dict) -> dict:
@@ -124,6 +215,7 @@ def _slim(numbers: dict) -> dict:
     out["prune"] = [
         {k: t.get(k) for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items",
                                 "complete")}
+        | {"label": t.get("label") or t["strategy"]}
         | {"step0_accuracy": t["step0"]["eval_accuracy"],
            "step0_accuracy_ci": t["step0"]["eval_accuracy_ci"],
            "step0_transition": t["step0"]["transition_layer"],
@@ -146,6 +238,7 @@ def render(all_numbers: dict[str, dict | None], path: Path) -> None:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["run"] = lambda t: t.get("label") or t["strategy"]
     env.filters["pct"] = lambda x, d=1: "—" if x is None else f"{100 * x:.{d}f}%"
     env.filters["pts"] = lambda x: "—" if x is None else f"{100 * x:+.1f} pts"
     env.filters["pp"] = lambda x: f"{100 * x:.0f} points"

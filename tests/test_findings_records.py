@@ -130,3 +130,12 @@ def test_head_to_head_numbers_from_runs_and_records(
     assert h["pairs"][0]["against"] == "last" and h["n_eval"] == 30
     assert h["markdown"].startswith("| run | keeps 90% to depth")
     assert h["verdict"]["supported"] in (True, False)
+    # the ablation: phase-aware's variants (here one) at the depth they are all run to
+    ab = h["ablation"]
+    assert (ab["depth"], ab["best"], ab["waiting"]) == (2, "pa", [])
+    assert [r["run"] for r in ab["rows"]] == ["pa"] and ab["rows"][0]["against_best"] is None
+    pa = next(r for r in h["rows"] if r["run"] == "pa")
+    assert ab["rows"][0]["area"] == pytest.approx(pa["area"])
+    # the advice names the run that keeps 90% deepest (then the largest area)
+    best = max(h["rows"], key=lambda r: (r["depth_90"], r["area"]))
+    assert h["advice"]["run"] == best["run"] and h["advice"]["depth_90"] == best["depth_90"]

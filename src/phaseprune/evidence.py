@@ -83,6 +83,14 @@ def pileup(summary: Mapping) -> dict:
     return out
 
 
+def run_label(traj: Mapping) -> str:
+    """The run's name in the claims: its ``label``, else its strategy.
+
+    Callers label runs where several share a strategy (phase-aware's variants in a head-to-head).
+    """
+    return traj.get("label") or traj["strategy"]
+
+
 def removal_effects(traj: Mapping) -> list[dict]:
     """Every removal of a pruning run: the layer, its phase, accuracy before and after.
 
@@ -95,7 +103,7 @@ def removal_effects(traj: Mapping) -> list[dict]:
     for s in traj["steps"]:
         rows.append(
             {
-                "strategy": traj["strategy"],
+                "strategy": run_label(traj),
                 "step": s["step"],
                 "layer": s["removed_layer"],
                 "phase": s["phase_of_removed"],
@@ -216,12 +224,21 @@ def layers_before_collapse(traj: Mapping) -> dict:
     steps = traj["steps"]
     upto = (step - 1) if step else len(steps)
     n = len(steps[upto - 1]["removed_so_far"]) if upto > 0 else 0
-    return {"strategy": traj["strategy"], "removed": n, "collapsed": step is not None,
+    return {"strategy": run_label(traj), "removed": n, "collapsed": step is not None,
             "steps_run": len(steps)}  # fmt: skip
 
 
+NOT_BASELINES = ("phase-aware", "iterative")
+"""Strategies that are not baselines in claim (d): phase-aware (the claim's subject, and its
+variants) and the paper's Iterative Pruning (a greedy search, not a published baseline)."""
+
+
 def claims(
-    summary: Mapping | None, trajs: Sequence[Mapping], single: Mapping | None = None
+    summary: Mapping | None,
+    trajs: Sequence[Mapping],
+    single: Mapping | None = None,
+    *,
+    reference: str = "phase-aware",
 ) -> dict:
     """All four claims with their numbers and a verdict each (None: not testable here).
 
@@ -230,18 +247,21 @@ def claims(
         trajs: pruning runs on the same items, for (b)-(d) along real trajectories.
         single: :func:`single_removals` of an iterative run; when given, (b) and (c) are
             judged on it (every layer removed alone), the trajectories are reported beside.
+        reference: the run (:func:`run_label`) judged in (d) against every baseline (every
+            run whose strategy is not in :data:`NOT_BASELINES`).
     """
     a = transition_evidence(summary) if summary else None
     along = phase_effects(trajs)
     judged = single if single is not None else along
     decisive, silent = judged.get("decisive") or {}, judged.get("silent") or {}
-    before = {t["strategy"]: layers_before_collapse(t) for t in trajs}
+    before = {run_label(t): layers_before_collapse(t) for t in trajs}
     # a model already at chance cannot collapse: (c) and (d) are not testable on it
     decided = any((t.get("collapse") or {}).get("reason") is not None
                   or t["step0"]["transition_layer"] is not None for t in trajs)  # fmt: skip
     verdict_d = None
-    phase_aware = before.get("phase-aware")
-    baselines = {k: v for k, v in before.items() if k not in ("phase-aware", "iterative")}
+    phase_aware = before.get(reference)
+    baselines = {run_label(t): before[run_label(t)] for t in trajs
+                 if t["strategy"] not in NOT_BASELINES}  # fmt: skip
     if phase_aware and baselines and decided:
         best = max(v["removed"] for v in baselines.values())
         verdict_d = phase_aware["removed"] > best or (
