@@ -10,9 +10,10 @@ For each model it runs, through phaseprune's own commands (one model load per mo
 disjoint calibration/evaluation items, ``report`` over them; then ``findings_doc.py`` (the
 document half) extracts the claims' numbers (:mod:`phaseprune.evidence`) and renders
 docs/findings.md from experiments/findings.md.j2. This module holds the plans, the stages and
-their committed records (``experiments/records/``). Runs go to ``runs/findings/<model>/`` and are resumed, so an
-interrupted or partial run continues where it stopped; the wall time of every invocation is
-logged there and summed in the document. Figures are copied to ``docs/findings/<model>/``.
+their committed records (``experiments/records/``). Runs go to ``runs/findings/<model>/``
+and are resumed, so an interrupted or partial run continues where it stopped; the wall time
+of every invocation is logged there and summed in the document. Figures are copied to
+``docs/findings/<model>/``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ HEAD_TO_HEAD = {
 }  # fmt: skip
 """The head-to-head's runs: every strategy, and phase-aware's variants (the ablation). The
 spared decision builders are a quarter of Qwen2.5-Coder-1.5B's 28 layers."""
+ABLATION = ("phase-aware-spare", "phase-aware", "phase-aware-objective", "phase-aware-kl")
+"""Phase-aware's variants beside the reference (``phase-aware-transition``): the ablation."""
 
 RECORDS = ROOT / "experiments" / "records"
 """Where each stage's small records are committed (trajectory.json, candidates.parquet,
@@ -136,7 +139,8 @@ PLANS = {
         single_items=120,
     ),
     # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
-    # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated)
+    # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated), and
+    # every strategy but not the ablation (phase-aware's variants are compared on MMLU)
     "qwen2.5-coder-1.5b-arc": Plan(
         "qwen2.5-coder-1.5b-arc",
         "",
@@ -144,7 +148,7 @@ PLANS = {
         calib=32,
         eval=150,
         strategies=(),
-        h2h=HEAD_TO_HEAD,
+        h2h={label: s for label, s in HEAD_TO_HEAD.items() if label not in ABLATION},
         h2h_task="arc_challenge",
         skip=("analyze-mmlu", "analyze-arc_challenge"),
     ),

@@ -98,6 +98,11 @@ def test_qwen_plan_runs_every_strategy_on_enough_items(findings):
     full = [label for label, s in plan.h2h.items() if s.get("steps", plan.steps) == plan.steps]
     assert {plan.h2h[label]["strategy"] for label in full} == set(STRATEGY_NAMES)
     assert plan.steps == 12
+    # the second setting: every strategy again (not the ablation), on ARC-Challenge
+    arc = findings.PLANS["qwen2.5-coder-1.5b-arc"]
+    assert arc.h2h_task == "arc_challenge" and arc.reference in arc.h2h
+    assert {s["strategy"] for s in arc.h2h.values()} == set(STRATEGY_NAMES)
+    assert not set(arc.h2h) & set(findings.ABLATION) and set(findings.ABLATION) <= set(plan.h2h)
 
 
 def test_records_are_json_not_weights():
