@@ -254,9 +254,12 @@ def run_plan(
     # hour), then the rest
     single = []
     if plan.single_items:
+        # the score cache keeps each layer's scan as it finishes (an interrupted stage resumes
+        # with them), which needs every item's layer inputs in one chunk: 8GB holds Qwen's 120
         single.append(("single-removals", PruneConfig(
             out="", model=model, task=mmlu, strategy="iterative", steps=1,
-            calib=plan.single_items, eval=10, seed=plan.seed)))  # fmt: skip
+            calib=plan.single_items, eval=10, seed=plan.seed, score_cache=cache,
+            cache_budget="8GB")))  # fmt: skip
     stages = [*h2h[:3], *stages, *single, *h2h[3:]]
     run_root.mkdir(parents=True, exist_ok=True)
     with hold_models():

@@ -13,7 +13,7 @@ import importlib.util
 import json
 
 import pytest
-from golden_runs import GOLDEN, cases, differences, normalise, record_of
+from golden_runs import GOLDEN, cases, differences, normalise, record_of, without_later_fields
 
 from phaseprune.cli import main
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
@@ -54,24 +54,21 @@ def with_later_settings(golden: dict) -> dict:
 
 
 def without_item_outcomes(got: dict) -> dict:
-    """The record less what runs gained later (each item's pick and margin, the gold letters,
-    the unpruned calibration picks, the within-chance flag), after checking those agree with
-    the golden content kept."""
+    """The record less what runs gained later (golden_runs.LATER_FIELDS: each item's pick and
+    margin, the gold letters, the unpruned calibration picks, the within-chance flag), after
+    checking those agree with the golden content kept."""
     if "steps" not in got:
         return got
-    gold = got.pop("eval_gold")
-    calib_gold, calib_picks = got.pop("calib_gold"), got.pop("calib_picks")
+    gold, calib_gold, calib_picks = got["eval_gold"], got["calib_gold"], got["calib_picks"]
     right = sum(p == g for p, g in zip(calib_picks, calib_gold, strict=True))
     assert right / len(calib_gold) == pytest.approx(got["calib_step0"]["accuracy"])
     for record in [got["step0"], *got["steps"]]:
-        picks = record.pop("eval_picks")
-        margins = record.pop("eval_margins")
+        picks, margins = record["eval_picks"], record["eval_margins"]
         right = sum(p == g for p, g in zip(picks, gold, strict=True))
         assert right / len(gold) == pytest.approx(record["eval_accuracy"])
         assert all((m > 0) == (p == g) for m, p, g in zip(margins, picks, gold, strict=True))
     assert "within_chance_step" in got["collapse"]
-    del got["collapse"]["within_chance_step"]
-    return got
+    return without_later_fields(got)
 
 
 def relabelled(golden: dict) -> dict:

@@ -93,8 +93,10 @@ def test_after_decisive_transition_checks_and_records(decider, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "strategy", [["iterative"], ["phase-aware", "--spare", "1", "--after-decisive", "transition"]]
-)
+    "strategy",
+    [["iterative"], ["phase-aware", "--spare", "1", "--after-decisive", "transition"],
+     ["sleb"], ["ppl"], ["logit-js"]],
+)  # fmt: skip
 def test_score_cache_changes_nothing_and_is_reused(decider, tmp_path, strategy):
     plain = _run(decider, tmp_path / "plain", "--strategy", *strategy, steps=3)
     store = tmp_path / "store"
@@ -120,3 +122,42 @@ def test_score_cache_is_keyed_by_the_items(decider, tmp_path):
     traj = _run(decider, tmp_path / "c", *argv_items, steps=1)
     assert traj["timing"]["score_cache"]["hits"] == 0  # other calibration items: a new key
     assert len(list(store.iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kind"), [("iterative", "candidates"), ("sleb", "nll"), ("logit-js", "js")]
+)
+def test_an_interrupted_scan_keeps_the_candidates_it_finished(
+    decider, tmp_path, monkeypatch, strategy, kind
+):
+    """Killed part-way through a step's scan, the rerun scores only the candidates not kept."""
+    from phaseprune.score_store import ScoreStore
+
+    plain = _run(decider, tmp_path / "plain", "--strategy", strategy, steps=2)
+    put, kept = ScoreStore.put, []
+
+    def interrupted(self, what, removed, array, candidate=None):
+        if what == kind and len(kept) == 3:  # the fourth candidate of step 1: Ctrl-C
+            raise KeyboardInterrupt
+        put(self, what, removed, array, candidate)
+        kept.extend([candidate] if what == kind else [])
+
+    monkeypatch.setattr(ScoreStore, "put", interrupted)
+    argv = ["--strategy", strategy, "--score-cache", tmp_path / "store"]
+    with pytest.raises(AssertionError):  # main returned 130 (interrupted), not 0
+        _run(decider, tmp_path / "r", *argv, steps=2)
+    assert len(kept) == 3
+    fresh = []
+
+    def counted(self, what, removed, array, candidate=None):
+        put(self, what, removed, array, candidate)
+        fresh.extend([(tuple(removed), candidate)] if what == kind else [])
+
+    monkeypatch.setattr(ScoreStore, "put", counted)
+    resumed = _run(decider, tmp_path / "r", *argv, "--resume", steps=2)
+    assert _without_timing(resumed) == _without_timing(plain)
+    # step 1 scored only the candidates the interrupted scan had not kept
+    rows = pd.read_parquet(tmp_path / "plain" / "candidates.parquet")
+    scanned = set(rows.loc[rows["step"] == 1, "layer"])
+    step1 = [k for removed, k in fresh if removed == ()]
+    assert set(kept) | set(step1) == scanned and not set(kept) & set(step1)

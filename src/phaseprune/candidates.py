@@ -85,12 +85,13 @@ def budget_chunks(batches, lengths, tokens_budget: int | None) -> list[list[list
 
 
 def _score_group(
-    model, removed, candidates, position, rows, group, share, reduce, limits, bar, out
+    model, removed, candidates, position, rows, group, share, reduce, limits, tick, out
 ):
     """Score every candidate on one group of items (sharing its token prefix if ``share``).
 
     ``limits`` is ``(max_tokens, tokens_budget)``: padded tokens per forward batch, and padded
-    tokens whose layer inputs may be held at once (None: the whole group).
+    tokens whose layer inputs may be held at once (None: the whole group). ``tick(k, n)`` is
+    told after each candidate's pass over ``n`` items.
     """
     max_tokens, budget = limits
     with without_layers(model, removed) as parts:
@@ -102,7 +103,7 @@ def _score_group(
             run = [run_batch(parts, prefix, rows, group, sub) for sub in chunk]
         for k in candidates:
             _score_candidate(model, removed, k, position[k], prefix, run, reduce, out)
-            bar.update(sum(len(b.items) for b in run))
+            tick(k, sum(len(b.items) for b in run))
         del run
 
 
@@ -134,6 +135,7 @@ def score_removals(
     progress: bool = False,
     groups: Sequence[Sequence[int]] | None = None,
     cache_budget: int | None = None,
+    on_scored: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Reduce the final hidden states of "model without ``removed`` and ``k``" for each ``k``.
 
@@ -152,6 +154,12 @@ def score_removals(
         cache_budget: bytes the cached layer inputs may take at once; a group that needs
             more is scored in chunks (each chunk recomputes the group's prefix cache per
             candidate). None: no limit.
+        on_scored: called with ``(k, values)`` as soon as candidate ``k`` has every item's
+            values (the same tensor as in the result), so a caller can keep each one before the
+            scan ends: an interrupted scan then loses at most the candidates under way. With
+            one chunk of items (zero-shot items within ``cache_budget``) candidates finish one
+            by one; with several groups or chunks they finish in the last. Not called when
+            launched as several processes (each holds a shard until the gather).
 
     Returns:
         ``{k: (n_items, ...)}`` in item order (every item's, on every process, when launched
@@ -176,6 +184,14 @@ def score_removals(
     out: dict[int, list] = {k: [None] * len(input_ids) for k in candidates}
     bar = progress_bar(len(input_ids) * len(candidates), "candidates", enabled=progress)
     limits = (max_tokens, tokens_budget(model, len(kept), cache_budget))
+    left = dict.fromkeys(candidates, len(input_ids))
+
+    def tick(k: int, n: int) -> None:
+        bar.update(n)
+        left[k] -= n
+        if left[k] == 0 and on_scored is not None:
+            on_scored(k, torch.stack(out[k]))
+
     for group in groups or [list(range(len(input_ids)))]:
         _score_group(
             model,
@@ -187,7 +203,7 @@ def score_removals(
             groups is not None,
             reduce,
             limits,
-            bar,
+            tick,
             out,
         )
     bar.close()

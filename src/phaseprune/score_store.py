@@ -10,13 +10,18 @@ them instead of running the model:
 
 - ``eval``: the all-layer evaluation readout of the model without R;
 - ``calib``: the all-layer calibration readout of the model without R (phase-aware's phases);
-- ``candidates``: each candidate ``k``'s final calibration option logits without R + {k}.
+- ``candidates``: each candidate ``k``'s final calibration option logits without R + {k};
+- ``nll``: each candidate's calibration-text NLL and token count per item (SLEB, PPL);
+- ``js``: each candidate's per-item JS divergence from the unpruned output (logit-js).
+
+Candidates are stored one by one as they finish, so an interrupted scan keeps them.
 
 Entries are keyed by a digest of everything else that determines the numbers (model identity,
 the items' token ids and groups, the option tokens, dtype, batch size, the number of processes,
 phaseprune's version), so a store can be shared by runs of different strategies, objectives and
 stopping rules, and never serves logits computed from other items or another model. Values are
-float32 ``.npy`` files written atomically; a half-written entry is never read.
+float32 ``.npy`` files (float64 where computed so) written atomically; a half-written entry is
+never read.
 """
 
 from __future__ import annotations
@@ -56,11 +61,12 @@ class ScoreStore:
         return np.load(path)
 
     def put(self, kind: str, removed: Iterable[int], array, candidate: int | None = None) -> None:
-        """Store ``array`` (as float32)."""
+        """Store ``array`` (float64 stays float64, anything else as float32)."""
         path = self._path(kind, removed, candidate)
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.save(buffer, np.asarray(array, dtype=np.float32))
+        array = np.asarray(array)
+        np.save(buffer, array.astype(np.float64 if array.dtype == np.float64 else np.float32))
         atomic_write_bytes(path, buffer.getvalue())
 
     def fetch(self, kind: str, removed, compute, candidate: int | None = None) -> torch.Tensor:

@@ -127,6 +127,34 @@ def stored(ctx: PruneContext, kind: str, removed, compute, candidate: int | None
     return ctx.store.fetch(kind, removed, compute, candidate)
 
 
+def stored_removals(ctx: PruneContext, kind: str, removed, candidates, score) -> dict:
+    """Every candidate's values without ``removed`` + {k}, from ``ctx.store`` where kept.
+
+    The rest come from ``score(missing, on_scored)`` (a
+    :func:`~phaseprune.candidates.score_removals` call). Each fresh candidate is stored as
+    soon as it is scored (``on_scored``), so a scan interrupted part-way keeps what it
+    finished and the resumed run scores only the rest. Without a store,
+    ``score(candidates, None)``.
+    """
+    if ctx.store is None:
+        return score(list(candidates), None)
+    found = {k: ctx.store.lookup(kind, removed, k) for k in candidates}
+    missing = [k for k, v in found.items() if v is None]
+    if missing:
+        kept = set()
+
+        def keep(k, values):
+            ctx.store.save(kind, removed, values, k)
+            kept.add(k)
+
+        fresh = score(missing, keep)
+        for k in missing:
+            if k not in kept:  # launched as several processes: stored after the gather
+                ctx.store.save(kind, removed, fresh[k], k)
+            found[k] = fresh[k]
+    return found
+
+
 def remaining(ctx: PruneContext, removed: Sequence[int]) -> list[int]:
     """Remaining, unprotected layers that may be removed (never the last one standing)."""
     kept = kept_layers(ctx.n_layers, removed)

@@ -25,6 +25,7 @@ from phaseprune.strategies.context import (
     no_candidate,
     one_shot,
     remaining,
+    stored_removals,
     walk,
 )
 from phaseprune.surgery import kept_layers, without_layers
@@ -78,26 +79,33 @@ def _mean_nll(values: torch.Tensor) -> float:
     return float(values[:, 0].sum() / values[:, 1].sum())
 
 
-def _removal_scores(ctx, removed, candidates, input_ids, reduce, groups=None) -> dict:
-    """Reduced final hidden states of "current model minus k" for every candidate ``k``."""
+def _removal_nll(ctx, removed, candidates) -> dict:
+    """Calibration-text NLL of "current model minus k" for every candidate ``k``.
+
+    Kept in the score store (kind ``nll``) candidate by candidate, like the option logits.
+    """
     if not candidates:
         raise no_candidate(removed)
-    return score_removals(
-        ctx.model,
-        removed,
-        candidates,
-        input_ids,
-        reduce,
-        max_tokens=ctx.max_tokens,
-        cache_budget=ctx.cache_budget,
-        progress=ctx.progress,
-        groups=groups,
-    )
+
+    def score(todo, keep):
+        return score_removals(
+            ctx.model,
+            removed,
+            todo,
+            ctx.calib_text_ids,
+            _nll_reduce,
+            max_tokens=ctx.max_tokens,
+            cache_budget=ctx.cache_budget,
+            progress=ctx.progress,
+            on_scored=keep,
+        )
+
+    return stored_removals(ctx, "nll", removed, candidates, score)
 
 
 def sleb(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     """SLEB: iteratively remove the layer whose removal gives the lowest calibration NLL."""
-    values = _removal_scores(ctx, removed, remaining(ctx, removed), ctx.calib_text_ids, _nll_reduce)
+    values = _removal_nll(ctx, removed, remaining(ctx, removed))
     ranking = {k: _mean_nll(v) for k, v in values.items()}
     criterion = Criterion("calibration NLL per token without the layer", "min")
     return walk(ctx, removed, ranking, criterion)
@@ -108,7 +116,7 @@ def ppl(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
     def compute():
         every = list(range(ctx.n_layers))
-        values = _removal_scores(ctx, (), every, ctx.calib_text_ids, _nll_reduce)
+        values = _removal_nll(ctx, (), every)
         return {k: float(np.exp(_mean_nll(v))) for k, v in values.items()}
 
     ranking = one_shot(ctx, "ppl", compute)
@@ -163,15 +171,35 @@ def _logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
             groups=ctx.calib_groups,
         )
     ref = ctx.cache.reference_logprobs
-    values = _removal_scores(
-        ctx,
-        removed,
-        remaining(ctx, removed),
-        ctx.calib_ids,
-        _logprob_reduce,
-        groups=ctx.calib_groups,  # reads the last position only, so prefixes can be shared
-    )
-    ranking = {k: float(baselines.js_divergence(ref, v).mean()) for k, v in values.items()}
+    candidates = remaining(ctx, removed)
+    if not candidates:
+        raise no_candidate(removed)
+
+    def score(todo, keep):
+        # each item's divergence is what is kept (float64), not the vocabulary-wide log-probs
+        js = {}
+
+        def done(k, logprobs):
+            js[k] = baselines.js_divergence(ref, logprobs)
+            if keep is not None:
+                keep(k, js[k])
+
+        values = score_removals(
+            ctx.model,
+            removed,
+            todo,
+            ctx.calib_ids,
+            _logprob_reduce,
+            max_tokens=ctx.max_tokens,
+            cache_budget=ctx.cache_budget,
+            progress=ctx.progress,
+            groups=ctx.calib_groups,  # reads the last position only, so prefixes can be shared
+            on_scored=done,
+        )  # several processes: no on_scored, the divergences are taken after the gather
+        return {k: js[k] if k in js else baselines.js_divergence(ref, v) for k, v in values.items()}
+
+    values = stored_removals(ctx, "js", removed, candidates, score)
+    ranking = {k: float(v.mean()) for k, v in values.items()}
     criterion = Criterion("JS divergence from the unpruned output distribution", "min")
     return walk(ctx, removed, ranking, criterion)
 

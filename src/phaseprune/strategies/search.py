@@ -24,6 +24,7 @@ from phaseprune.strategies.context import (
     no_candidate,
     remaining,
     stored,
+    stored_removals,
 )
 from phaseprune.surgery import kept_layers, without_layers
 
@@ -42,7 +43,7 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
     change the choice (:func:`~phaseprune.precision.score_removals_fast`).
     """
 
-    def score(model, removed, candidates, ids, groups):
+    def score(model, removed, candidates, ids, groups, on_scored=None):
         return score_removals(
             model,
             removed,
@@ -53,12 +54,19 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
             cache_budget=ctx.cache_budget,
             progress=ctx.progress,
             groups=groups,
+            on_scored=on_scored,
         )
 
-    if ctx.fast is None and ctx.store is not None:
-        logits = _stored_candidates(ctx, removed, candidates, score)
-    elif ctx.fast is None:
-        logits = score(ctx.model, removed, candidates, ctx.calib_ids, ctx.calib_groups)
+    if ctx.fast is None:  # each candidate kept in the score store (if any) once scored
+        logits = stored_removals(
+            ctx,
+            "candidates",
+            removed,
+            candidates,
+            lambda todo, keep: score(
+                ctx.model, removed, todo, ctx.calib_ids, ctx.calib_groups, keep
+            ),
+        )
     else:
         logits = score_removals_fast(
             score,
@@ -81,18 +89,6 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
     criterion = Criterion(OBJECTIVE_CRITERIA[ctx.objective], "max")
     precision = None if ctx.fast is None else ctx.fast.record()
     return Choice((best_candidate(keys),), scores, criterion, precision=precision)
-
-
-def _stored_candidates(ctx: PruneContext, removed, candidates, score) -> dict:
-    """Candidates' logits from ``ctx.store`` where an earlier run left them; the rest scored."""
-    found = {k: ctx.store.lookup("candidates", removed, k) for k in candidates}
-    missing = [k for k, v in found.items() if v is None]
-    if missing:
-        fresh = score(ctx.model, removed, missing, ctx.calib_ids, ctx.calib_groups)
-        for k in missing:
-            ctx.store.save("candidates", removed, fresh[k], k)
-            found[k] = fresh[k]
-    return found
 
 
 def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
