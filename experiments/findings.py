@@ -35,6 +35,7 @@ from phaseprune.distributed import is_main, join, on_main
 from phaseprune.models import hold_models
 from phaseprune.pruning import run_prune
 from phaseprune.runs import load_trajectory
+from phaseprune.strategies.registry import strategy_function
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -262,6 +263,10 @@ def run_plan(
             cache_budget="8GB")))  # fmt: skip
     stages = [*h2h[:3], *stages, *single, *h2h[3:]]
     run_root.mkdir(parents=True, exist_ok=True)
+    # every strategy's module now, not when its stage starts hours later: an editable install
+    # edited meanwhile would otherwise mix old and new modules (seen: an ImportError)
+    for name in {cfg.strategy for _, cfg in stages if isinstance(cfg, PruneConfig)}:
+        strategy_function(name)
     with hold_models():
         for name, cfg in stages:
             out = run_root / name
