@@ -264,3 +264,24 @@ def test_sleb_scores_equal_text_nll_of_the_pruned_view(case):
     for k, v in values.items():
         with without_layers(model, [0, k]) as parts:
             assert _mean_nll(v) == pytest.approx(text_nll(model, parts, ids), rel=1e-5)
+
+
+def test_taylor_batches_bound_the_activations_autograd_keeps():
+    """Qwen2.5-1.5B's shape: 4096-token batches would keep ~26 GB; the default keeps ~2 GB."""
+    import transformers as tf
+
+    from phaseprune.baselines import BACKWARD_BYTES, backward_tokens
+
+    def tokens(**shape):
+        config = tf.Qwen2Config(num_attention_heads=2, num_key_value_heads=1, **shape)
+        with torch.device("meta"):  # the shape only, no memory
+            model = tf.Qwen2ForCausalLM(config)
+        return backward_tokens(model, decoder_parts(model))
+
+    qwen = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                vocab_size=151936)  # fmt: skip
+    n = tokens(**qwen)
+    per_token = 28 * (12 * 1536 + 4 * 8960) * 4 + 3 * 151936 * 4
+    assert n == BACKWARD_BYTES // per_token and 200 < n < 600
+    assert tokens(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  vocab_size=64) == 4096  # tiny models: the old cap  # fmt: skip

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phaseprune.arch import DecoderParts, layer_input, layer_output
+from phaseprune.arch import DecoderParts, d_model, layer_input, layer_output
 from phaseprune.readout import length_batches, pad_batch
 
 
@@ -190,12 +190,32 @@ def n_predicted(input_ids: Sequence[Sequence[int]]) -> int:
     return n
 
 
+BACKWARD_BYTES = 2 * 1024**3
+"""Activations one Taylor forward/backward batch may keep (see :func:`backward_tokens`)."""
+
+
+def backward_tokens(model: nn.Module, parts: DecoderParts, budget: int = BACKWARD_BYTES) -> int:
+    """Padded tokens per Taylor batch whose saved activations stay near ``budget`` bytes.
+
+    Autograd keeps, per token, roughly 12 residual-width and 4 MLP-width vectors of every layer
+    and 3 vocabulary-wide float32 vectors (the logits, their log-softmax and its gradient). At
+    4096 tokens that is about 26 GB for Qwen2.5-1.5B (151,936-token vocabulary), which with the
+    weights and their gradients ran out of 24 GB; at this budget it takes one text at a time.
+    Capped at 4096; a text longer than the result still runs, alone.
+    """
+    width = d_model(model)
+    mlp = getattr(model.config.get_text_config(), "intermediate_size", None) or 4 * width
+    vocab, element = parts.embed.weight.shape[0], parts.embed.weight.element_size()
+    per_token = len(parts.layers) * (12 * width + 4 * mlp) * element + 3 * vocab * 4
+    return int(max(1, min(4096, budget // per_token)))
+
+
 def taylor_importance(
     model: nn.Module,
     parts: DecoderParts,
     input_ids: Sequence[Sequence[int]],
     *,
-    max_tokens: int = 4096,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """Shortened LLaMA's Taylor block importance (Kim et al. 2024, arXiv:2402.02834).
 
@@ -214,12 +234,14 @@ def taylor_importance(
         model: the causal LM (or pruned view).
         parts: its decoder parts; ``parts.layers`` are the blocks scored.
         input_ids: one token-id list per calibration text.
-        max_tokens: padded tokens per forward/backward batch.
+        max_tokens: padded tokens per forward/backward batch (default
+            :func:`backward_tokens`, bounding the activations autograd keeps).
 
     Returns:
         ``(n_layers,)`` float64 array; low = removable.
     """
     n_tokens = n_predicted(input_ids)
+    max_tokens = max_tokens or backward_tokens(model, parts)
     blocks = [list(layer.parameters()) for layer in parts.layers]
     unique = {id(p): p for p in itertools.chain(model.parameters(), *blocks)}
     saved = [(p, p.requires_grad, p.grad) for p in unique.values()]
