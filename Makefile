@@ -36,11 +36,17 @@ demo: setup
 findings: setup
 	$(BIN)/python experiments/findings.py
 
+# One pytest worker per core (pytest-xdist), each with one torch thread: the tiny models gain
+# little from a second thread, so two single-threaded workers finish sooner on 2 cores; a
+# file's tests stay on one worker (--dist loadfile), so its module fixtures run once.
+TEST_WORKERS ?= auto
+PYTEST  := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not real"
+	$(PYTEST) -m "not real"
 
 lint: setup
 	$(BIN)/ruff check src tests
