@@ -114,15 +114,18 @@ def _cut(c, n: int):
 def advice(h: dict) -> dict:
     """What a user should do, from the head-to-head rows.
 
-    The run that keeps 90% deepest (then the largest area), how deep, and where it collapsed.
+    The run that keeps 90% deepest (then the largest area), how deep, and where it collapsed;
+    and the run with the largest area over the common depth (it may be another).
     """
     rows = [r for r in h["rows"] if r["area"] is not None]
     if not rows:
         return {}
     best = max(rows, key=lambda r: (r["depth_90"], r["area"]))
+    widest = max(rows, key=lambda r: r["area"])
     return {"run": best["run"], "depth_90": best["depth_90"], "depth_80": best["depth_80"],
             "area": best["area"], "collapse_depth": best["collapse_depth"],
-            "unpruned": best["accuracy_unpruned"]}  # fmt: skip
+            "unpruned": best["accuracy_unpruned"],
+            "best_area": {"run": widest["run"], "area": widest["area"]}}  # fmt: skip
 
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:

@@ -94,9 +94,13 @@ def test_verdict_supported_only_deeper_and_paired_win():
 
     shallow = traj("phase-aware", [80, 70, 60, 50, 40])
     deep = traj("iterative", [80, 80, 80, 79, 75])
-    h = head_to_head([shallow, deep], ["pa", "it"], "pa", depth=4)
+    h = head_to_head([shallow, deep], ["pa", "it"], "pa", depth=4, baselines=["it"])
     assert h["verdict"]["supported"] is False
     assert h["verdict"]["shortfall"] == 4 - 0  # it keeps 90% to depth 4, pa to 0
+    # by default iterative (and phase-aware's variants) are compared, but not judged against
+    h = head_to_head([shallow, deep, worse], ["pa", "it", "angular"], "pa", depth=4)
+    assert h["baselines"] == ["angular"] and [p["against"] for p in h["pairs"]] == ["it", "angular"]
+    assert h["verdict"]["best_other"] == "angular"
 
 
 def test_runs_on_other_items_are_refused():

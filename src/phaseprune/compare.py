@@ -146,8 +146,9 @@ def headtohead_markdown(h: dict) -> str:
     v = h["verdict"]
     if v.get("supported") is not None:
         lines += ["", f"Verdict: {h['reference']} keeps 90% to depth {v['depth_90']}, the best "
-                  f"other run ({v['best_other']}) to {v['best_other_depth_90']}; deeper than or "
-                  f"as deep as every run: {'yes' if v['deeper_than_all'] else 'no'} (short by "
+                  f"baseline ({v['best_other']}) to {v['best_other_depth_90']}; as deep as every "
+                  f"baseline ({', '.join(h['baselines'])}) or deeper: "
+                  f"{'yes' if v['deeper_than_all'] else 'no'} (short by "
                   f"{v['shortfall']}); paired wins before that run's collapse at depths "
                   f"{v['paired_wins_at'] or 'none'}: "
                   f"**{'supported' if v['supported'] else 'not supported'}**."]  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from phaseprune.headtohead import paired_interval
+from phaseprune.headtohead import NOT_BASELINES, paired_interval
 
 THRESHOLDS = {
     "sharp_width": 3,  # (a) transition interval at most this many layers wide ...
@@ -226,11 +226,6 @@ def layers_before_collapse(traj: Mapping) -> dict:
     n = len(steps[upto - 1]["removed_so_far"]) if upto > 0 else 0
     return {"strategy": run_label(traj), "removed": n, "collapsed": step is not None,
             "steps_run": len(steps)}  # fmt: skip
-
-
-NOT_BASELINES = ("phase-aware", "iterative")
-"""Strategies that are not baselines in claim (d): phase-aware (the claim's subject, and its
-variants) and the paper's Iterative Pruning (a greedy search, not a published baseline)."""
 
 
 def claims(

@@ -31,6 +31,10 @@ from scipy import stats
 
 from phaseprune.errors import UsageError
 
+NOT_BASELINES = ("phase-aware", "iterative")
+"""Strategies that are not baselines in claim (d): phase-aware (the claim's subject, and its
+variants) and the paper's Iterative Pruning (a greedy search, not a published baseline)."""
+
 SHARES = (0.9, 0.8)
 """Retention shares reported: the deepest depth keeping 90% and 80% of the unpruned accuracy."""
 
@@ -233,6 +237,7 @@ def head_to_head(
     depth: int = 12,
     n_boot: int = 2000,
     seed: int = 0,
+    baselines: Sequence[str] | None = None,
 ) -> dict:
     """Every run's row, and ``reference`` against every other run.
 
@@ -244,6 +249,9 @@ def head_to_head(
             runs went deeper).
         n_boot: bootstrap resamples of each paired interval.
         seed: the bootstrap's seed.
+        baselines: the runs the verdict judges ``reference`` against (default: every run
+            whose strategy is not in :data:`NOT_BASELINES`); the paired numbers cover every
+            run either way.
     """
     if reference not in labels:
         raise UsageError(f"--reference {reference!r} is none of the runs ({', '.join(labels)})")
@@ -252,17 +260,22 @@ def head_to_head(
     ref = curves[list(labels).index(reference)]
     rows = [strategy_row(c, depth) for c in curves]
     pairs = [pair_row(ref, c, depth, n_boot=n_boot, seed=seed) for c in curves if c is not ref]
+    if baselines is None:
+        baselines = [c.label for c in curves if c.strategy not in NOT_BASELINES]
+    judged = [ref, *(c for c in curves if c.label in baselines and c is not ref)]
     return {"reference": reference, "depth": depth, "rows": rows, "pairs": pairs,
             "paired": all(c.correct is not None for c in curves),
-            "verdict": verdict(ref, curves, pairs, depth)}  # fmt: skip
+            "baselines": [c.label for c in judged[1:]],
+            "verdict": verdict(ref, judged, pairs, depth)}  # fmt: skip
 
 
 def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth: int) -> dict:
-    """Whether ``ref`` prunes deeper than every other run, by the rule fixed before the runs.
+    """Whether ``ref`` prunes deeper than the other runs of ``curves`` (the baselines).
 
-    Supported only if ``ref``'s 90%-retention depth is at least every other run's, and its paired
-    interval against the best other run (deepest 90% retention, then largest area) excludes zero
-    in ``ref``'s favour at some depth before that run's collapse (or its last depth).
+    The rule was fixed before the runs. Supported only if ``ref``'s 90%-retention depth is at
+    least every other run's, and its paired interval against the best other run (deepest 90%
+    retention, then largest area) excludes zero in ``ref``'s favour at some depth before that
+    run's collapse (or its last depth).
     """
     others = [c for c in curves if c is not ref]
     if not others:
