@@ -79,6 +79,22 @@ def _mean_nll(values: torch.Tensor) -> float:
     return float(values[:, 0].sum() / values[:, 1].sum())
 
 
+def _scan(ctx, removed, todo, input_ids, reduce, on_scored, groups=None) -> dict:
+    """:func:`~phaseprune.candidates.score_removals` with the run's batch, memory and progress."""
+    return score_removals(
+        ctx.model,
+        removed,
+        todo,
+        input_ids,
+        reduce,
+        max_tokens=ctx.max_tokens,
+        cache_budget=ctx.cache_budget,
+        progress=ctx.progress,
+        groups=groups,
+        on_scored=on_scored,
+    )
+
+
 def _removal_nll(ctx, removed, candidates) -> dict:
     """Calibration-text NLL of "current model minus k" for every candidate ``k``.
 
@@ -88,17 +104,7 @@ def _removal_nll(ctx, removed, candidates) -> dict:
         raise no_candidate(removed)
 
     def score(todo, keep):
-        return score_removals(
-            ctx.model,
-            removed,
-            todo,
-            ctx.calib_text_ids,
-            _nll_reduce,
-            max_tokens=ctx.max_tokens,
-            cache_budget=ctx.cache_budget,
-            progress=ctx.progress,
-            on_scored=keep,
-        )
+        return _scan(ctx, removed, todo, ctx.calib_text_ids, _nll_reduce, keep)
 
     return stored_removals(ctx, "nll", removed, candidates, score)
 
@@ -184,18 +190,9 @@ def _logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
             if keep is not None:
                 keep(k, js[k])
 
-        values = score_removals(
-            ctx.model,
-            removed,
-            todo,
-            ctx.calib_ids,
-            _logprob_reduce,
-            max_tokens=ctx.max_tokens,
-            cache_budget=ctx.cache_budget,
-            progress=ctx.progress,
-            groups=ctx.calib_groups,  # reads the last position only, so prefixes can be shared
-            on_scored=done,
-        )  # several processes: no on_scored, the divergences are taken after the gather
+        # reads the last position only, so prefixes can be shared; with several processes
+        # on_scored is not called and the divergences are taken after the gather
+        values = _scan(ctx, removed, todo, ctx.calib_ids, _logprob_reduce, done, ctx.calib_groups)
         return {k: js[k] if k in js else baselines.js_divergence(ref, v) for k, v in values.items()}
 
     values = stored_removals(ctx, "js", removed, candidates, score)
