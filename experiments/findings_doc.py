@@ -41,12 +41,15 @@ def h2h_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
     return runs
 
 
-def head_to_head_numbers(plan: Plan, run_root: Path) -> dict | None:
-    """The head-to-head of the plan's h2h runs so far (each up to its last completed step)."""
+def head_to_head_numbers(plan: Plan, run_root: Path, runs: dict | None = None) -> dict | None:
+    """The head-to-head of the plan's h2h runs so far (each up to its last completed step).
+
+    ``runs``: :func:`h2h_runs`'s result where the caller already loaded it.
+    """
     from phaseprune.compare import headtohead_markdown
     from phaseprune.headtohead import head_to_head
 
-    runs = h2h_runs(plan, run_root)
+    runs = h2h_runs(plan, run_root) if runs is None else runs
     if plan.reference not in runs or len(runs) < 2:
         return None
     h = head_to_head(list(runs.values()), list(runs), plan.reference, depth=plan.steps,
@@ -138,6 +141,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         # runs made elsewhere: the document is rebuilt from the numbers committed with it
         return json.loads(committed.read_text()) if committed.exists() else None
     other = run_root / f"analyze-{plan.other_task}"
+    labelled = None
     if plan.h2h:  # the head-to-head's runs are the pruning runs (labelled: several variants)
         labelled = h2h_runs(plan, run_root)
         prunes = [run_root / f"h2h-{label}" for label in labelled]
@@ -173,7 +177,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     log = (
         json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
     )
-    h2h = head_to_head_numbers(plan, run_root) if plan.h2h else None
+    h2h = head_to_head_numbers(plan, run_root, labelled) if plan.h2h else None
     found = claims(summary, trajs, single, reference=plan.reference if plan.h2h else "phase-aware")
     if h2h is not None:  # (d) by the head-to-head's rule (paired, on enough items)
         found["d"]["verdict"] = h2h["verdict"]["supported"]
