@@ -19,7 +19,14 @@ from findings import PLANS, ROOT, Plan, _restore, _steps_done
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from phaseprune import __version__
-from phaseprune.evidence import THRESHOLDS, claims, largest_changes, pileup, single_removals
+from phaseprune.evidence import (
+    THRESHOLDS,
+    claims,
+    largest_changes,
+    pileup,
+    run_label,
+    single_removals,
+)
 from phaseprune.report import build_report
 from phaseprune.runs import load_candidates, load_summary, load_trajectory
 
@@ -72,28 +79,27 @@ def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
     best variant, the paired difference at ``depth``. The best is the deepest 90% retention,
     then the largest area: the rule the default is picked by.
     """
-    from phaseprune.headtohead import curve, paired_difference, retained_area, retention_depth
+    from phaseprune.headtohead import curve, paired_difference, strategy_row
 
-    variants = {label: t for label, t in runs.items()
-                if plan.h2h[label]["strategy"] == "phase-aware"}  # fmt: skip
+    labels = [label for label, s in plan.h2h.items() if s["strategy"] == "phase-aware"]
     # the shallowest variant's steps (the issue lets the ablation's variants stop at 8)
-    depth = min(s.get("steps", plan.steps) for s in plan.h2h.values()
-                if s["strategy"] == "phase-aware")  # fmt: skip
-    curves = {label: curve(t, label) for label, t in variants.items()}
+    depth = min(plan.h2h[label].get("steps", plan.steps) for label in labels)
+    curves = {label: curve(runs[label], label) for label in labels if label in runs}
     reached = {label: c for label, c in curves.items() if max(c.depths) >= depth}
     if not reached:
         return None
     rows = []
     for label, c in reached.items():
-        cut = _cut(c, sum(d <= depth for d in c.depths))
+        # the head-to-head's row of the curve cut at the ablation depth
+        row = strategy_row(_cut(c, sum(d <= depth for d in c.depths)), depth)
         rows.append({
             "run": label,
             "settings": {k: v for k, v in plan.h2h[label].items()
                          if k not in ("strategy", "steps")},
-            "depth_90": retention_depth(cut, 0.9),
-            "depth_80": retention_depth(cut, 0.8),
-            "area": retained_area(c, depth),
-            "accuracy": c.accuracy[c.at(depth)] if c.at(depth) is not None else None,
+            "depth_90": row["depth_90"],
+            "depth_80": row["depth_80"],
+            "area": row["area"],
+            "accuracy": row["accuracy_at"].get(depth),
             "collapse_depth": c.collapse_depth,
         })  # fmt: skip
     best = max(rows, key=lambda r: (r["depth_90"], r["area"] or 0.0))
@@ -102,8 +108,7 @@ def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
             reached[r["run"]], reached[best["run"]], depth
         )
     return {"depth": depth, "rows": rows, "best": best["run"],
-            "waiting": [label for label in plan.h2h if plan.h2h[label]["strategy"] ==
-                        "phase-aware" and label not in reached]}  # fmt: skip
+            "waiting": [label for label in labels if label not in reached]}  # fmt: skip
 
 
 def _cut(c, n: int):
@@ -222,7 +227,7 @@ def _slim(numbers: dict) -> dict:
     out["prune"] = [
         {k: t.get(k) for k in ("strategy", "collapse", "calib_step0", "eval_items", "calib_items",
                                 "complete")}
-        | {"label": t.get("label") or t["strategy"]}
+        | {"label": run_label(t)}
         | {"step0_accuracy": t["step0"]["eval_accuracy"],
            "step0_accuracy_ci": t["step0"]["eval_accuracy_ci"],
            "step0_transition": t["step0"]["transition_layer"],
@@ -245,7 +250,7 @@ def render(all_numbers: dict[str, dict | None], path: Path) -> None:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["run"] = lambda t: t.get("label") or t["strategy"]
+    env.filters["run"] = run_label
     env.filters["pct"] = lambda x, d=1: "—" if x is None else f"{100 * x:.{d}f}%"
     env.filters["pts"] = lambda x: "—" if x is None else f"{100 * x:+.1f} pts"
     env.filters["pp"] = lambda x: f"{100 * x:.0f} points"
