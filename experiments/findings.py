@@ -99,6 +99,10 @@ HEAD_TO_HEAD = {
     "angular": {"strategy": "angular"},
     "phase-aware-transition": {"strategy": "phase-aware", "after_decisive": "transition",
                                "spare": 7},
+    # the Decisive tail cut where the calibration readout scores best (a free step each: the
+    # readout at an index is the model without the layers after it), then as the reference
+    "phase-aware-tail": {"strategy": "phase-aware", "decisive": "tail",
+                         "after_decisive": "transition", "spare": 7},
     # block influence finishes its 12 removals in about an hour; iterative needs hours
     "block-influence": {"strategy": "block-influence"},
     "iterative": {"strategy": "iterative"},
@@ -119,7 +123,8 @@ HEAD_TO_HEAD = {
 }  # fmt: skip
 """The head-to-head's runs: every strategy, and phase-aware's variants (the ablation). The
 spared decision builders are a quarter of Qwen2.5-Coder-1.5B's 28 layers."""
-ABLATION = ("phase-aware-spare", "phase-aware", "phase-aware-objective", "phase-aware-kl")
+ABLATION = ("phase-aware-tail", "phase-aware-spare", "phase-aware", "phase-aware-objective",
+            "phase-aware-kl")
 """Phase-aware's variants beside the reference (``phase-aware-transition``): the ablation."""
 
 RECORDS = ROOT / "experiments" / "records"

@@ -161,3 +161,74 @@ def test_an_interrupted_scan_keeps_the_candidates_it_finished(
     scanned = set(rows.loc[rows["step"] == 1, "layer"])
     step1 = [k for removed, k in fresh if removed == ()]
     assert set(kept) | set(step1) == scanned and not set(kept) & set(step1)
+
+
+def _tail_steps(traj):
+    return [s for s in traj["steps"] if s["note"] and s["note"].startswith("Decisive tail")]
+
+
+def _late_layers_hurt(decider, path, scale=16.0):
+    """A copy of the decider whose last two layers add noise to the residual stream.
+
+    The decision is read before them (as on Qwen2.5-Coder-1.5B, whose readout after layer 23
+    is as accurate as the whole model and has three times its margin), so the best cut of
+    the Decisive tail lies before the last layer.
+    """
+    import dataclasses
+    import shutil
+
+    import torch
+    import transformers as tf
+
+    shutil.copytree(decider.path, path)
+    model = tf.AutoModelForCausalLM.from_pretrained(path)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.model.layers[-2:]:
+            w = layer.mlp.down_proj.weight
+            w += scale * w.std() * torch.randn(w.shape, generator=gen)
+    model.save_pretrained(path)
+    return dataclasses.replace(decider, path=path)
+
+
+@pytest.mark.parametrize("objective", ["accuracy", "margin"])
+def test_decisive_tail_cut_equals_the_readout_at_the_cut(decider, tmp_path, objective):
+    """Cutting the tail leaves exactly the unpruned readout at the cut, and it is the best cut."""
+    decider = _late_layers_hurt(decider, tmp_path / "hurt")
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "tail",
+                "--objective", objective, "--after-decisive", "objective", steps=4)  # fmt: skip
+    n = decider.n_layers
+    first = traj["steps"][0]["calib_phases"]
+    scores = {int(r): v for r, v in first["tail"]["scores"].items()}
+    cut = first["tail"]["cut_at"]
+    t = first["transition_layer"]
+    assert sorted(scores) == list(range(t, n + 1))
+    # the best cut by the objective's first key (its second key only breaks exact ties)
+    assert scores[cut] == max(scores.values())
+    assert cut <= n - 2  # the noisy last two layers are cut (the fixture's point)
+    tail = _tail_steps(traj)
+    # the last layers go, last first, until the model ends at the cut (or the steps run out)
+    assert [s["removed_layer"] for s in tail] == list(range(n - 1, n - 1 - len(tail), -1))
+    assert len(tail) == min(n - cut, 4)
+    _run(decider, tmp_path / "it", "--strategy", "iterative", "--objective", objective,
+         steps=1)  # fmt: skip
+    cands = pd.read_parquet(tmp_path / "it" / "candidates.parquet").set_index("layer")
+    # the readout at n - 1 scores the model without its last layer, as candidate scoring does
+    assert scores[n - 1] == pytest.approx(cands.loc[n - 1, "score"], abs=1e-5)
+    for s in tail:  # each step's evaluation readout is the unpruned one at its last index
+        index = n - len(s["removed_so_far"])
+        lens = traj["step0"]["layers"][index]
+        assert s["eval_accuracy"] == pytest.approx(lens["accuracy"])
+        assert s["layers"][-1]["margin_mean"] == pytest.approx(lens["margin_mean"], abs=1e-4)
+    if len(tail) == n - cut:  # then the other rules take over
+        assert not traj["steps"][len(tail)]["note"].startswith("Decisive tail")
+
+
+def test_decisive_tail_stops_at_a_protected_layer(decider, tmp_path):
+    n = decider.n_layers
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "tail",
+                "--protect", str(n - 1), "--objective", "margin", steps=1)  # fmt: skip
+    first = traj["steps"][0]["calib_phases"]
+    assert first["tail"]["cut_at"] == n  # nothing after the protected last layer to cut
+    assert not _tail_steps(traj)
+    assert traj["steps"][0]["removed_layer"] != n - 1

@@ -219,6 +219,14 @@ class PruneConfig:
         0,
         minimum=0,
     )
+    decisive: str = _doc(
+        "phase-aware, how Decisive-Phase layers go: objective (one at a time, the best by "
+        "--objective) or tail (cut the layers after the Decisive readout index that scores best "
+        "by --objective on the calibration items, last layer first: the readout at an index is "
+        "exactly the model without the layers after it, so no candidate is scored).",
+        "objective",
+        choices=("objective", "tail"),
+    )
     after_decisive: str = _doc(
         "phase-aware, once no Decisive-Phase layer is eligible: block-influence (the lowest "
         "block influence), objective (the best by --objective among the rest) or transition "

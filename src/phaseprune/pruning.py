@@ -69,7 +69,8 @@ STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made: left out of the fingerprint at these
 defaults (as ``weights_sha256`` where it adds nothing), so those runs still resume."""
-LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence"}  # the same, for prune
+LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective"}
+"""The same, for prune's own settings."""
 
 OnStep = Callable[[Trajectory, Readout, bool], None]
 """``on_step(traj, record, resumed)``: see :func:`run_prune`."""
@@ -144,6 +145,7 @@ class PruneRun:
             protect=frozenset(cfg.protect),
             guard=cfg.guard,
             spare=cfg.spare,
+            decisive=cfg.decisive,
             after_decisive=cfg.after_decisive,
             block_size=cfg.block_size,
             seed=cfg.seed,

@@ -66,6 +66,8 @@ class PruneContext:
     """Phase-aware: layers before the transition layer also spared."""
     spare: int = 0
     """Phase-aware: the decision builders spared (those scoring worst removed alone)."""
+    decisive: str = "objective"
+    """Phase-aware: how Decisive-Phase layers are chosen (see search.phase_aware)."""
     after_decisive: str = "block-influence"
     """Phase-aware: the rule once no Decisive-Phase layer is eligible (see search.phase_aware)."""
     block_size: int = 1
