@@ -199,36 +199,44 @@ def test_decisive_tail_cut_equals_the_readout_at_the_cut(decider, tmp_path, obje
                 "--objective", objective, "--after-decisive", "objective", steps=4)  # fmt: skip
     n = decider.n_layers
     first = traj["steps"][0]["calib_phases"]
-    scores = {int(r): v for r, v in first["tail"]["scores"].items()}
-    cut = first["tail"]["cut_at"]
-    t = first["transition_layer"]
-    assert sorted(scores) == list(range(t, n + 1))
-    # the best cut by the objective's first key (its second key only breaks exact ties)
-    assert scores[cut] == max(scores.values())
+    tail = first["tail"]
+    accuracy = {int(r): v for r, v in tail["accuracy"].items()}
+    margin = {int(r): v for r, v in tail["margin"].items()}
+    cut, t = tail["cut_at"], first["transition_layer"]
+    assert sorted(accuracy) == sorted(margin) == list(range(t, n + 1))
+    assert tail["unpruned_accuracy"] == pytest.approx(traj["calib_step0"]["accuracy"])
+    assert accuracy[n] == pytest.approx(traj["calib_step0"]["accuracy"])
+    # the largest margin among the cuts that keep the unpruned calibration accuracy
+    keeping = [r for r in accuracy if accuracy[r] >= tail["unpruned_accuracy"]]
+    assert cut in keeping and margin[cut] == max(margin[r] for r in keeping)
     assert cut <= n - 2  # the noisy last two layers are cut (the fixture's point)
-    tail = _tail_steps(traj)
+    tail_steps = _tail_steps(traj)
     # the last layers go, last first, until the model ends at the cut (or the steps run out)
-    assert [s["removed_layer"] for s in tail] == list(range(n - 1, n - 1 - len(tail), -1))
-    assert len(tail) == min(n - cut, 4)
+    removed = [s["removed_layer"] for s in tail_steps]
+    assert removed == list(range(n - 1, n - 1 - len(tail_steps), -1))
+    assert len(tail_steps) == min(n - cut, 4)
     _run(decider, tmp_path / "it", "--strategy", "iterative", "--objective", objective,
          steps=1)  # fmt: skip
     cands = pd.read_parquet(tmp_path / "it" / "candidates.parquet").set_index("layer")
-    # the readout at n - 1 scores the model without its last layer, as candidate scoring does
-    assert scores[n - 1] == pytest.approx(cands.loc[n - 1, "score"], abs=1e-5)
-    for s in tail:  # each step's evaluation readout is the unpruned one at its last index
+    # the readout at n - 1 is the model without its last layer, as candidate scoring reads it
+    assert accuracy[n - 1] == pytest.approx(cands.loc[n - 1, "accuracy"])
+    assert margin[n - 1] == pytest.approx(cands.loc[n - 1, "margin"], abs=1e-5)
+    for s in tail_steps:  # each step's evaluation readout is the unpruned one at its last index
         index = n - len(s["removed_so_far"])
         lens = traj["step0"]["layers"][index]
         assert s["eval_accuracy"] == pytest.approx(lens["accuracy"])
         assert s["layers"][-1]["margin_mean"] == pytest.approx(lens["margin_mean"], abs=1e-4)
-    if len(tail) == n - cut:  # then the other rules take over
-        assert not traj["steps"][len(tail)]["note"].startswith("Decisive tail")
+    if len(tail_steps) == n - cut:  # then the other rules take over
+        assert not traj["steps"][len(tail_steps)]["note"].startswith("Decisive tail")
 
 
 def test_decisive_tail_stops_at_a_protected_layer(decider, tmp_path):
     n = decider.n_layers
+    decider = _late_layers_hurt(decider, tmp_path / "hurt")
     traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "tail",
-                "--protect", str(n - 1), "--objective", "margin", steps=1)  # fmt: skip
-    first = traj["steps"][0]["calib_phases"]
-    assert first["tail"]["cut_at"] == n  # nothing after the protected last layer to cut
-    assert not _tail_steps(traj)
-    assert traj["steps"][0]["removed_layer"] != n - 1
+                "--protect", str(n - 2), steps=2)  # fmt: skip
+    tail = traj["steps"][0]["calib_phases"]["tail"]
+    assert min(map(int, tail["margin"])) == n - 1  # no cut before the protected layer's output
+    assert tail["cut_at"] == n - 1  # unprotected, the cut is deeper (the test above)
+    assert [s["removed_layer"] for s in _tail_steps(traj)] == [n - 1]
+    assert traj["steps"][1]["removed_layer"] != n - 2

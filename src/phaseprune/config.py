@@ -221,9 +221,10 @@ class PruneConfig:
     )
     decisive: str = _doc(
         "phase-aware, how Decisive-Phase layers go: objective (one at a time, the best by "
-        "--objective) or tail (cut the layers after the Decisive readout index that scores best "
-        "by --objective on the calibration items, last layer first: the readout at an index is "
-        "exactly the model without the layers after it, so no candidate is scored).",
+        "--objective) or tail (cut the layers after the Decisive readout index with the largest "
+        "calibration margin among those keeping the unpruned calibration accuracy, last layer "
+        "first: the readout at an index is exactly the model without the layers after it, so "
+        "no candidate is scored).",
         "objective",
         choices=("objective", "tail"),
     )

@@ -41,7 +41,8 @@ RULES = {
     "`prob-margin`, `kl`)",
     "phase-aware": "like iterative, but Decisive-Phase layers first (never the transition layer "
     "or `--guard` layers before it, nor the `--spare` decision builders), phases re-estimated "
-    "each step, or with `--decisive tail` the Decisive tail cut where its readout scores best; "
+    "each step, or with `--decisive tail` the Decisive tail cut where its readout keeps the "
+    "accuracy with the largest margin; "
     "then `--after-decisive`: the lowest block influence, the best by the objective, "
     "or the best that keeps the calibration transition (the step's `note` says which)",
     "block-influence": "ShortGPT: 1 − cos(layer input, output) over calibration tokens, one-shot",
