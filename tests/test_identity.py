@@ -198,7 +198,7 @@ def _old_recipe_key(run) -> str:
     settings = {k: v for k, v in dataclasses.asdict(run.cfg).items() if k not in VOLATILE}
     settings["model"].pop("revision")
     settings["task"].pop("lm_eval_include")
-    for later in ("spare", "after_decisive"):  # phase-aware's variants came later still
+    for later in ("spare", "after_decisive", "decisive"):  # phase-aware's variants came later
         settings.pop(later)
     info = dataclasses.asdict(run.info)
     info.pop("weights_sha256")

@@ -65,12 +65,10 @@ VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_b
             "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit", "lm_eval_batch_size")
 # settings that only decide where a run stops: a resume may change them (extend or cut short)
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
-
+# settings added after runs were made (model/task, then prune's own): left out of the
+# fingerprint at these defaults (as ``weights_sha256`` where it adds nothing), so those runs resume
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
-"""Model and task settings added after runs were made: left out of the fingerprint at these
-defaults (as ``weights_sha256`` where it adds nothing), so those runs still resume."""
 LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective"}
-"""The same, for prune's own settings."""
 
 OnStep = Callable[[Trajectory, Readout, bool], None]
 """``on_step(traj, record, resumed)``: see :func:`run_prune`."""
