@@ -103,6 +103,16 @@ def test_verdict_supported_only_deeper_and_paired_win():
     assert h["verdict"]["best_other"] == "angular"
 
 
+def test_best_baseline_is_judged_on_the_depth_every_baseline_reached():
+    ref = traj("phase-aware", [80, 80, 79, 78, 77])
+    full = traj("angular", [80, 70, 69, 68, 60])  # area to 4 below unfinished's area to 2
+    unfinished = traj("ppl", [80, 70, 66])  # two steps so far, worse than angular at both
+    unfinished["complete"] = False
+    h = head_to_head([ref, full, unfinished], ["pa", "angular", "ppl"], "pa", depth=4, seed=0)
+    assert retained_area(curve(full), 4) < retained_area(curve(unfinished), 2)
+    assert h["verdict"]["best_other"] == "angular"  # both at 90% depth 0; area to depth 2
+
+
 def test_runs_on_other_items_are_refused():
     a, b = traj("a", [80, 70]), traj("b", [80, 70])
     b["eval_items"] = b["eval_items"][::-1]

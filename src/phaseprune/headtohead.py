@@ -275,15 +275,17 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
     The rule was fixed before the runs. Supported only if ``ref``'s 90%-retention depth is at
     least every other run's, and its paired interval against the best other run (deepest 90%
     retention, then largest area) excludes zero in ``ref``'s favour at some depth before that
-    run's collapse (or its last depth).
+    run's collapse (or its last depth). Areas are compared to the depth every other run has
+    reached, so that a run still going is not favoured by the area of its first steps.
     """
     others = [c for c in curves if c is not ref]
     if not others:
         return {"supported": None, "why": "nothing to compare with"}
     share = SHARES[0]
+    common = min(depth, *(max(c.depths) for c in others))
 
     def strength(c):
-        return (retention_depth(c, share), retained_area(c, min(max(c.depths), depth)) or 0.0)
+        return (retention_depth(c, share), retained_area(c, common) or 0.0)
 
     best = max(others, key=strength)
     mine, theirs = retention_depth(ref, share), retention_depth(best, share)
