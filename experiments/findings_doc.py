@@ -64,10 +64,16 @@ def head_to_head_numbers(plan: Plan, run_root: Path, runs: dict | None = None) -
     h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
     h["n_eval"] = len(runs[plan.reference]["eval_items"])
     h["n_calib"] = len(runs[plan.reference]["calib_items"])
+    h["reference_note"] = plan.reference_note
     h["unfinished"] = [label for label, t in runs.items() if not t["complete"]]
     h["missing"] = [label for label in plan.h2h if label not in runs]
     h["ablation"] = ablation(plan, runs)
     h["advice"] = advice(h)
+    if h["advice"]:  # the command line that makes the advised run (its settings as flags)
+        settings = plan.h2h[h["advice"]["run"]]
+        h["advice"]["flags"] = " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "steps"
+        )
     return h
 
 
