@@ -95,28 +95,36 @@ class Plan:
     skip: tuple[str, ...] = ()
 
 
+FIRST_VERSION = {"decisive": "objective", "after_decisive": "block-influence", "spare": 0}
+"""Phase-aware's first version (its defaults before the head-to-head): the plans' ``strategies``
+runs keep it, so that their committed records resume."""
+
 HEAD_TO_HEAD = {
-    # cheapest and most telling first, so a partial run already answers most
+    # cheapest and most telling first, so a partial run already answers most; phase-aware's
+    # settings are all given (its defaults changed once: runs keep theirs)
     "last": {"strategy": "last"},
     "angular": {"strategy": "angular"},
-    "phase-aware-transition": {"strategy": "phase-aware", "after_decisive": "transition",
-                               "spare": 7},
+    "phase-aware-transition": {"strategy": "phase-aware", "decisive": "objective",
+                               "after_decisive": "transition", "spare": 7},
     # the Decisive tail cut where the calibration readout scores best (a free step each: the
-    # readout at an index is the model without the layers after it), then as the reference
+    # readout at an index is the model without the layers after it), then as the transition
+    # variant: the reference, and phase-aware's defaults (spare: a quarter of 28 layers)
     "phase-aware-tail": {"strategy": "phase-aware", "decisive": "tail",
                          "after_decisive": "transition", "spare": 7},
     # block influence finishes its 12 removals in about an hour; iterative needs hours
     "block-influence": {"strategy": "block-influence"},
     "iterative": {"strategy": "iterative"},
-    # the ablation: the issue lets variants stop earlier (8 removals); any of them can be
-    # resumed deeper with more steps (stopping settings keep the fingerprint)
-    "phase-aware-spare": {"strategy": "phase-aware", "after_decisive": "objective", "spare": 7,
-                          "steps": 8},
-    "phase-aware": {"strategy": "phase-aware", "steps": 8},  # the first version
-    "phase-aware-objective": {"strategy": "phase-aware", "after_decisive": "objective",
-                              "steps": 8},
-    "phase-aware-kl": {"strategy": "phase-aware", "after_decisive": "transition", "spare": 7,
-                       "objective": "kl", "steps": 8},
+    # the ablation, each variant the reference with one thing changed (transition: the tail),
+    # and the first version; the issue lets variants stop earlier (8 removals), and any of them
+    # can be resumed deeper with more steps (stopping settings keep the fingerprint)
+    "phase-aware-no-spare": {"strategy": "phase-aware", "decisive": "tail",
+                             "after_decisive": "transition", "spare": 0, "steps": 8},
+    "phase-aware-after-objective": {"strategy": "phase-aware", "decisive": "tail",
+                                    "after_decisive": "objective", "spare": 7, "steps": 8},
+    "phase-aware-kl": {"strategy": "phase-aware", "decisive": "tail",
+                       "after_decisive": "transition", "spare": 7, "objective": "kl",
+                       "steps": 8},
+    "phase-aware-first": {"strategy": "phase-aware", **FIRST_VERSION, "steps": 8},
     "sleb": {"strategy": "sleb"},
     "ppl": {"strategy": "ppl"},
     "logit-js": {"strategy": "logit-js"},
@@ -125,8 +133,8 @@ HEAD_TO_HEAD = {
 }  # fmt: skip
 """The head-to-head's runs: every strategy, and phase-aware's variants (the ablation). The
 spared decision builders are a quarter of Qwen2.5-Coder-1.5B's 28 layers."""
-ABLATION = ("phase-aware-transition", "phase-aware-spare", "phase-aware",
-            "phase-aware-objective", "phase-aware-kl")
+ABLATION = ("phase-aware-transition", "phase-aware-no-spare", "phase-aware-after-objective",
+            "phase-aware-kl", "phase-aware-first")
 """Phase-aware's variants beside the reference (``phase-aware-tail``): the ablation."""
 REFERENCE_CHOSEN_ON_MMLU = (
     "The reference was chosen after seeing these items: the head-to-head was first judged "
@@ -259,7 +267,7 @@ def run_plan(
         steps = plan.steps_by_strategy.get(strategy, plan.steps)
         cfg = PruneConfig(out="", model=model, task=mmlu, strategy=strategy, steps=steps,
                           calib=plan.calib, eval=plan.eval, seed=plan.seed,
-                          stop_at_collapse=True)  # fmt: skip
+                          stop_at_collapse=True, **FIRST_VERSION)  # fmt: skip
         stages.append((f"prune-{strategy}", cfg))
     cache = str(run_root / "score-cache")  # logits of pruned models, shared by every h2h run
     h2h_task = mmlu if plan.h2h_task == "mmlu" else TaskConfig(task=plan.h2h_task,

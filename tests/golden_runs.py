@@ -29,6 +29,8 @@ GOLDEN = Path(__file__).parent / "golden"
 VOLATILE = ("timing", "phaseprune_version", "created", "fingerprint", "weights_sha256")
 SITE = re.compile(r"/\S*?/site-packages")
 SMOL_SUBJECTS = "high_school_geography,marketing"
+# phase-aware's settings as the golden runs were made (its defaults then; ignored by iterative)
+FIRST = ["--decisive", "objective", "--after-decisive", "block-influence", "--spare", "0"]
 
 
 def cases(decider_dir: Path) -> dict[str, list[str]]:
@@ -40,11 +42,11 @@ def cases(decider_dir: Path) -> dict[str, list[str]]:
     out = {"decider-analyze": ["analyze", *dec]}
     for strategy in ("iterative", "phase-aware"):
         out[f"decider-{strategy}"] = ["prune", *dec, "--strategy", strategy, "--steps", "3",
-                                      "--calib", "40", "--eval", "100"]  # fmt: skip
+                                      "--calib", "40", "--eval", "100", *FIRST]  # fmt: skip
     out["smollm2-analyze"] = ["analyze", *smol, "--limit", "24"]
     for strategy in ("iterative", "phase-aware"):
         out[f"smollm2-{strategy}"] = ["prune", *smol, "--strategy", strategy, "--steps", "3",
-                                      "--calib", "8", "--eval", "16"]  # fmt: skip
+                                      "--calib", "8", "--eval", "16", *FIRST]  # fmt: skip
     return out
 
 

@@ -133,8 +133,9 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
 
 
 def test_demo_decider_story(tmp_path):
-    """demo --decider: the tiny decider trained, analyzed, pruned; phase-aware held against
-    the rest on the same items, and removing its Decisive-Phase layers keeps the decision."""
+    """demo --decider: the tiny decider trained, analyzed, pruned; phase-aware (its defaults)
+    held against the rest on the same items, and removing its last (Decisive-Phase) layer
+    keeps the decision."""
     from phaseprune.config import DemoConfig
     from phaseprune.demo import _decider_story
 
@@ -142,7 +143,12 @@ def test_demo_decider_story(tmp_path):
     story = _decider_story(cfg, tmp_path / "decider")
     assert story["analyze"]["transition_layer"] is not None  # it decides
     pa, last = story["prune"]["phase-aware"], story["prune"]["last"]
-    assert pa["steps"][0]["phase_of_removed"] == "decisive"
+    assert last["steps"][0]["phase_of_removed"] == "decisive"
+    assert last["steps"][0]["eval_accuracy"] >= last["step0"]["eval_accuracy"] - 0.05
+    # the decider's margin grows to its last layer: the tail is not cut, and every step says
+    # which rule chose instead
+    assert pa["steps"][0]["calib_phases"]["tail"]["cut_at"] == pa["n_layers"]
+    assert all(s["note"] for s in pa["steps"])
     h = story["compare"].attrs["headtohead"]
     assert h["reference"].startswith("phase-aware")
     rows = {r["strategy"]: r for r in h["rows"]}

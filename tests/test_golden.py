@@ -36,8 +36,12 @@ def with_later_settings(golden: dict) -> dict:
     """The golden settings with every field added since, at its default (as the CLI left it).
 
     A field added later must not change the records when left at its default; its default is
-    read from the config dataclass, so a run made with another value still differs.
+    read from the config dataclass, so a run made with another value still differs. Phase-aware's
+    settings whose defaults changed later are filled with the first version's values
+    (``pruning.LATER_PRUNE_DEFAULTS``), which golden_runs.cases pins on the command line.
     """
+    from phaseprune.pruning import LATER_PRUNE_DEFAULTS
+
     cls = PruneConfig if "steps" in golden else AnalyzeConfig
     sections = {"model": ModelConfig, "task": TaskConfig}
 
@@ -47,6 +51,7 @@ def with_later_settings(golden: dict) -> dict:
                 fill(settings.setdefault(f.name, {}), sections[f.name], False)
             elif f.name not in settings:
                 default = f.default_factory() if callable(f.default_factory) else f.default
+                default = LATER_PRUNE_DEFAULTS.get(f.name, default) if top else default
                 settings[f.name] = json.loads(json.dumps(default))
 
     fill(golden["settings"], cls, True)

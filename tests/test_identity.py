@@ -231,3 +231,38 @@ def test_runs_made_before_the_new_fields_keep_their_fingerprint():
     run.info = gguf
     run.cfg = PruneConfig(out="o", model=ModelConfig(revision="main"))
     assert PruneRun.key(run) != _old_recipe_key(run)
+
+
+def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from phaseprune.config import PruneConfig
+    from phaseprune.models import ModelInfo
+    from phaseprune.pruning import PruneRun
+    from phaseprune.tasks import MCItem
+
+    gguf = ModelInfo(name="m.gguf", path="/x", gguf_file="m.gguf", revision="ab" * 32,
+                     architecture="LlamaForCausalLM", family="llama", n_layers=4,
+                     dtype="float32", device="cpu", weights_sha256="ab" * 32)  # fmt: skip
+    run = SimpleNamespace(info=gguf, record_task={"name": "t"},
+                          task=SimpleNamespace(items=[MCItem("i", "s", "q", ("a", "b"), 1)]))
+    first = {"decisive": "objective", "after_decisive": "block-influence", "spare": 0}
+
+    def key(**settings):
+        run.cfg = PruneConfig(out="o", **settings)
+        return PruneRun.key(run)
+
+    # phase-aware's first version, now given as flags, is the recipe its old runs were made with
+    run.cfg = PruneConfig(out="o", strategy="phase-aware", **first)
+    assert key(strategy="phase-aware", **first) == _old_recipe_key(run)
+    # its new defaults are another recipe
+    assert key(strategy="phase-aware") != key(strategy="phase-aware", **first)
+    defaults = PruneConfig(out="o")
+    assert (defaults.decisive, defaults.after_decisive, defaults.spare) == ("tail", "transition",
+                                                                            None)  # fmt: skip
+    # settings only phase-aware reads do not touch another strategy's fingerprint
+    assert key(strategy="angular") == key(strategy="angular", **first)
+    assert key(strategy="angular", spare=3) == key(strategy="angular")
+    run.cfg = dataclasses.replace(run.cfg, strategy="angular")
+    assert key(strategy="angular") == _old_recipe_key(run)

@@ -64,8 +64,8 @@ def test_spare_keeps_the_worst_single_removals(decider, tmp_path):
 
 
 def test_after_decisive_objective_takes_the_best_candidate(decider, tmp_path):
-    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--after-decisive",
-                "objective", steps=4)  # fmt: skip
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "objective",
+                "--after-decisive", "objective", "--spare", "0", steps=4)  # fmt: skip
     cands = pd.read_parquet(tmp_path / "pa" / "candidates.parquet")
     after = [s for s in traj["steps"] if s["note"] and s["note"].startswith("after the Decisive")]
     assert after, "the decider's Decisive Phase is exhausted within 4 steps"
@@ -77,8 +77,8 @@ def test_after_decisive_objective_takes_the_best_candidate(decider, tmp_path):
 
 
 def test_after_decisive_transition_checks_and_records(decider, tmp_path):
-    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--after-decisive",
-                "transition", steps=4)  # fmt: skip
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "objective",
+                "--after-decisive", "transition", "--spare", "0", steps=4)  # fmt: skip
     after = [s for s in traj["steps"] if s["note"] and s["note"].startswith("after the Decisive")]
     assert after
     for s in after:

@@ -109,8 +109,10 @@ def test_other_strategies_run_and_record(capsys, planted_dir, items_dir, tmp_pat
     if strategy == "last":
         assert removed == [4, 3]
     if strategy == "phase-aware":
-        # a random model never decides: every step says it fell back, and how
-        assert all("fallback" in (s["note"] or "") for s in traj["steps"])
+        # a random model never decides: every step says so, and what chose instead
+        assert all("the model has no Decisive Phase): the best by the objective; the model has "
+                   "no transition to keep" in (s["note"] or "") for s in traj["steps"])  # fmt: skip
+        assert not any("transition_checks" in s["calib_phases"] for s in traj["steps"])
     assert "statement" in traj["collapse"]
 
 
@@ -235,11 +237,12 @@ def test_bad_prune_inputs(capsys, planted_dir, items_dir, tmp_path):
 
 
 def test_phase_aware_on_decider_removes_decisive_layers(capsys, decider, tmp_path):
-    """On a model that decides, phase-aware pruning only removes Decisive-Phase layers."""
+    """On a model that decides, phase-aware pruning (one Decisive layer at a time, by the
+    objective) only removes Decisive-Phase layers."""
     task = f"jsonl:{decider.path / 'eval.jsonl'}"
     argv = ["prune", "--model", str(decider.path), "--task", task, "--calib", "60", "--eval", "100",
-            "--strategy", "phase-aware", "--steps", "1", "--out", str(tmp_path / "pa"), "--quiet",
-            "--no-plots", "--n-boot", "200"]  # fmt: skip
+            "--strategy", "phase-aware", "--decisive", "objective", "--steps", "1", "--out",
+            str(tmp_path / "pa"), "--quiet", "--no-plots", "--n-boot", "200"]  # fmt: skip
     traj = run(capsys, argv)
     step = traj["steps"][0]
     t = step["calib_phases"]["transition_layer"]

@@ -176,6 +176,15 @@ class AnalyzeConfig:
     plots: bool = _doc("Write PNG plots into OUT/plots.", True)
 
 
+PHASE_AWARE_ONLY = ("spare", "decisive", "after_decisive")
+"""PruneConfig settings that only phase-aware reads (left out of other strategies' fingerprints)."""
+
+
+def spared_builders(spare: int | None, n_layers: int) -> int:
+    """``--spare``'s number of decision builders on a model of ``n_layers`` (None: a quarter)."""
+    return n_layers // 4 if spare is None else spare
+
+
 @config
 class PruneConfig:
     """Remove layers one step at a time and track the decision.
@@ -212,28 +221,32 @@ class PruneConfig:
     guard: int = _doc(
         "phase-aware: also spare this many layers before the transition layer.", 1, minimum=0
     )
-    spare: int = _doc(
+    # the defaults are the head-to-head's best variant on Qwen2.5-Coder-1.5B (docs/findings.md:
+    # 90% of the accuracy kept to 5 removals, the transition-only variant 3, every baseline
+    # 1); `--decisive objective --after-decisive block-influence --spare 0` is the first version
+    spare: int | None = _doc(
         "phase-aware: spare the N decision builders, the layers whose removal alone from the "
         "unpruned model scores worst by --objective on the calibration items (one scan of every "
-        "layer before step 1).",
-        0,
+        "layer before step 1); 0 spares none.",
+        None,
+        shown="a quarter of the layers (7 of 28)",
         minimum=0,
     )
     decisive: str = _doc(
-        "phase-aware, how Decisive-Phase layers go: objective (one at a time, the best by "
-        "--objective) or tail (cut the layers after the Decisive readout index with the largest "
-        "calibration margin among those keeping the unpruned calibration accuracy, last layer "
-        "first: the readout at an index is exactly the model without the layers after it, so "
-        "no candidate is scored).",
-        "objective",
-        choices=("objective", "tail"),
+        "phase-aware, how Decisive-Phase layers go: tail (cut the layers after the Decisive "
+        "readout index with the largest calibration margin among those keeping the unpruned "
+        "calibration accuracy, last layer first: the readout at an index is exactly the model "
+        "without the layers after it, so no candidate is scored) or objective (one at a time, "
+        "the best by --objective).",
+        "tail",
+        choices=("tail", "objective"),
     )
     after_decisive: str = _doc(
-        "phase-aware, once no Decisive-Phase layer is eligible: block-influence (the lowest "
-        "block influence), objective (the best by --objective among the rest) or transition "
-        "(the best by --objective whose removal keeps the calibration transition).",
-        "block-influence",
-        choices=("block-influence", "objective", "transition"),
+        "phase-aware, once no Decisive-Phase layer is eligible: transition (the best by "
+        "--objective whose removal keeps the calibration transition), objective (the best by "
+        "--objective among the rest) or block-influence (the lowest block influence).",
+        "transition",
+        choices=("transition", "objective", "block-influence"),
     )
     protect: tuple[int, ...] = _doc(
         "Comma-separated original layer indices never removed.", (), minimum=0

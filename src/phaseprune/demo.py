@@ -119,8 +119,9 @@ DECIDER_ITEMS = {"analyze": 160, "calib": 40, "eval": 120}
 def _decider_story(cfg: DemoConfig, out: Path) -> dict:
     """The same story on a model that decides: train it (once), analyze, prune, head-to-head.
 
-    The decider (:mod:`phaseprune.decider`) has a sharp transition, so here phase-aware's
-    Decisive-Phase removals keep the accuracy while removing Silent-Phase layers breaks it.
+    The decider (:mod:`phaseprune.decider`) has a sharp transition: `last` removes its
+    Decisive-Phase layers and keeps the accuracy until it reaches the transition, and the
+    head-to-head holds phase-aware (its defaults) against the other strategies.
     """
     from phaseprune.analysis import run_analyze
     from phaseprune.compare import run_compare

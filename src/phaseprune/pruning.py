@@ -22,7 +22,7 @@ import numpy as np
 from phaseprune import __version__
 from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import trajectory_collapse
-from phaseprune.config import PruneConfig
+from phaseprune.config import PHASE_AWARE_ONLY, PruneConfig, spared_builders
 from phaseprune.distributed import (
     COMMUNICATION,
     barrier,
@@ -65,8 +65,8 @@ VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_b
             "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit", "lm_eval_batch_size")
 # settings that only decide where a run stops: a resume may change them (extend or cut short)
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
-# settings added after runs were made (model/task, then prune's own): left out of the
-# fingerprint at these defaults (as ``weights_sha256`` where it adds nothing), so those runs resume
+# settings added after runs were made, left out of the fingerprint at these values so those runs
+# resume (phase-aware's: the first version's, its defaults until the head-to-head picked others)
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective"}
 
@@ -142,7 +142,7 @@ class PruneRun:
             objective=cfg.objective,
             protect=frozenset(cfg.protect),
             guard=cfg.guard,
-            spare=cfg.spare,
+            spare=spared_builders(cfg.spare, self.info.n_layers),
             decisive=cfg.decisive,
             after_decisive=cfg.after_decisive,
             block_size=cfg.block_size,
@@ -190,13 +190,12 @@ class PruneRun:
         check_out_dir(self.out, "prune", overwrite=self.cfg.overwrite, resume=self.cfg.resume)
 
     def key(self, **stopping) -> str:
-        """Fingerprint of everything that determines the trajectory.
-
-        ``stopping`` overrides :data:`STOPPING` settings (to recognise a run made with others).
-        """
+        """Fingerprint of everything that determines the trajectory; ``stopping`` overrides
+        :data:`STOPPING` settings (to recognise a run made with others)."""
         cfg = dataclasses.replace(self.cfg, **stopping)
-        settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                    if k not in VOLATILE and LATER_PRUNE_DEFAULTS.get(k, ...) != v}  # fmt: skip
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE
+                    and LATER_PRUNE_DEFAULTS.get(k, ...) != v
+                    and (k not in PHASE_AWARE_ONLY or cfg.strategy == "phase-aware")}  # fmt: skip
         for section in ("model", "task"):  # settings added later, at their defaults: left out
             settings[section] = {k: v for k, v in settings[section].items()
                                  if LATER_DEFAULTS.get(k, ...) != v}  # fmt: skip

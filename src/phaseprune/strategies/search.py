@@ -203,7 +203,8 @@ def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
       layers;
     - ``objective``: the best by the objective among the remaining layers (builders spared);
     - ``transition``: as ``objective``, but the first of the :data:`PROBES` best whose removal
-      keeps the calibration transition (:func:`keeps_transition`); if none does, the best.
+      keeps the calibration transition (:func:`keeps_transition`); if none does, or the model
+      has no transition left to keep, the best.
 
     Every step's record says which rule chose (``note``) and what was checked.
     """
@@ -241,8 +242,10 @@ def phase_aware(ctx: PruneContext, removed: Sequence[int]) -> Choice:
         return _block_influence_fallback(ctx, removed, kept, free, why, record)
     choice = by_objective(ctx, removed, sorted(free))
     note = f"after the Decisive Phase ({why}): the best by the objective"
-    if ctx.after_decisive == "transition":
+    if ctx.after_decisive == "transition" and t is not None:
         return _keeping_transition(ctx, removed, choice, note, record)
+    if ctx.after_decisive == "transition":  # every probe would fail: the objective's best
+        note += "; the model has no transition to keep"
     return dataclasses.replace(choice, note=note, calib_phases=record)
 
 
