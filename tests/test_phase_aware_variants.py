@@ -240,3 +240,25 @@ def test_decisive_tail_stops_at_a_protected_layer(decider, tmp_path):
     assert tail["cut_at"] == n - 1  # unprotected, the cut is deeper (the test above)
     assert [s["removed_layer"] for s in _tail_steps(traj)] == [n - 1]
     assert traj["steps"][1]["removed_layer"] != n - 2
+
+
+def test_step_one_reuses_the_builder_scan(decider, tmp_path, monkeypatch):
+    """The decision builders' scan is step 1's candidate scan: each layer is scored once."""
+    import phaseprune.strategies.search as search
+
+    scored = []
+    real = search.score_removals
+
+    def counting(model, removed, candidates, *args, **kwargs):
+        scored.extend((tuple(removed), k) for k in candidates)
+        return real(model, removed, candidates, *args, **kwargs)
+
+    monkeypatch.setattr(search, "score_removals", counting)
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "objective",
+                "--spare", "1", steps=1)  # fmt: skip
+    step = traj["steps"][0]
+    assert len(step["calib_phases"]["builder_scan"]) == traj["n_layers"]
+    assert len(scored) == len(set(scored)) == traj["n_layers"]  # step 1 scored nothing again
+    cands = pd.read_parquet(tmp_path / "pa" / "candidates.parquet")
+    for row in cands.itertuples():  # its candidates are the scan's scores
+        assert step["calib_phases"]["builder_scan"][str(row.layer)] == pytest.approx(row.score)
