@@ -33,7 +33,7 @@ from phaseprune.analysis import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.distributed import is_main, join, on_main
 from phaseprune.models import hold_models
-from phaseprune.pruning import run_prune
+from phaseprune.pruning import LATER_PRUNE_DEFAULTS, run_prune
 from phaseprune.runs import load_trajectory
 from phaseprune.strategies.registry import strategy_function
 
@@ -95,9 +95,9 @@ class Plan:
     skip: tuple[str, ...] = ()
 
 
-FIRST_VERSION = {"decisive": "objective", "after_decisive": "block-influence", "spare": 0}
-"""Phase-aware's first version (its defaults before the head-to-head): the plans' ``strategies``
-runs keep it, so that their committed records resume."""
+# phase-aware's first version (its defaults before the head-to-head, the values old runs'
+# fingerprints leave out): the plans' `strategies` runs keep it, so their records resume
+FIRST_VERSION = LATER_PRUNE_DEFAULTS
 
 HEAD_TO_HEAD = {
     # cheapest and most telling first, so a partial run already answers most; phase-aware's

@@ -24,13 +24,15 @@ import re
 import sys
 from pathlib import Path
 
+from phaseprune.pruning import LATER_PRUNE_DEFAULTS
+
 GOLDEN = Path(__file__).parent / "golden"
 # the decider's weights hash depends on float rounding in its training (thread count)
 VOLATILE = ("timing", "phaseprune_version", "created", "fingerprint", "weights_sha256")
 SITE = re.compile(r"/\S*?/site-packages")
 SMOL_SUBJECTS = "high_school_geography,marketing"
 # phase-aware's settings as the golden runs were made (its defaults then; ignored by iterative)
-FIRST = ["--decisive", "objective", "--after-decisive", "block-influence", "--spare", "0"]
+FIRST = [a for k, v in LATER_PRUNE_DEFAULTS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def cases(decider_dir: Path) -> dict[str, list[str]]:

@@ -190,8 +190,7 @@ class PruneRun:
         check_out_dir(self.out, "prune", overwrite=self.cfg.overwrite, resume=self.cfg.resume)
 
     def key(self, **stopping) -> str:
-        """Fingerprint of everything that determines the trajectory; ``stopping`` overrides
-        :data:`STOPPING` settings (to recognise a run made with others)."""
+        """Fingerprint of the trajectory's recipe; ``stopping`` overrides :data:`STOPPING`."""
         cfg = dataclasses.replace(self.cfg, **stopping)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE
                     and LATER_PRUNE_DEFAULTS.get(k, ...) != v
