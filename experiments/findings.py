@@ -9,11 +9,11 @@ For each model it runs, through phaseprune's own commands (one model load per mo
 ``analyze`` on MMLU (several subjects) and on ARC-Challenge, ``prune`` with each strategy on
 disjoint calibration/evaluation items, ``report`` over them; then ``findings_doc.py`` (the
 document half) extracts the claims' numbers (:mod:`phaseprune.evidence`) and renders
-docs/findings.md from experiments/findings.md.j2. This module holds the plans, the stages and
-their committed records (``experiments/records/``). Runs go to ``runs/findings/<model>/``
-and are resumed, so an interrupted or partial run continues where it stopped; the wall time
-of every invocation is logged there and summed in the document. Figures are copied to
-``docs/findings/<model>/``.
+docs/findings.md from experiments/findings.md.j2. This module runs the stages of the plans
+(``plans.py``) and keeps their committed records (``experiments/records/``). Runs go to
+``runs/findings/<model>/`` and are resumed, so an interrupted or partial run continues where
+it stopped; the wall time of every invocation is logged there and summed in the document.
+Figures are copied to ``docs/findings/<model>/``.
 """
 
 from __future__ import annotations
@@ -22,183 +22,26 @@ import argparse
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+
+from plans import FIRST_VERSION, PLANS, ROOT, Plan, resolve  # experiments/: this script's folder
 
 from phaseprune.analysis import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.distributed import is_main, join, on_main
 from phaseprune.models import hold_models
-from phaseprune.pruning import LATER_PRUNE_DEFAULTS, run_prune
+from phaseprune.pruning import run_prune
 from phaseprune.runs import load_trajectory
 from phaseprune.strategies.registry import strategy_function
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_MODELS = ROOT.parent / "shared" / "models"
-# the five subjects of ../shared/models/README.md's accuracy table
-SUBJECTS = (
-    "high_school_geography",
-    "marketing",
-    "us_foreign_policy",
-    "high_school_psychology",
-    "sociology",
-)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What is run for one model; every number in the document comes from these runs."""
-
-    name: str
-    model: str  # as passed to --model (alias, or how to fetch it: see resolve())
-    fetch: str | None = None  # get-model.sh name, when the model is fetched by that script
-    subjects: tuple[str, ...] = SUBJECTS
-    shots: int = 0
-    mmlu_items: int = 200
-    other_task: str = "arc_challenge"
-    other_items: int = 100
-    calib: int = 32
-    eval: int = 100
-    # the issue asks for 8 removals or collapse; 12 lets runs still standing at 8 show theirs
-    steps: int = 12
-    seed: int = 0
-    # (b), (c): every layer removed alone from the unpruned model (one iterative step), on more
-    # items than pruning calibrates on; 0 reads step 1 of the iterative run instead
-    single_items: int = 0
-    # fewer removals for some strategies (CPU time), e.g. {"iterative": 8}
-    steps_by_strategy: dict = field(default_factory=dict)
-    # cheapest first, so a partial run already answers most questions
-    strategies: tuple[str, ...] = (
-        "phase-aware",
-        "block-influence",
-        "last",
-        "angular",
-        "iterative",
-    )
-    notes: dict = field(default_factory=dict)
-    # the head-to-head (issue 13): every variant pruned to `steps` removals on the same items
-    # (not stopping at collapse), then, where one has not collapsed, on to `extend_to` or its
-    # collapse; stage "h2h-<label>" with these settings over the plan's
-    h2h: dict = field(default_factory=dict)
-    extend_to: int = 20
-    # the phase-aware variant compared against every other run (claim (d)), and how it came
-    # to be the one (said in the document when it was chosen after seeing results)
-    reference: str = "phase-aware-tail"
-    reference_note: str = ""
-    # the head-to-head's task: MMLU over `subjects`, or another built-in task
-    h2h_task: str = "mmlu"
-    # stages this plan skips (a second setting needs only its head-to-head)
-    skip: tuple[str, ...] = ()
-
-
-# phase-aware's first version (its defaults before the head-to-head, the values old runs'
-# fingerprints leave out): the plans' `strategies` runs keep it, so their records resume
-FIRST_VERSION = LATER_PRUNE_DEFAULTS
-
-HEAD_TO_HEAD = {
-    # cheapest and most telling first, so a partial run already answers most; phase-aware's
-    # settings are all given (its defaults changed once: runs keep theirs)
-    "last": {"strategy": "last"},
-    "angular": {"strategy": "angular"},
-    "phase-aware-transition": {"strategy": "phase-aware", "decisive": "objective",
-                               "after_decisive": "transition", "spare": 7},
-    # the Decisive tail cut where the calibration readout scores best (a free step each: the
-    # readout at an index is the model without the layers after it), then as the transition
-    # variant: the reference, and phase-aware's defaults (spare: a quarter of 28 layers)
-    "phase-aware-tail": {"strategy": "phase-aware", "decisive": "tail",
-                         "after_decisive": "transition", "spare": 7},
-    # block influence finishes its 12 removals in about an hour; iterative needs hours
-    "block-influence": {"strategy": "block-influence"},
-    "iterative": {"strategy": "iterative"},
-    # the ablation, each variant the reference with one thing changed (transition: the tail),
-    # and the first version; the issue lets variants stop earlier (8 removals), and any of them
-    # can be resumed deeper with more steps (stopping settings keep the fingerprint)
-    "phase-aware-no-spare": {"strategy": "phase-aware", "decisive": "tail",
-                             "after_decisive": "transition", "spare": 0, "steps": 8},
-    "phase-aware-after-objective": {"strategy": "phase-aware", "decisive": "tail",
-                                    "after_decisive": "objective", "spare": 7, "steps": 8},
-    "phase-aware-kl": {"strategy": "phase-aware", "decisive": "tail",
-                       "after_decisive": "transition", "spare": 7, "objective": "kl",
-                       "steps": 8},
-    "phase-aware-first": {"strategy": "phase-aware", **FIRST_VERSION, "steps": 8},
-    "sleb": {"strategy": "sleb"},
-    "ppl": {"strategy": "ppl"},
-    "logit-js": {"strategy": "logit-js"},
-    "taylor": {"strategy": "taylor"},
-    "random": {"strategy": "random"},
-}  # fmt: skip
-"""The head-to-head's runs: every strategy, and phase-aware's variants (the ablation). The
-spared decision builders are a quarter of Qwen2.5-Coder-1.5B's 28 layers."""
-ABLATION = ("phase-aware-transition", "phase-aware-no-spare", "phase-aware-after-objective",
-            "phase-aware-kl", "phase-aware-first")
-"""Phase-aware's variants beside the reference (``phase-aware-tail``): the ablation."""
-REFERENCE_CHOSEN_ON_MMLU = (
-    "The reference was chosen after seeing these items: the head-to-head was first judged "
-    "against `phase-aware-transition` (it kept 90% to depth 3); `phase-aware-tail` was added "
-    "afterwards and its cut rule revised once (by calibration accuracy alone, 32 items put "
-    "readout 27 first by one item and the cut stopped after one layer; the margin among the "
-    "readouts that keep the unpruned calibration accuracy cuts at 24). Both decide their cuts "
-    "on the 32 calibration items only, but choosing between them on these 200 evaluation items "
-    "favours the one chosen: the ARC-Challenge plan (other items, another task, the rule "
-    "unchanged) is the test that was not looked at."
-)
 
 RECORDS = ROOT / "experiments" / "records"
 """Where each stage's small records are committed (trajectory.json, candidates.parquet,
 summary.json, never weights), so that a fresh machine resumes instead of starting over."""
 RECORD_FILES = ("trajectory.json", "candidates.parquet", "summary.json")
-
-PLANS = {
-    # about 2 s per 0-shot item per full pass on 2 CPU cores: fewer pruning items than SmolLM2
-    "qwen2.5-coder-1.5b": Plan(
-        "qwen2.5-coder-1.5b",
-        "",
-        fetch="qwen2.5-coder-1.5b",
-        calib=32,
-        eval=200,
-        strategies=(),  # the earlier 24/60-item runs are replaced by the head-to-head
-        h2h=HEAD_TO_HEAD,
-        single_items=120,
-        reference_note=REFERENCE_CHOSEN_ON_MMLU,
-    ),
-    # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
-    # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated), and
-    # every strategy but not the ablation (phase-aware's variants are compared on MMLU)
-    "qwen2.5-coder-1.5b-arc": Plan(
-        "qwen2.5-coder-1.5b-arc",
-        "",
-        fetch="qwen2.5-coder-1.5b",
-        calib=32,
-        eval=150,
-        strategies=(),
-        h2h={label: s for label, s in HEAD_TO_HEAD.items() if label not in ABLATION},
-        h2h_task="arc_challenge",
-        skip=("analyze-mmlu", "analyze-arc_challenge"),
-    ),
-    # never decides, so nothing can collapse: 8 removals show it
-    "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
-}
-
-
-def resolve(plan: Plan) -> str:
-    """The --model argument: the alias, or the GGUF fetched by get-model.sh.
-
-    ../shared/models/get-model.sh verifies the file by checksum and returns at once when it is
-    already there.
-    """
-    if not plan.fetch:
-        return plan.model
-    script = SHARED_MODELS / "get-model.sh"
-    if not script.exists():
-        raise SystemExit(f"{plan.name}: needs {script} (the shared folder beside the repo)")
-    out = subprocess.run(["bash", str(script), plan.fetch], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{plan.name}: get-model.sh failed: {out.stderr.strip()[-500:]}")
-    return out.stdout.strip().splitlines()[-1]
 
 
 def _log(run_root: Path, stage: str, seconds: float) -> None:

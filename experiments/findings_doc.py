@@ -15,8 +15,9 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from findings import PLANS, ROOT, Plan, _restore, _steps_done
+from findings import _restore, _steps_done
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from plans import PLANS, ROOT, Plan
 
 from phaseprune import __version__
 from phaseprune.evidence import (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,19 @@ from tiny_tokenizers import byte_bpe, char_level
 from phaseprune.cpu import bf16_units
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def experiment(name: str):
+    """A module of experiments/ (findings, findings_doc, plans), imported as the script does.
+
+    The scripts import each other by name (their folder is on ``sys.path`` when run), so the
+    folder is put on ``sys.path`` here too.
+    """
+    folder = str(REPO / "experiments")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
 
 needs_bf16_units = pytest.mark.skipif(
     bf16_units() is None,

@@ -1,15 +1,13 @@
 """`phaseprune demo` end to end on a tiny model: every stage, one report, a rerun that resumes;
 and experiments/findings.py turning such runs into the findings document."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import transformers
-from conftest import write_mmlu_csv
+from conftest import experiment, write_mmlu_csv
 
 from phaseprune.cli import main
 
@@ -61,6 +59,7 @@ def test_demo_runs_every_stage_with_one_model_load(demo_run, capsys):
 
 def test_demo_rerun_resumes_without_rewriting(demo_run, capsys):
     argv, out, _ = demo_run
+
     def records():  # the runs' records (compare's tables and head-to-head are redrawn)
         return {p: p.stat().st_mtime_ns for p in out.glob("*/*.json") if p.parent.name != "compare"}
 
@@ -79,22 +78,14 @@ def test_demo_rejects_unknown_strategy(capsys, tmp_path):
 def test_findings_document_renders_from_runs(demo_run, tmp_path):
     """experiments/findings.py: collect the numbers from runs, copy figures, render the doc."""
     _, out, _ = demo_run
-    spec = importlib.util.spec_from_file_location("findings", ROOT / "experiments" / "findings.py")
-    findings = importlib.util.module_from_spec(spec)
-    sys.modules["findings"] = findings  # dataclasses look their module up while it loads
-    spec.loader.exec_module(findings)
-    spec = importlib.util.spec_from_file_location(
-        "findings_doc", ROOT / "experiments" / "findings_doc.py"
-    )
-    doc_half = importlib.util.module_from_spec(spec)  # imports `findings`, loaded above
-    spec.loader.exec_module(doc_half)
+    plans, doc_half = experiment("plans"), experiment("findings_doc")
     runs = tmp_path / "runs"
     runs.mkdir()
     shutil.copytree(out / "analyze", runs / "analyze-mmlu")
     for strategy in ("iterative", "last"):
         shutil.copytree(out / f"prune-{strategy}", runs / f"prune-{strategy}")
     docs = tmp_path / "docs" / "findings"
-    numbers = doc_half.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    numbers = doc_half.collect(plans.PLANS["smollm2-135m"], runs, docs)
     assert numbers["claims"]["a"]["verdict"] is False  # a random model has no transition
     iterative = next(t for t in numbers["prune"] if t["strategy"] == "iterative")
     assert numbers["single"]["base_accuracy"] == iterative["calib_step0"]["accuracy"]
@@ -112,7 +103,7 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     traj["steps"] = traj["steps"][:-1]
     del traj["collapse"]
     (runs / "prune-last" / "trajectory.json").write_text(json.dumps(traj))
-    partial = doc_half.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    partial = doc_half.collect(plans.PLANS["smollm2-135m"], runs, docs)
     last = next(t for t in partial["prune"] if t["strategy"] == "last")
     assert not last["complete"] and len(last["steps"]) == len(traj["steps"])
     assert "statement" in last["collapse"]
@@ -120,14 +111,14 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
     assert "| last (unfinished) |" in doc.read_text()
     # a dedicated single-removals run, when there is one, is preferred
     shutil.copytree(out / "prune-iterative", runs / "single-removals")
-    again = doc_half.collect(findings.PLANS["smollm2-135m"], runs, docs)
+    again = doc_half.collect(plans.PLANS["smollm2-135m"], runs, docs)
     assert again["single"]["source"] == "single-removals"
     for rel in numbers["figures"].values():
         assert (tmp_path / "docs" / rel).exists()
     for key in ("analyze-mmlu/margin", "analyze-mmlu/option_frequency", "compare"):
         assert f"]({numbers['figures'][key]})" in text
     # rebuilt from the committed numbers alone when the runs are not on this machine
-    assert doc_half.collect(findings.PLANS["smollm2-135m"], tmp_path / "none", docs) == json.loads(
+    assert doc_half.collect(plans.PLANS["smollm2-135m"], tmp_path / "none", docs) == json.loads(
         (docs / "smollm2-135m" / "numbers.json").read_text()
     )
 

@@ -4,13 +4,12 @@ resumed gives the uninterrupted run; head-to-head runs are extended to their col
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import experiment
 
 from phaseprune.config import ModelConfig, PruneConfig, TaskConfig
 from phaseprune.pruning import run_prune
@@ -20,21 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def findings():
-    spec = importlib.util.spec_from_file_location("findings", ROOT / "experiments" / "findings.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["findings"] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    return experiment("findings")
 
 
 @pytest.fixture(scope="module")
-def findings_doc(findings):
-    """The document half (it imports ``findings``, loaded above)."""
-    path = ROOT / "experiments" / "findings_doc.py"
-    spec = importlib.util.spec_from_file_location("findings_doc", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def plans():
+    return experiment("plans")
+
+
+@pytest.fixture(scope="module")
+def findings_doc():
+    return experiment("findings_doc")
 
 
 def _cfg(decider, out, steps, **extra):
@@ -51,9 +46,9 @@ def _same(a: dict, b: dict) -> bool:
     }
 
 
-def test_kept_records_resume_on_a_fresh_machine(findings, decider, tmp_path, monkeypatch):
+def test_kept_records_resume_on_a_fresh_machine(findings, plans, decider, tmp_path, monkeypatch):
     monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
-    plan = findings.Plan("toy", "")
+    plan = plans.Plan("toy", "")
     machine1 = tmp_path / "machine1" / "h2h-last"
     run_prune(_cfg(decider, machine1, 2))
     findings._keep(plan, "h2h-last", machine1)
@@ -72,8 +67,8 @@ def test_kept_records_resume_on_a_fresh_machine(findings, decider, tmp_path, mon
     assert (machine2 / "trajectory.json").read_text() == before
 
 
-def test_head_to_head_runs_go_on_to_their_collapse(findings, decider, tmp_path):
-    plan = findings.Plan("toy", "", steps=2, extend_to=5)
+def test_head_to_head_runs_go_on_to_their_collapse(findings, plans, decider, tmp_path):
+    plan = plans.Plan("toy", "", steps=2, extend_to=5)
     out = tmp_path / "r"
     cfg = _cfg(decider, out, 2)
     assert findings._extended(out, cfg, plan) is cfg  # nothing run yet
@@ -87,10 +82,10 @@ def test_head_to_head_runs_go_on_to_their_collapse(findings, decider, tmp_path):
     assert findings._extended(out, dataclasses.replace(cfg, steps=1), plan).steps == 1
 
 
-def test_qwen_plan_runs_every_strategy_on_enough_items(findings):
+def test_qwen_plan_runs_every_strategy_on_enough_items(plans):
     from phaseprune.strategies.registry import STRATEGY_NAMES
 
-    plan = findings.PLANS["qwen2.5-coder-1.5b"]
+    plan = plans.PLANS["qwen2.5-coder-1.5b"]
     assert plan.eval >= 200 and plan.calib >= 32 and len(plan.subjects) >= 5
     strategies = {s["strategy"] for s in plan.h2h.values()}
     assert strategies == set(STRATEGY_NAMES)
@@ -99,10 +94,10 @@ def test_qwen_plan_runs_every_strategy_on_enough_items(findings):
     assert {plan.h2h[label]["strategy"] for label in full} == set(STRATEGY_NAMES)
     assert plan.steps == 12
     # the second setting: every strategy again (not the ablation), on ARC-Challenge
-    arc = findings.PLANS["qwen2.5-coder-1.5b-arc"]
+    arc = plans.PLANS["qwen2.5-coder-1.5b-arc"]
     assert arc.h2h_task == "arc_challenge" and arc.reference in arc.h2h
     assert {s["strategy"] for s in arc.h2h.values()} == set(STRATEGY_NAMES)
-    assert not set(arc.h2h) & set(findings.ABLATION) and set(findings.ABLATION) <= set(plan.h2h)
+    assert not set(arc.h2h) & set(plans.ABLATION) and set(plans.ABLATION) <= set(plan.h2h)
 
 
 def test_records_are_json_not_weights():
@@ -118,10 +113,10 @@ def test_records_are_json_not_weights():
 
 
 def test_head_to_head_numbers_from_runs_and_records(
-    findings, findings_doc, decider, tmp_path, monkeypatch
+    findings, findings_doc, plans, decider, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
-    plan = findings.Plan("toy", "", steps=2, reference="pa",
+    plan = plans.Plan("toy", "", steps=2, reference="pa",
                          h2h={"last": {"strategy": "last"}, "pa": {"strategy": "phase-aware"},
                               "iterative": {"strategy": "iterative"}})  # fmt: skip
     root = tmp_path / "runs"
