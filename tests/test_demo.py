@@ -55,6 +55,11 @@ def test_demo_runs_every_stage_with_one_model_load(demo_run, capsys):
         assert traj["strategy"] == strategy
     assert (out / "compare" / "compare.csv").exists()
     assert (out / "report.html").stat().st_size > 100_000  # plotly inlined
+    # the runs share a score store: `last` reads the unpruned model's readouts iterative stored
+    first, second = (json.loads((out / f"prune-{s}" / "trajectory.json").read_text())
+                     for s in ("iterative", "last"))  # fmt: skip
+    assert first["timing"]["score_cache"]["key"] == second["timing"]["score_cache"]["key"]
+    assert second["timing"]["score_cache"]["hits"] >= 2
 
 
 def test_demo_rerun_resumes_without_rewriting(demo_run, capsys):

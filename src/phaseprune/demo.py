@@ -28,6 +28,11 @@ from phaseprune.errors import UsageError
 from phaseprune.progress import stage
 from phaseprune.runs import load_summary
 
+SCORE_CACHE = "score-cache"
+"""The demo's strategies share one score store (``prune --score-cache``): every run reads the
+unpruned model's readouts, and phase-aware's scan of the decision builders is iterative
+pruning's first step, so each is computed once."""
+
 
 def _check(cfg: DemoConfig) -> None:
     if not cfg.strategies:  # each one is checked against the registry by the config
@@ -61,6 +66,7 @@ def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
                 resume=exists and not cfg.overwrite,
                 overwrite=cfg.overwrite,
                 quiet=True,
+                score_cache=str(out / SCORE_CACHE),
             )
         )
     return analyze, prunes
@@ -146,7 +152,8 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
         pc = PruneConfig(out=str(run_dir), model=mc, task=task, strategy=strategy, steps=steps,
                          calib=DECIDER_ITEMS["calib"], eval=DECIDER_ITEMS["eval"],
                          resume=(run_dir / "trajectory.json").exists() and not cfg.overwrite,
-                         overwrite=cfg.overwrite, quiet=True)  # fmt: skip
+                         overwrite=cfg.overwrite, quiet=True,
+                         score_cache=str(out / SCORE_CACHE))  # fmt: skip
         with stage(f"demo decider prune {strategy}"):
             trajs[strategy] = run_prune(pc)
         runs.append(pc.out)
