@@ -31,8 +31,9 @@ from phaseprune.evidence import (
 from phaseprune.report import build_report
 from phaseprune.runs import load_candidates, load_summary, load_trajectory
 
-DOC_FIGURES = ("analyze-mmlu/margin", "analyze-mmlu/option_frequency", "compare")
-"""The report's figures the document shows (the others stay in the report)."""
+DOC_FIGURES = ("{analyze}/margin", "{analyze}/option_frequency", "compare")
+"""The report's figures the document shows (the others stay in the report); ``{analyze}``: the
+plan's readout stage (``Plan.analyze_stage``)."""
 
 
 def h2h_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
@@ -145,14 +146,14 @@ def advice(h: dict) -> dict:
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     """Build the report, copy its figures into docs, and extract every number the doc uses."""
-    for stage in ("analyze-mmlu", f"analyze-{plan.other_task}", "single-removals"):
+    for stage in (plan.analyze_stage, plan.other_stage, "single-removals"):
         _restore(plan, stage, run_root / stage)
-    analyze = run_root / "analyze-mmlu"
+    analyze = run_root / plan.analyze_stage
     committed = docs_root / plan.name / "numbers.json"
     if not (analyze / "summary.json").exists():
         # runs made elsewhere: the document is rebuilt from the numbers committed with it
         return json.loads(committed.read_text()) if committed.exists() else None
-    other = run_root / f"analyze-{plan.other_task}"
+    other = run_root / plan.other_stage
     labelled = None
     if plan.h2h:  # the head-to-head's runs are the pruning runs (labelled: several variants)
         labelled = h2h_runs(plan, run_root)
@@ -176,7 +177,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
         run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
         key = f"{run}/{png.stem}" if run else png.stem
-        if key not in DOC_FIGURES:
+        if key not in {f.format(analyze=plan.analyze_stage) for f in DOC_FIGURES}:
             continue
         target = figures / (key.replace("/", "__") + ".png")
         shutil.copyfile(png, target)
@@ -195,6 +196,8 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         found["d"]["verdict"] = h2h["verdict"]["supported"]
     numbers = {
         "plan": asdict(plan),
+        "analyze_stage": plan.analyze_stage,
+        "other_stage": plan.other_stage,
         "model": summary["model"],
         "phaseprune_version": __version__,
         "wall_s": sum(e["wall_s"] for e in log),

@@ -68,8 +68,19 @@ class Plan:
     reference_note: str = ""
     # the head-to-head's task: MMLU over `subjects`, or another built-in task
     h2h_task: str = "mmlu"
-    # stages this plan skips (a second setting needs only its head-to-head)
+    # stages this plan skips (a second setting needs only its head-to-head and its readout)
     skip: tuple[str, ...] = ()
+
+    @property
+    def analyze_stage(self) -> str:
+        """The decision readout the document reads phases from: on the head-to-head's task."""
+        return f"analyze-{self.h2h_task}"
+
+    @property
+    def other_stage(self) -> str:
+        """The readout on a second task (MMLU's plans: ``other_task``; ARC's: MMLU)."""
+        other = self.other_task if self.h2h_task == "mmlu" else "mmlu"
+        return f"analyze-{other}"
 
 
 # phase-aware's first version (its defaults before the head-to-head, the values old runs'
@@ -156,7 +167,9 @@ PLANS = {
         strategies=(),
         h2h={label: s for label, s in HEAD_TO_HEAD.items() if label not in ABLATION},
         h2h_task="arc_challenge",
-        skip=("analyze-mmlu", "analyze-arc_challenge"),
+        # its decision readout on 200 ARC items (the phases of claims a-c); MMLU is the other plan's
+        other_items=200,
+        skip=("analyze-mmlu",),
     ),
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),

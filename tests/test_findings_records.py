@@ -139,3 +139,29 @@ def test_head_to_head_numbers_from_runs_and_records(
     # the advice names the run that keeps 90% deepest (then the largest area)
     best = max(h["rows"], key=lambda r: (r["depth_90"], r["area"]))
     assert h["advice"]["run"] == best["run"] and h["advice"]["depth_90"] == best["depth_90"]
+
+
+def test_a_plan_on_another_task_reads_its_own_readout(findings_doc, plans, decider, tmp_path):
+    """A head-to-head on another task (ARC's plan) takes its phases and figures from the
+    decision readout on that task, and names the task in the setup."""
+    from phaseprune.analysis import run_analyze
+    from phaseprune.config import AnalyzeConfig
+
+    arc = plans.PLANS["qwen2.5-coder-1.5b-arc"]
+    assert arc.analyze_stage == "analyze-arc_challenge" and arc.analyze_stage not in arc.skip
+    assert plans.PLANS["qwen2.5-coder-1.5b"].analyze_stage == "analyze-mmlu"
+    plan = plans.Plan("toy", "", steps=2, reference="last", h2h_task="toy",
+                      h2h={"last": {"strategy": "last"}}, skip=("analyze-mmlu",))  # fmt: skip
+    root = tmp_path / "runs"
+    task = TaskConfig(task=f"jsonl:{decider.path / 'eval.jsonl'}", limit=40)
+    run_analyze(AnalyzeConfig(out=str(root / "analyze-toy"), model=ModelConfig(
+        model=str(decider.path)), task=task, n_boot=50, quiet=True))  # fmt: skip
+    run_prune(_cfg(decider, root / "h2h-last", 2))
+    numbers = findings_doc.collect(plan, root, tmp_path / "docs" / "findings")
+    assert numbers["analyze"]["task"]["n_items"] == 40 and numbers["other"] is None
+    assert set(numbers["figures"]) >= {"analyze-toy/margin", "analyze-toy/option_frequency"}
+    doc = tmp_path / "findings.md"
+    findings_doc.render({"toy": numbers}, doc)
+    text = doc.read_text()
+    assert "findings/toy/analyze-toy__margin.png" in text
+    assert "none in this plan (`analyze-mmlu` skipped)" in text and "MMLU test" not in text
