@@ -3,6 +3,7 @@
     .venv/bin/python experiments/findings.py                      # every model, every stage
     .venv/bin/python experiments/findings.py --models smollm2-135m
     .venv/bin/python experiments/findings.py --doc-only           # re-render from finished runs
+    .venv/bin/python experiments/findings.py --doc-only --keep-records  # and keep their records
     torchrun --standalone --nproc_per_node 2 experiments/findings.py  # items over 2 processes
 
 For each model it runs, through phaseprune's own commands (one model load per model):
@@ -190,6 +191,20 @@ def _keep(plan: Plan, name: str, out: Path) -> None:
             shutil.copyfile(out / f, target / f)
 
 
+def keep_all(plan: Plan, run_root: Path) -> list[str]:
+    """:func:`_keep` every stage found under ``run_root``; returns the stages kept.
+
+    Records are written atomically, so a stage running meanwhile is copied as of its last
+    completed step.
+    """
+    kept = []
+    for out in sorted(p for p in run_root.glob("*") if p.is_dir()):
+        if any((out / f).exists() for f in RECORD_FILES):
+            _keep(plan, out.name, out)
+            kept.append(out.name)
+    return kept
+
+
 def _restore(plan: Plan, name: str, out: Path) -> None:
     """On a machine without the stage's run directory, start from the committed records.
 
@@ -217,6 +232,13 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PLANS), help="comma-separated plan names")
     parser.add_argument("--stages", default="", help="only these stages (e.g. analyze-mmlu)")
     parser.add_argument("--doc-only", action="store_true", help="only re-render the document")
+    parser.add_argument(
+        "--keep-records",
+        action="store_true",
+        help="with --doc-only: first copy the records of every stage under --runs (finished or "
+        "not, e.g. a run still going in another process) into experiments/records/, to commit "
+        "a long run's progress",
+    )
     parser.add_argument("--runs", default=str(ROOT / "runs" / "findings"))
     parser.add_argument(
         "--device",
@@ -246,6 +268,9 @@ def main() -> None:
             run_plan(
                 PLANS[name], Path(args.runs) / name, only, args.device, args.dtype, args.precision
             )
+    elif args.keep_records and is_main():
+        for name in names:
+            keep_all(PLANS[name], Path(args.runs) / name)
     if not is_main():  # launched by torchrun: process 0 writes the document
         return
     sys.modules.setdefault("findings", sys.modules[__name__])  # one copy of this module

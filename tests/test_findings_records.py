@@ -165,3 +165,15 @@ def test_a_plan_on_another_task_reads_its_own_readout(findings_doc, plans, decid
     text = doc.read_text()
     assert "findings/toy/analyze-toy__margin.png" in text
     assert "none in this plan (`analyze-mmlu` skipped)" in text and "MMLU test" not in text
+
+
+def test_keep_all_copies_every_stage_with_records(findings, plans, decider, tmp_path, monkeypatch):
+    """--keep-records: a long run's progress, finished stages or not, copied to be committed."""
+    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+    root = tmp_path / "runs"
+    run_prune(_cfg(decider, root / "h2h-last", 1))
+    (root / "score-cache").mkdir()  # logits, not records: left behind
+    plan = plans.Plan("toy", "")
+    assert findings.keep_all(plan, root) == ["h2h-last"]
+    kept = tmp_path / "records" / "toy" / "h2h-last" / "trajectory.json"
+    assert kept.read_text() == (root / "h2h-last" / "trajectory.json").read_text()
