@@ -124,13 +124,15 @@ def test_score_cache_is_keyed_by_the_items(decider, tmp_path):
     assert len(list(store.iterdir())) == 2
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["own-store", "score-cache"])
 @pytest.mark.parametrize(
     ("strategy", "kind"), [("iterative", "candidates"), ("sleb", "nll"), ("logit-js", "js")]
 )
 def test_an_interrupted_scan_keeps_the_candidates_it_finished(
-    decider, tmp_path, monkeypatch, strategy, kind
+    decider, tmp_path, monkeypatch, strategy, kind, own
 ):
-    """Killed part-way through a step's scan, the rerun scores only the candidates not kept."""
+    """Killed part-way through a step's scan, the rerun scores only the candidates not kept:
+    in the run's own store (OUT/score-cache, no flag) or in a --score-cache folder."""
     from phaseprune.score_store import ScoreStore
 
     plain = _run(decider, tmp_path / "plain", "--strategy", strategy, steps=2)
@@ -143,7 +145,7 @@ def test_an_interrupted_scan_keeps_the_candidates_it_finished(
         kept.extend([candidate] if what == kind else [])
 
     monkeypatch.setattr(ScoreStore, "put", interrupted)
-    argv = ["--strategy", strategy, "--score-cache", tmp_path / "store"]
+    argv = ["--strategy", strategy, *([] if own else ["--score-cache", tmp_path / "store"])]
     with pytest.raises(AssertionError):  # main returned 130 (interrupted), not 0
         _run(decider, tmp_path / "r", *argv, steps=2)
     assert len(kept) == 3
@@ -161,6 +163,10 @@ def test_an_interrupted_scan_keeps_the_candidates_it_finished(
     scanned = set(rows.loc[rows["step"] == 1, "layer"])
     step1 = [k for removed, k in fresh if removed == ()]
     assert set(kept) | set(step1) == scanned and not set(kept) & set(step1)
+    assert (tmp_path / "r" / "score-cache").exists() == own
+    if own and strategy == "iterative":  # --overwrite starts the run's own store again
+        again = _run(decider, tmp_path / "r", *argv, "--overwrite", steps=1)
+        assert again["timing"]["score_cache"]["hits"] == 0
 
 
 def _tail_steps(traj):

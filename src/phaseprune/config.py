@@ -271,9 +271,10 @@ class PruneConfig:
     score_cache: str | None = _doc(
         "Folder where the option logits of every pruned model this run reads are kept by "
         "removed set, and read back by any later run on the same model, items and settings "
-        "(other strategies, a resume); float32 runs only. The results do not change.",
+        "(other strategies, a resume); exact runs only. The results do not change. Default: "
+        "the run's own OUT/score-cache (a resume reads what an interrupted scan finished).",
         None,
-        shown="none",
+        shown="OUT/score-cache",
     )
     resume: bool = _doc("Continue an interrupted run in --out from its last completed step.", False)
     overwrite: bool = _doc("Replace a previous run in --out.", False)

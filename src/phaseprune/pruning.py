@@ -54,7 +54,7 @@ from phaseprune.progress import stage
 from phaseprune.records import Readout, Trajectory
 from phaseprune.runio import check_out_dir, fingerprint, prepare_out_dir, stamp_figures
 from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
-from phaseprune.score_store import ScoreStore
+from phaseprune.score_store import OWN_STORE, ScoreStore
 from phaseprune.strategies.context import NoCandidate, PruneContext, stored
 from phaseprune.strategies.registry import strategy_function
 from phaseprune.surgery import kept_layers
@@ -166,14 +166,15 @@ class PruneRun:
         )
 
     def _store(self) -> ScoreStore | None:
-        """``--score-cache``: the store for this model, these items and settings (exact runs)."""
-        if not self.cfg.score_cache or self.model16 is not None:
+        """The store for this model, items and settings (``--score-cache``, else the run's own)."""
+        if self.model16 is not None:
             return None
         ctx, groups = self.ctx, subject_groups([self.task.items[i].subject for i in self.eval])
         info = {k: v for k, v in dataclasses.asdict(self.info).items() if k != "path"}
-        return ScoreStore(self.cfg.score_cache, info, self.cfg.model.dtype, ctx.calib_ids,
-                          ctx.calib_groups, self.eval_ids, groups, list(ctx.option_ids),
-                          self.max_tokens, self.processes, __version__)  # fmt: skip
+        root = self.cfg.score_cache or Path(self.cfg.out) / OWN_STORE
+        return ScoreStore(root, info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups,
+                          self.eval_ids, groups, list(ctx.option_ids), self.max_tokens,
+                          self.processes, __version__)  # fmt: skip
 
     def _check_layers(self, n: int) -> None:
         """Refuse settings the model's depth makes impossible (before the weights load)."""

@@ -87,7 +87,7 @@ def check_out_dir(out: Path, kind: RunKind, *, overwrite: bool, resume: bool = F
 
 OWNED = {
     "analyze": ("summary.json", "items.parquet", "plots", "partial"),
-    "prune": ("trajectory.json", "candidates.parquet", "plots"),
+    "prune": ("trajectory.json", "candidates.parquet", "plots", "score-cache"),
 }
 """The files and folders a run of each kind writes (``--overwrite`` clears them)."""
 
