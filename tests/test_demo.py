@@ -74,6 +74,15 @@ def test_demo_rerun_resumes_without_rewriting(demo_run, capsys):
     assert records() == before
 
 
+def test_demo_overwrite_starts_the_shared_store_again(demo_run, tmp_path):
+    argv, out, _ = demo_run
+    copy = tmp_path / "demo"
+    shutil.copytree(out, copy)
+    assert main([*argv[: argv.index("--out") + 1], str(copy), "--overwrite"]) == 0
+    first = json.loads((copy / "prune-iterative" / "trajectory.json").read_text())
+    assert first["timing"]["score_cache"]["hits"] == 0  # nothing read from the old store
+
+
 def test_demo_rejects_unknown_strategy(capsys, tmp_path):
     code = main(["demo", "--strategies", "iterative,shortgpt", "--out", str(tmp_path / "d")])
     assert code == 2

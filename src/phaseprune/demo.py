@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +32,13 @@ from phaseprune.runs import load_summary
 SCORE_CACHE = "score-cache"
 """The demo's strategies share one score store (``prune --score-cache``): every run reads the
 unpruned model's readouts, and phase-aware's scan of the decision builders is iterative
-pruning's first step, so each is computed once."""
+pruning's first step, so each is computed once; ``--overwrite`` starts it again."""
+
+
+def _clear_store(out: Path, overwrite: bool) -> None:
+    """With ``--overwrite``, empty the store the demo's runs in ``out`` share."""
+    if overwrite:
+        shutil.rmtree(out / SCORE_CACHE, ignore_errors=True)
 
 
 def _check(cfg: DemoConfig) -> None:
@@ -50,7 +57,7 @@ def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
         overwrite=cfg.overwrite,
         quiet=True,
     )
-    prunes = []
+    prunes, store = [], str(out / SCORE_CACHE)
     for strategy in cfg.strategies:
         run_dir = out / f"prune-{strategy}"
         exists = (run_dir / "trajectory.json").exists()
@@ -66,7 +73,7 @@ def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
                 resume=exists and not cfg.overwrite,
                 overwrite=cfg.overwrite,
                 quiet=True,
-                score_cache=str(out / SCORE_CACHE),
+                score_cache=store,
             )
         )
     return analyze, prunes
@@ -83,6 +90,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _check(cfg)
     out = Path(cfg.out)
     analyze_cfg, prune_cfgs = _stage_configs(cfg)
+    _clear_store(out, cfg.overwrite)
     started = time.perf_counter()
     # one unit per stage, and one per pruning step: the bar moves while a strategy prunes
     bar = tqdm(total=3 + len(prune_cfgs) * (cfg.steps + 1), desc="demo", unit="step")
@@ -145,7 +153,8 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
                             task=dataclasses.replace(task, limit=DECIDER_ITEMS["analyze"]),
                             quiet=True)  # fmt: skip
     summary = _analyze(run_analyze, analyze)
-    runs, trajs = [], {}
+    _clear_store(out, cfg.overwrite)
+    runs, trajs, store = [], {}, str(out / SCORE_CACHE)
     steps = min(cfg.steps, summary["n_layers"] - 1)
     for strategy in cfg.strategies:
         run_dir = out / f"prune-{strategy}"
@@ -153,7 +162,7 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
                          calib=DECIDER_ITEMS["calib"], eval=DECIDER_ITEMS["eval"],
                          resume=(run_dir / "trajectory.json").exists() and not cfg.overwrite,
                          overwrite=cfg.overwrite, quiet=True,
-                         score_cache=str(out / SCORE_CACHE))  # fmt: skip
+                         score_cache=store)  # fmt: skip
         with stage(f"demo decider prune {strategy}"):
             trajs[strategy] = run_prune(pc)
         runs.append(pc.out)
