@@ -90,6 +90,8 @@ def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
     from phaseprune.headtohead import curve, paired_difference, strategy_row
 
     labels = [label for label, s in plan.h2h.items() if s["strategy"] == "phase-aware"]
+    if len(labels) < 2:  # one variant (ARC's plan: the reference alone) has nothing to ablate
+        return None
     # the shallowest variant's steps (the issue lets the ablation's variants stop at 8)
     depth = min(plan.h2h[label].get("steps", plan.steps) for label in labels)
     curves = {label: curve(runs[label], label) for label in labels if label in runs}

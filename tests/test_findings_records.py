@@ -117,25 +117,33 @@ def test_head_to_head_numbers_from_runs_and_records(
 ):
     monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
     plan = plans.Plan("toy", "", steps=2, reference="pa",
-                         h2h={"last": {"strategy": "last"}, "pa": {"strategy": "phase-aware"},
-                              "iterative": {"strategy": "iterative"}})  # fmt: skip
+                      h2h={"last": {"strategy": "last"}, "pa": {"strategy": "phase-aware"},
+                           "pa-kl": {"strategy": "phase-aware", "objective": "kl"},
+                           "iterative": {"strategy": "iterative"}})  # fmt: skip
     root = tmp_path / "runs"
     run_prune(_cfg(decider, root / "h2h-last", 2))
     run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa", 2), strategy="phase-aware"))
+    run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa-kl", 2), strategy="phase-aware",
+                                  objective="kl"))  # fmt: skip
     findings._keep(plan, "h2h-pa", root / "h2h-pa")
     shutil.rmtree(root / "h2h-pa")  # made on another machine: only its records are here
     h = findings_doc.head_to_head_numbers(plan, root)
     assert h["reference"] == "pa" and h["missing"] == ["iterative"] and h["unfinished"] == []
-    assert [r["run"] for r in h["rows"]] == ["last", "pa"]
+    assert [r["run"] for r in h["rows"]] == ["last", "pa", "pa-kl"]
     assert h["pairs"][0]["against"] == "last" and h["n_eval"] == 30
     assert h["markdown"].startswith("| run | keeps 90% to depth")
     assert h["verdict"]["supported"] in (True, False)
     # the ablation: phase-aware's variants (here one) at the depth they are all run to
     ab = h["ablation"]
-    assert (ab["depth"], ab["best"], ab["waiting"]) == (2, "pa", [])
-    assert [r["run"] for r in ab["rows"]] == ["pa"] and ab["rows"][0]["against_best"] is None
-    pa = next(r for r in h["rows"] if r["run"] == "pa")
-    assert ab["rows"][0]["area"] == pytest.approx(pa["area"])
+    assert (ab["depth"], ab["waiting"]) == (2, []) and ab["best"] in ("pa", "pa-kl")
+    assert [r["run"] for r in ab["rows"]] == ["pa", "pa-kl"]
+    for r in ab["rows"]:  # the best has no difference to itself; the other is paired with it
+        assert (r["against_best"] is None) == (r["run"] == ab["best"])
+        row = next(x for x in h["rows"] if x["run"] == r["run"])
+        assert r["area"] == pytest.approx(row["area"])
+    # one phase-aware variant (ARC's plan: the reference alone) has no ablation
+    alone = dataclasses.replace(plan, h2h={k: v for k, v in plan.h2h.items() if k != "pa-kl"})
+    assert findings_doc.head_to_head_numbers(alone, root)["ablation"] is None
     # the advice names the run that keeps 90% deepest (then the largest area)
     best = max(h["rows"], key=lambda r: (r["depth_90"], r["area"]))
     assert h["advice"]["run"] == best["run"] and h["advice"]["depth_90"] == best["depth_90"]
