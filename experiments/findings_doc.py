@@ -173,13 +173,13 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
-    copied = {}
+    copied, wanted = {}, {f.format(analyze=plan.analyze_stage) for f in DOC_FIGURES}
     for png in report.pngs:
         rel = png.relative_to(report.files_dir)
         # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
         run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
         key = f"{run}/{png.stem}" if run else png.stem
-        if key not in {f.format(analyze=plan.analyze_stage) for f in DOC_FIGURES}:
+        if key not in wanted:
             continue
         target = figures / (key.replace("/", "__") + ".png")
         shutil.copyfile(png, target)
