@@ -34,9 +34,6 @@ class StrategyCache:
     """Phase-aware with ``spare``: the decision builders spared, from one scan at the start."""
     builder_scan: dict[int, float] | None = None
     """Phase-aware with ``spare``: each layer's objective score removed alone (the scan)."""
-    scanned: dict[tuple[tuple[int, ...], int], torch.Tensor] = field(default_factory=dict)
-    """Candidate option logits scored this run, by (removed set, candidate): the decision
-    builders' scan is the unpruned model's candidates, which step 1 may score again."""
     reference_logprobs: torch.Tensor | None = None
     """logit-js: ``(n_calib, vocab)`` last-token log-probabilities of the unpruned model."""
 

@@ -58,20 +58,16 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
         )
 
     if ctx.fast is None:  # each candidate kept in the score store (if any) once scored
-        memo, at = ctx.cache.scanned, tuple(sorted(removed))
-        todo = [k for k in candidates if (at, k) not in memo]
-        if todo:
-            fresh = stored_removals(
-                ctx,
-                "candidates",
-                removed,
-                todo,
-                lambda todo, keep: score(
-                    ctx.model, removed, todo, ctx.calib_ids, ctx.calib_groups, keep
-                ),
-            )
-            memo.update({(at, k): v for k, v in fresh.items()})
-        logits = {k: memo[(at, k)] for k in candidates}
+        # the decision builders' scan is step 1's: its candidates come back from the store
+        logits = stored_removals(
+            ctx,
+            "candidates",
+            removed,
+            candidates,
+            lambda todo, keep: score(
+                ctx.model, removed, todo, ctx.calib_ids, ctx.calib_groups, keep
+            ),
+        )
     else:
         logits = score_removals_fast(
             score,
