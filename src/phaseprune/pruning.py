@@ -52,9 +52,9 @@ from phaseprune.phases import removal_phase
 from phaseprune.precision import start_rescoring
 from phaseprune.progress import stage
 from phaseprune.records import Readout, Trajectory
-from phaseprune.runio import check_out_dir, fingerprint, prepare_out_dir, stamp_figures
+from phaseprune.runio import OWN_STORE, check_out_dir, fingerprint, prepare_out_dir, stamp_figures
 from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
-from phaseprune.score_store import OWN_STORE, ScoreStore
+from phaseprune.score_store import ScoreStore
 from phaseprune.strategies.context import NoCandidate, PruneContext, stored
 from phaseprune.strategies.registry import strategy_function
 from phaseprune.surgery import kept_layers

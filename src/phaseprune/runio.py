@@ -85,9 +85,12 @@ def check_out_dir(out: Path, kind: RunKind, *, overwrite: bool, resume: bool = F
         )
 
 
+OWN_STORE = "score-cache"
+"""A prune run's own score store, inside its ``--out`` (used without ``--score-cache``)."""
+
 OWNED = {
     "analyze": ("summary.json", "items.parquet", "plots", "partial"),
-    "prune": ("trajectory.json", "candidates.parquet", "plots", "score-cache"),
+    "prune": ("trajectory.json", "candidates.parquet", "plots", OWN_STORE),
 }
 """The files and folders a run of each kind writes (``--overwrite`` clears them)."""
 

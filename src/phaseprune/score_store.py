@@ -36,10 +36,6 @@ import torch
 from phaseprune.distributed import is_main, on_main
 from phaseprune.runio import atomic_write_bytes, fingerprint
 
-OWN_STORE = "score-cache"
-"""A prune run's own store, inside its ``--out`` (without ``--score-cache``; ``--overwrite``
-clears it with the run's other files)."""
-
 
 class ScoreStore:
     """One folder of cached option logits for one model, item set and setting digest."""
