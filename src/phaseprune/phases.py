@@ -23,6 +23,7 @@ the phase of that index.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -163,3 +164,25 @@ def detect_phases(
         n_boot=n_boot,
         n_readout=n_readout,
     )
+
+
+def tail_cut_index(
+    accuracy: Sequence[float], margin: Sequence[float], bar: float, first: int
+) -> int:
+    """The readout index where ``--decisive tail`` ends the model (the last index: no cut).
+
+    Removing the last ``n - r`` layers leaves exactly the readout at index ``r``, so each
+    Decisive readout index is a candidate cut. The one kept is the strongest decision that
+    loses no accuracy: among the indices ``first .. n`` whose accuracy is at least ``bar``
+    (the unpruned model's), the largest mean margin; ties go to the lower index (the deeper
+    cut). When no index keeps ``bar`` the model is not cut.
+
+    Args:
+        accuracy: ``(n_readout,)`` accuracy of each readout index on the calibration items.
+        margin: ``(n_readout,)`` mean Decision Margin of each readout index.
+        bar: the unpruned model's accuracy on the same items.
+        first: the lowest index allowed (the transition, or a protected layer's output).
+    """
+    n = len(accuracy) - 1
+    keeping = [r for r in range(min(first, n), n + 1) if accuracy[r] >= bar]
+    return max(keeping, key=lambda r: (margin[r], -r)) if keeping else n

@@ -15,7 +15,7 @@ from phaseprune.candidates import option_reduce, score_removals
 from phaseprune.incremental import IncrementalReadout
 from phaseprune.metrics import item_metrics
 from phaseprune.objectives import best_candidate, candidate_metrics, objective_key
-from phaseprune.phases import PhaseResult, detect_phases
+from phaseprune.phases import PhaseResult, detect_phases, tail_cut_index
 from phaseprune.precision import score_removals_fast
 from phaseprune.strategies.context import (
     Choice,
@@ -276,12 +276,9 @@ def tail_cut(ctx: PruneContext, readout, t: int, kept: list[int], record: dict) 
     n = readout.shape[1] - 1
     floor = max([t] + [p + 1 for p, k in enumerate(kept) if k in ctx.protect])
     bar = candidate_metrics(ctx.ref_logits, ctx.calib_gold, ctx.ref_logits)["accuracy"]
-    metrics = {
-        r: candidate_metrics(readout[:, r], ctx.calib_gold, ctx.ref_logits)
-        for r in range(min(floor, n), n + 1)
-    }
-    keeping = [r for r, m in metrics.items() if m["accuracy"] >= bar]
-    best = max(keeping, key=lambda r: (metrics[r]["margin"], -r)) if keeping else n
+    every = [candidate_metrics(readout[:, r], ctx.calib_gold, ctx.ref_logits) for r in range(n + 1)]
+    best = tail_cut_index([m["accuracy"] for m in every], [m["margin"] for m in every], bar, floor)
+    metrics = {r: every[r] for r in range(min(floor, n), n + 1)}
     record["tail"] = {
         "accuracy": {str(r): m["accuracy"] for r, m in metrics.items()},
         "margin": {str(r): round(m["margin"], 6) for r, m in metrics.items()},
