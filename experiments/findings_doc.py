@@ -121,6 +121,61 @@ def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
             "waiting": [label for label in labels if label not in reached]}  # fmt: skip
 
 
+TAIL_DRAWS = 1000
+"""Random calibration sets per size in :func:`tail_numbers`."""
+
+
+def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict | None:
+    """Phase-aware's first cut (``--decisive tail``) judged on the analyze run's items.
+
+    What the tail rule does on all the readout's items, what it does on random calibration
+    sets of the plan's size (and twice and four times it; :mod:`phaseprune.calibration_size`),
+    and what the reference run's own calibration items made it do. None when the reference
+    does not cut the tail or the analyze run's per-item table is absent.
+    """
+    import pandas as pd
+
+    from phaseprune.calibration_size import readout_arrays, tail_cut_draws
+    from phaseprune.phases import tail_cut_index
+
+    if plan.h2h.get(plan.reference, {}).get("decisive") != "tail":
+        return None
+    if not (analyze / "items.parquet").exists() or summary["transition_layer"] is None:
+        return None
+    correct, margin, n_options = readout_arrays(pd.read_parquet(analyze / "items.parquet"))
+    n_items, n = correct.shape[0], correct.shape[1] - 1
+    t = summary["transition_layer"]
+    acc, mean_margin = correct.mean(axis=0), margin.mean(axis=0)
+    full_cut = tail_cut_index(acc, mean_margin, acc[n], t)
+    sizes = [k * plan.calib for k in (1, 2, 4) if k * plan.calib < n_items]
+    draws = [tail_cut_draws(correct, margin, n_options, size, draws=TAIL_DRAWS,
+                            seed=plan.seed).summary() for size in sizes]  # fmt: skip
+    best = max(range(t, n), key=lambda r: (acc[r], -r), default=None)
+    out = {
+        "n_items": n_items,
+        "n_layers": n,
+        "transition": t,
+        "readouts": [{"index": r, "accuracy": float(acc[r]), "margin": float(mean_margin[r])}
+                     for r in range(t, n + 1)],  # fmt: skip
+        "full_cut": full_cut,
+        "full_layers_cut": n - full_cut,
+        "best_shorter": None if best is None else {"index": best, "accuracy": float(acc[best])},
+        "whole_accuracy": float(acc[n]),
+        "draws": draws,
+        "run": None,
+    }
+    ref = runs.get(plan.reference)
+    if ref and ref["steps"] and "tail" in (ref["steps"][0].get("calib_phases") or {}):
+        first = ref["steps"][0]["calib_phases"]
+        cut = first["tail"]["cut_at"]
+        same = next((d["layers_cut"].get(n - cut, 0.0) for d in draws if d["n_calib"] ==
+                     len(ref["calib_items"])), None)  # fmt: skip
+        out["run"] = {"n_calib": len(ref["calib_items"]), "transition": first["transition_layer"],
+                      "cut": cut, "layers_cut": n - cut, "share_of_draws": same,
+                      "calib_accuracy": first["tail"]["unpruned_accuracy"]}  # fmt: skip
+    return out
+
+
 def _cut(c, n: int):
     """``c`` cut to its first ``n`` readouts (a variant's numbers up to the ablation depth)."""
     from dataclasses import replace
@@ -193,6 +248,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         json.loads((run_root / "log.json").read_text()) if (run_root / "log.json").exists() else []
     )
     h2h = head_to_head_numbers(plan, run_root, labelled) if plan.h2h else None
+    tail = tail_numbers(plan, analyze, summary, labelled) if plan.h2h else None
     found = claims(summary, trajs, single, reference=plan.reference if plan.h2h else "phase-aware")
     if h2h is not None:  # (d) by the head-to-head's rule (paired, on enough items)
         found["d"]["verdict"] = h2h["verdict"]["supported"]
@@ -214,6 +270,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "figures": copied,
         "report": os.path.relpath(report.html, ROOT),
         "h2h": h2h,
+        "tail": tail,
     }
     numbers = _slim(numbers)
     committed.write_text(json.dumps(numbers, indent=1))

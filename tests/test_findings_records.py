@@ -13,6 +13,7 @@ from conftest import experiment
 
 from phaseprune.config import ModelConfig, PruneConfig, TaskConfig
 from phaseprune.pruning import run_prune
+from phaseprune.runs import load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +105,13 @@ def test_records_are_json_not_weights():
     records = ROOT / "experiments" / "records"
     for path in records.rglob("*") if records.exists() else ():
         assert path.is_dir() or path.name in ("trajectory.json", "candidates.parquet",
-                                              "summary.json", "log.json")  # fmt: skip
+                                              "summary.json", "items.parquet",
+                                              "log.json")  # fmt: skip
+        # an analyze run's per-item table holds model outputs, not the questions' text
+        if path.name == "items.parquet":
+            import pandas as pd
+
+            assert "question" not in pd.read_parquet(path).columns
         assert path.is_dir() or path.stat().st_size < 2_000_000
     if (records / "qwen2.5-coder-1.5b").exists():
         for traj in (records / "qwen2.5-coder-1.5b").glob("h2h-*/trajectory.json"):
@@ -173,6 +180,55 @@ def test_a_plan_on_another_task_reads_its_own_readout(findings_doc, plans, decid
     text = doc.read_text()
     assert "findings/toy/analyze-toy__margin.png" in text
     assert "none in this plan (`analyze-mmlu` skipped)" in text and "MMLU test" not in text
+
+
+def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
+    findings_doc, plans, decider, tmp_path
+):
+    """Phase-aware's first cut in the document: the tail rule on all the readout's items, on
+    random calibration sets (sizes below the item count), and the reference run's own cut."""
+    import pandas as pd
+
+    from phaseprune.analysis import run_analyze
+    from phaseprune.calibration_size import readout_arrays
+    from phaseprune.config import AnalyzeConfig
+    from phaseprune.phases import tail_cut_index
+
+    tail = {"strategy": "phase-aware", "decisive": "tail"}
+    plan = plans.Plan("toy", "", steps=2, reference="pa", h2h_task="toy", calib=10,
+                      h2h={"last": {"strategy": "last"}, "pa": tail},
+                      skip=("analyze-mmlu",))  # fmt: skip
+    root = tmp_path / "runs"
+    task = TaskConfig(task=f"jsonl:{decider.path / 'eval.jsonl'}", limit=60)
+    run_analyze(AnalyzeConfig(out=str(root / "analyze-toy"), model=ModelConfig(
+        model=str(decider.path)), task=task, n_boot=50, quiet=True, plots=False))  # fmt: skip
+    run_prune(_cfg(decider, root / "h2h-last", 2))
+    run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa", 2), strategy="phase-aware",
+                                  decisive="tail"))  # fmt: skip
+    numbers = findings_doc.collect(plan, root, tmp_path / "docs" / "findings")
+    tl = numbers["tail"]
+    correct, margin, _ = readout_arrays(pd.read_parquet(root / "analyze-toy" / "items.parquet"))
+    acc = correct.mean(0)
+    t = numbers["analyze"]["transition_layer"]
+    assert t is not None and tl["transition"] == t and tl["n_items"] == 60
+    assert tl["full_cut"] == tail_cut_index(acc, margin.mean(0), acc[-1], t)
+    assert [d["n_calib"] for d in tl["draws"]] == [10, 20, 40]  # 80 is not below 60 items
+    assert all(d["draws"] == findings_doc.TAIL_DRAWS for d in tl["draws"])
+    first = load_trajectory(root / "h2h-pa")["steps"][0]["calib_phases"]
+    assert tl["run"]["cut"] == first["tail"]["cut_at"] and tl["run"]["n_calib"] == 10
+    assert tl["run"]["share_of_draws"] == tl["draws"][0]["layers_cut"].get(
+        tl["run"]["layers_cut"], 0.0
+    )
+    doc = tmp_path / "findings.md"
+    findings_doc.render({"toy": numbers}, doc)
+    text = doc.read_text()
+    assert "### Phase-aware's first cut: the Decisive tail" in text
+    assert f"| 10 | {100 * tl['draws'][0]['p_no_transition']:.1f}% |" in text
+    # a reference that does not cut the tail has no such section
+    plain = dataclasses.replace(
+        plan, h2h={**plan.h2h, "pa": {"strategy": "phase-aware", "decisive": "objective"}}
+    )
+    assert findings_doc.collect(plain, root, tmp_path / "docs2" / "findings")["tail"] is None
 
 
 def test_keep_all_copies_every_stage_with_records(findings, plans, decider, tmp_path, monkeypatch):
