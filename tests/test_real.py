@@ -163,3 +163,35 @@ def test_fast_bounds_hold_for_every_candidate_on_smollm(smollm):
         assert difference_error(a, e).max() <= fast.bound, k
         means = mean_errors(a, e, gold, ref)
         assert all(means[m] <= fast.mean_bound[m] for m in means), (k, means)
+
+
+def test_a_gguf_file_is_parsed_once_and_loads_the_same_weights(smollm, monkeypatch):
+    """transformers parses a GGUF for the config, the tokenizer and the weights; phaseprune
+    lets it parse once per process (models._gguf_reads), and the weights are those of a plain
+    transformers load, bit for bit."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from phaseprune import models
+
+    parses = []
+    real = gguf.GGUFReader
+
+    def counting(path, mode="r"):
+        parses.append(path)
+        return real(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    monkeypatch.setattr(models, "_READER", {})
+    spec = resolve_model("smollm2-135m")
+    load_tokenizer(spec)
+    model, _ = load_model(spec, progress=False)
+    assert len(parses) == 1  # config, tokenizer and weights from one parse
+    assert gguf.GGUFReader is counting  # the block restored what it found
+    plain = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file,
+                                                 dtype=torch.float32)  # fmt: skip
+    assert len(parses) == 3  # transformers alone parses twice for a model: config, weights
+    ours, theirs = model.state_dict(), plain.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
