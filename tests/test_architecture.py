@@ -7,10 +7,10 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "phaseprune"
 LAYERS = {  # docs/architecture.md's table, top to bottom
-    "core": ["metrics", "phases", "objectives", "collapse", "evidence", "headtohead", "prompts",
-             "tasks", "errors", "progress"],
+    "core": ["metrics", "phases", "calibration_size", "objectives", "collapse", "evidence",
+             "headtohead", "prompts", "tasks", "errors", "progress"],
     "architecture": ["arch", "surgery", "portable"],
-    "engine": ["cpu", "distributed", "identity", "models", "encoding", "readout",
+    "engine": ["cpu", "distributed", "identity", "gguf_reads", "models", "encoding", "readout",
                "layer_cache", "candidates", "incremental", "precision", "baselines", "decider"],
     "strategies": ["strategies"],
     "runs": ["flags", "config", "loading", "records", "runio", "runs", "lines",

