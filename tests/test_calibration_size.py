@@ -99,3 +99,23 @@ def test_a_calibration_set_must_leave_items_out():
     correct, margin = _decider(n_items=50)
     with pytest.raises(ValueError, match="n_calib=50: must be between 1 and 49"):
         tail_cut_draws(correct, margin, 4, 50)
+
+
+def test_the_tail_statement_says_what_the_cut_would_cost():
+    from phaseprune.phases import tail_statement
+
+    acc = [0.25, 0.3, 0.66, 0.65, 0.655]
+    margin = [-1.0, -0.5, 3.08, 2.0, 1.09]
+    assert tail_statement(acc, margin, 2) == (
+        "Decisive tail: readout 2 keeps the whole model's accuracy (66.0% against 65.5%) with "
+        "the largest margin (3.08 against 1.09): on these items the last 2 layers can go at no "
+        "accuracy cost."
+    )
+    arc = [0.225, 0.61, 0.57, 0.635, 0.665]
+    assert tail_statement(arc, [-2.0, 1.67, 1.07, 1.26, 0.78], 1) == (
+        "Decisive tail: no shorter Decisive readout keeps the whole model's 66.5% (the best, "
+        "readout 3, has 63.5%): the last layers add accuracy on these items, so cutting them "
+        "is not free."
+    )
+    assert tail_statement(arc, [0.0] * 5, 4).endswith("no layer can be cut from the tail.")
+    assert tail_statement(arc, [0.0] * 5, None) is None

@@ -146,11 +146,17 @@ def test_analyze_finds_transition_on_trained_decider(capsys, decider, tmp_path):
     """A model that really decides: Silent picks pile up, Decisive picks follow the gold letters."""
     out = tmp_path / "decider-run"
     task = f"jsonl:{decider.path / 'eval.jsonl'}"
-    code, _, err = run_cli(capsys, *analyze_args(decider.path, out, task=task))
+    code, printed, err = run_cli(capsys, *analyze_args(decider.path, out, task=task))
     assert code == 0, err
     s = json.loads((out / "summary.json").read_text())
     t = s["transition_layer"]
     assert t is not None and 0 < t <= s["n_layers"], s["phases"]["statement"]
+    # what --decisive tail would cut on these items, in the printed result
+    from phaseprune.phases import tail_statement
+
+    tail = tail_statement([r["accuracy"] for r in s["layers"]],
+                          [r["margin_mean"] for r in s["layers"]], t)  # fmt: skip
+    assert tail.startswith("Decisive tail: ") and tail in printed.splitlines()
     assert s["accuracy"] >= 0.8
     lo, hi = s["transition_ci"]
     assert lo <= t <= hi

@@ -33,6 +33,7 @@ from phaseprune.config import (
 )
 from phaseprune.errors import UsageError, first_line
 from phaseprune.flags import add_arguments, from_args, plain_text
+from phaseprune.phases import tail_statement
 
 DESCRIPTION = (
     "Where does a language model decide a multiple-choice answer, layer by layer, and which "
@@ -69,6 +70,12 @@ def _precision_line(record: dict) -> str | None:
 def _print_analyze(summary: dict, out: str) -> None:
     print(_analyze_line(summary))
     print(summary["phases"]["statement"])
+    if tail := tail_statement(
+        [r["accuracy"] for r in summary["layers"]],
+        [r["margin_mean"] for r in summary["layers"]],
+        summary["transition_layer"],
+    ):
+        print(tail)
     if line := _precision_line(summary["precision"]):
         print(line)
     plots = f", {out}/plots/" if summary["settings"]["plots"] else ""

@@ -186,3 +186,32 @@ def tail_cut_index(
     n = len(accuracy) - 1
     keeping = [r for r in range(min(first, n), n + 1) if accuracy[r] >= bar]
     return max(keeping, key=lambda r: (margin[r], -r)) if keeping else n
+
+
+def tail_statement(accuracy: Sequence[float], margin: Sequence[float], transition: int | None):
+    """What ``--decisive tail`` would cut on these items, as a sentence (None: no transition).
+
+    Args:
+        accuracy: ``(n_readout,)`` accuracy of each readout index.
+        margin: ``(n_readout,)`` mean Decision Margin of each readout index.
+        transition: the transition index (the first Decisive readout), or None.
+    """
+    if transition is None:
+        return None
+    n = len(accuracy) - 1
+    cut = tail_cut_index(accuracy, margin, accuracy[n], transition)
+    if cut < n:
+        return (
+            f"Decisive tail: readout {cut} keeps the whole model's accuracy "
+            f"({100 * accuracy[cut]:.1f}% against {100 * accuracy[n]:.1f}%) with the largest "
+            f"margin ({margin[cut]:.2f} against {margin[n]:.2f}): on these items the last "
+            f"{n - cut} layer{'s' if n - cut != 1 else ''} can go at no accuracy cost."
+        )
+    if transition >= n:
+        return "Decisive tail: only the last readout decides; no layer can be cut from the tail."
+    best = max(range(transition, n), key=lambda r: (accuracy[r], -r))
+    return (
+        f"Decisive tail: no shorter Decisive readout keeps the whole model's "
+        f"{100 * accuracy[n]:.1f}% (the best, readout {best}, has {100 * accuracy[best]:.1f}%): "
+        f"the last layers add accuracy on these items, so cutting them is not free."
+    )
