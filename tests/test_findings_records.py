@@ -224,6 +224,21 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
     text = doc.read_text()
     assert "### Phase-aware's first cut: the Decisive tail" in text
     assert f"| 10 | {100 * tl['draws'][0]['p_no_transition']:.1f}% |" in text
+    assert "**Claim (d), setting by setting**" in text and "- **toy** (" in text
+    assert "So far phase-aware wins" not in text  # one setting says nothing of a pattern
+    # two settings: won where the tail was free, lost where it was not -> said, with its caveat
+    import copy
+
+    free, costly = copy.deepcopy(numbers), copy.deepcopy(numbers)
+    free["tail"]["full_layers_cut"], free["h2h"]["verdict"]["supported"] = 3, True
+    costly["tail"]["full_layers_cut"], costly["h2h"]["verdict"]["supported"] = 0, False
+    findings_doc.render({"free": free, "costly": costly}, doc)
+    text = doc.read_text()
+    assert "So far phase-aware wins where the Decisive tail is free" in text
+    assert "2 settings cannot establish that as a rule" in text
+    costly["h2h"]["verdict"]["supported"] = True  # won without a free tail: no such pattern
+    findings_doc.render({"free": free, "costly": costly}, doc)
+    assert "So far phase-aware wins" not in doc.read_text()
     # a reference that does not cut the tail has no such section
     plain = dataclasses.replace(
         plan, h2h={**plan.h2h, "pa": {"strategy": "phase-aware", "decisive": "objective"}}
