@@ -41,7 +41,8 @@ from phaseprune.strategies.registry import strategy_function
 
 RECORDS = ROOT / "experiments" / "records"
 """Where each stage's small records are committed (trajectory.json, candidates.parquet,
-summary.json, an analyze run's per-item readout items.parquet; never weights), so that a fresh machine resumes instead of starting over."""
+summary.json, an analyze run's per-item readout items.parquet; never weights), so that a fresh
+machine resumes instead of starting over."""
 RECORD_FILES = ("trajectory.json", "candidates.parquet", "summary.json", "items.parquet")
 
 

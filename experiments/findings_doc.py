@@ -114,8 +114,8 @@ def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
         })  # fmt: skip
     best = max(rows, key=lambda r: (r["depth_90"], r["area"] or 0.0))
     for r in rows:
-        r["against_best"] = None if r is best else paired_difference(
-            reached[r["run"]], reached[best["run"]], depth
+        r["against_best"] = (
+            None if r is best else paired_difference(reached[r["run"]], reached[best["run"]], depth)
         )
     return {"depth": depth, "rows": rows, "best": best["run"],
             "waiting": [label for label in labels if label not in reached]}  # fmt: skip
@@ -155,8 +155,10 @@ def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict |
         "n_items": n_items,
         "n_layers": n,
         "transition": t,
-        "readouts": [{"index": r, "accuracy": float(acc[r]), "margin": float(mean_margin[r])}
-                     for r in range(t, n + 1)],  # fmt: skip
+        "readouts": [
+            {"index": r, "accuracy": float(acc[r]), "margin": float(mean_margin[r])}
+            for r in range(t, n + 1)
+        ],
         "full_cut": full_cut,
         "full_layers_cut": n - full_cut,
         "best_shorter": None if best is None else {"index": best, "accuracy": float(acc[best])},
