@@ -136,7 +136,7 @@ def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict |
     import pandas as pd
 
     from phaseprune.calibration_size import readout_arrays, tail_cut_draws
-    from phaseprune.phases import tail_cut_index
+    from phaseprune.phases import best_shorter_readout, tail_cut_index
 
     if plan.h2h.get(plan.reference, {}).get("decisive") != "tail":
         return None
@@ -150,7 +150,7 @@ def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict |
     sizes = [k * plan.calib for k in (1, 2, 4) if k * plan.calib < n_items]
     draws = [tail_cut_draws(correct, margin, n_options, size, draws=TAIL_DRAWS,
                             seed=plan.seed).summary() for size in sizes]  # fmt: skip
-    best = max(range(t, n), key=lambda r: (acc[r], -r), default=None)
+    best = best_shorter_readout(acc, t)
     out = {
         "n_items": n_items,
         "n_layers": n,

@@ -148,9 +148,10 @@ def tail_cut_draws(
         calib, rest = row[:n_calib], row[n_calib:]
         acc = correct[calib].mean(axis=0)
         low, _ = wilson_interval(correct[calib].sum(axis=0), n_calib, confidence)
-        t = int(find_transition(low, margin[calib].mean(axis=0), 1.0 / n_options))
+        mean_margin = margin[calib].mean(axis=0)
+        t = int(find_transition(low, mean_margin, 1.0 / n_options))
         transition[d] = t
-        cut[d] = n if t < 0 else tail_cut_index(acc, margin[calib].mean(axis=0), acc[n], t)
+        cut[d] = n if t < 0 else tail_cut_index(acc, mean_margin, acc[n], t)
         held_out[d] = correct[rest, cut[d]].mean()
         held_out_unpruned[d] = correct[rest, n].mean()
     return TailCutDraws(

@@ -188,6 +188,12 @@ def tail_cut_index(
     return max(keeping, key=lambda r: (margin[r], -r)) if keeping else n
 
 
+def best_shorter_readout(accuracy: Sequence[float], transition: int) -> int | None:
+    """The most accurate Decisive readout before the last (ties: the lower); None if none is."""
+    n = len(accuracy) - 1
+    return max(range(transition, n), key=lambda r: (accuracy[r], -r), default=None)
+
+
 def tail_statement(accuracy: Sequence[float], margin: Sequence[float], transition: int | None):
     """What ``--decisive tail`` would cut on these items, as a sentence (None: no transition).
 
@@ -209,7 +215,7 @@ def tail_statement(accuracy: Sequence[float], margin: Sequence[float], transitio
         )
     if transition >= n:
         return "Decisive tail: only the last readout decides; no layer can be cut from the tail."
-    best = max(range(transition, n), key=lambda r: (accuracy[r], -r))
+    best = best_shorter_readout(accuracy, transition)
     return (
         f"Decisive tail: no shorter Decisive readout keeps the whole model's "
         f"{100 * accuracy[n]:.1f}% (the best, readout {best}, has {100 * accuracy[best]:.1f}%): "
