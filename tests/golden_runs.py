@@ -31,8 +31,10 @@ GOLDEN = Path(__file__).parent / "golden"
 VOLATILE = ("timing", "phaseprune_version", "created", "fingerprint", "weights_sha256")
 SITE = re.compile(r"/\S*?/site-packages")
 SMOL_SUBJECTS = "high_school_geography,marketing"
-# phase-aware's settings as the golden runs were made (its defaults then; ignored by iterative)
-FIRST = [a for k, v in LATER_PRUNE_DEFAULTS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+# phase-aware's settings as the golden runs were made (its defaults then; iterative reads only
+# the objective, accuracy by default)
+FIRST = [a for k, v in {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}.items()
+         for a in (f"--{k.replace('_', '-')}", str(v))]  # fmt: skip
 
 
 def cases(decider_dir: Path) -> dict[str, list[str]]:

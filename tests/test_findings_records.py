@@ -94,11 +94,18 @@ def test_qwen_plan_runs_every_strategy_on_enough_items(plans):
     full = [label for label, s in plan.h2h.items() if s.get("steps", plan.steps) == plan.steps]
     assert {plan.h2h[label]["strategy"] for label in full} == set(STRATEGY_NAMES)
     assert plan.steps == 12
-    # the second setting: every strategy again (not the ablation), on ARC-Challenge
+    # the reference is phase-aware's defaults (the objective given: kl) and runs the full depth
+    ref = plan.h2h[plan.reference]
+    assert plan.reference in full and ref["objective"] == "kl"
+    # the second setting: every strategy again, on ARC-Challenge; of the ablation only the
+    # accuracy objective's variant (phase-aware-tail), the reference's one difference
     arc = plans.PLANS["qwen2.5-coder-1.5b-arc"]
-    assert arc.h2h_task == "arc_challenge" and arc.reference in arc.h2h
+    assert arc.h2h_task == "arc_challenge" and arc.reference == plan.reference in arc.h2h
     assert {s["strategy"] for s in arc.h2h.values()} == set(STRATEGY_NAMES)
-    assert not set(arc.h2h) & set(plans.ABLATION) and set(plans.ABLATION) <= set(plan.h2h)
+    assert set(arc.h2h) & set(plans.ABLATION) == set(plans.SECOND_SETTING) == {"phase-aware-tail"}
+    assert set(plans.ABLATION) <= set(plan.h2h)
+    tail = plan.h2h["phase-aware-tail"]
+    assert {k: v for k, v in tail.items() if tail[k] != ref.get(k)} == {"objective": "accuracy"}
 
 
 def test_records_are_json_not_weights():

@@ -196,6 +196,7 @@ def _old_recipe_key(run) -> str:
     from phaseprune.runio import fingerprint
 
     settings = {k: v for k, v in dataclasses.asdict(run.cfg).items() if k not in VOLATILE}
+    settings["objective"] = settings["objective"] or "accuracy"  # every strategy's default then
     settings["model"].pop("revision")
     settings["task"].pop("lm_eval_include")
     for later in ("spare", "after_decisive", "decisive"):  # phase-aware's variants came later
@@ -247,7 +248,8 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
                      dtype="float32", device="cpu", weights_sha256="ab" * 32)  # fmt: skip
     run = SimpleNamespace(info=gguf, record_task={"name": "t"},
                           task=SimpleNamespace(items=[MCItem("i", "s", "q", ("a", "b"), 1)]))
-    first = {"decisive": "objective", "after_decisive": "block-influence", "spare": 0}
+    first = {"decisive": "objective", "after_decisive": "block-influence", "spare": 0,
+             "objective": "accuracy"}
 
     def key(**settings):
         run.cfg = PruneConfig(out="o", **settings)
@@ -256,11 +258,17 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
     # phase-aware's first version, now given as flags, is the recipe its old runs were made with
     run.cfg = PruneConfig(out="o", strategy="phase-aware", **first)
     assert key(strategy="phase-aware", **first) == _old_recipe_key(run)
-    # its new defaults are another recipe
+    # its new defaults are another recipe, the objective (kl now) among them
     assert key(strategy="phase-aware") != key(strategy="phase-aware", **first)
+    accuracy_first = {k: v for k, v in first.items() if k != "objective"}
+    assert key(strategy="phase-aware", **accuracy_first) != key(strategy="phase-aware", **first)
+    assert key(strategy="phase-aware", objective="kl", **accuracy_first) == key(
+        strategy="phase-aware", **accuracy_first)
     defaults = PruneConfig(out="o")
     assert (defaults.decisive, defaults.after_decisive, defaults.spare) == ("tail", "transition",
                                                                             None)  # fmt: skip
+    # iterative's objective stays accuracy: its runs keep their fingerprint
+    assert key(strategy="iterative") == key(strategy="iterative", objective="accuracy")
     # settings only phase-aware reads do not touch another strategy's fingerprint
     assert key(strategy="angular") == key(strategy="angular", **first)
     assert key(strategy="angular", spare=3) == key(strategy="angular")

@@ -40,7 +40,8 @@ def test_every_readout_keeps_each_items_pick_and_margin(decider, tmp_path):
 
 def test_spare_keeps_the_worst_single_removals(decider, tmp_path):
     spared = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--spare", "2",
-                  "--after-decisive", "objective", steps=4)  # fmt: skip
+                  "--after-decisive", "objective", "--objective", "accuracy",
+                  steps=4)  # fmt: skip
     it = _run(decider, tmp_path / "it", "--strategy", "iterative", steps=1)
     scan = spared["steps"][0]["calib_phases"]["builder_scan"]
     # the scan is iterative step 1's candidate scores
@@ -65,7 +66,8 @@ def test_spare_keeps_the_worst_single_removals(decider, tmp_path):
 
 def test_after_decisive_objective_takes_the_best_candidate(decider, tmp_path):
     traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "objective",
-                "--after-decisive", "objective", "--spare", "0", steps=4)  # fmt: skip
+                "--after-decisive", "objective", "--spare", "0", "--objective", "accuracy",
+                steps=4)  # fmt: skip
     cands = pd.read_parquet(tmp_path / "pa" / "candidates.parquet")
     after = [s for s in traj["steps"] if s["note"] and s["note"].startswith("after the Decisive")]
     assert after, "the decider's Decisive Phase is exhausted within 4 steps"
@@ -74,6 +76,17 @@ def test_after_decisive_objective_takes_the_best_candidate(decider, tmp_path):
         best = rows.sort_values(["score", "layer"], ascending=[False, True]).iloc[0]
         assert s["removed_layer"] == best.layer
         assert s["criterion"].startswith("calibration accuracy")
+
+
+def test_phase_aware_scores_by_kl_unless_told(decider, tmp_path):
+    # kl is phase-aware's default objective (the ablation's best on Qwen/MMLU), accuracy
+    # iterative's; the step's criterion and the record say which was used
+    traj = _run(decider, tmp_path / "pa", "--strategy", "phase-aware", "--decisive", "objective",
+                "--after-decisive", "objective", "--spare", "0", steps=1)  # fmt: skip
+    assert traj["objective"] == traj["settings"]["objective"] == "kl"
+    assert "option KL" in traj["steps"][0]["criterion"]
+    it = _run(decider, tmp_path / "it", "--strategy", "iterative", steps=1)
+    assert it["objective"] == "accuracy"
 
 
 def test_after_decisive_transition_checks_and_records(decider, tmp_path):

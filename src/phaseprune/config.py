@@ -180,6 +180,15 @@ PHASE_AWARE_ONLY = ("spare", "decisive", "after_decisive")
 """PruneConfig settings that only phase-aware reads (left out of other strategies' fingerprints)."""
 
 
+DEFAULT_OBJECTIVES = {"phase-aware": "kl"}
+"""``--objective`` when not given, by strategy (every other strategy: accuracy)."""
+
+
+def objective_of(strategy: str, objective: str | None) -> str:
+    """``--objective``'s value for ``strategy`` (None: :data:`DEFAULT_OBJECTIVES`' or accuracy)."""
+    return DEFAULT_OBJECTIVES.get(strategy, "accuracy") if objective is None else objective
+
+
 def spared_builders(spare: int | None, n_layers: int) -> int:
     """``--spare``'s number of decision builders on a model of ``n_layers`` (None: a quarter)."""
     return n_layers // 4 if spare is None else spare
@@ -197,10 +206,13 @@ class PruneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     strategy: str = _doc("Which layers to remove.", "iterative", choices=strategy_names)
-    objective: str = _doc(
+    # phase-aware's kl: the ablation's best on Qwen2.5-Coder-1.5B/MMLU (docs/findings.md: 90%
+    # kept to 5 removals like accuracy, 80% to 7 against 6, the larger retained area)
+    objective: str | None = _doc(
         "Candidate score for iterative and phase-aware: accuracy (ties by margin), margin, "
         "prob-margin, or kl (divergence of the option distribution from the unpruned model's).",
-        "accuracy",
+        None,
+        shown="kl for phase-aware, accuracy for iterative",
         choices=objective_names,
     )
     steps: int = _doc("Number of removals (steps).", 8, minimum=1)
@@ -331,7 +343,7 @@ class DemoConfig:
         choices=strategy_names,
     )
     precision: str = _doc(
-        "exact or fast (as in analyze). exact by default: with the demo's accuracy objective "
+        "exact or fast (as in analyze). exact by default: with iterative's accuracy objective "
         "on a model at chance, nearly every candidate is a near tie that fast re-scores in "
         "float32, so fast would be slower.",
         "exact",

@@ -22,7 +22,7 @@ import numpy as np
 from phaseprune import __version__
 from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import trajectory_collapse
-from phaseprune.config import PHASE_AWARE_ONLY, PruneConfig, spared_builders
+from phaseprune.config import PHASE_AWARE_ONLY, PruneConfig, objective_of, spared_builders
 from phaseprune.distributed import (
     COMMUNICATION,
     barrier,
@@ -86,6 +86,7 @@ class PruneRun:
     def __init__(self, cfg: PruneConfig, *, model=None, tokenizer=None, task=None):
         check_config(cfg)
         check_model_config(cfg.model)
+        cfg = dataclasses.replace(cfg, objective=objective_of(cfg.strategy, cfg.objective))
         self.processes = join(cfg.model.device)  # launched by torchrun: each scores a shard
         self.lm_eval = StepScorer(cfg, tokenizer)  # lm-eval missing or a task unknown: fail now
         self.cfg = cfg
@@ -192,7 +193,8 @@ class PruneRun:
 
     def key(self, **stopping) -> str:
         """Fingerprint of the trajectory's recipe; ``stopping`` overrides :data:`STOPPING`."""
-        cfg = dataclasses.replace(self.cfg, **stopping)
+        objective = objective_of(self.cfg.strategy, self.cfg.objective)
+        cfg = dataclasses.replace(self.cfg, objective=objective, **stopping)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE
                     and LATER_PRUNE_DEFAULTS.get(k, ...) != v
                     and (k not in PHASE_AWARE_ONLY or cfg.strategy == "phase-aware")}  # fmt: skip

@@ -37,15 +37,17 @@ class StrategySpec:
 
 RULES = {
     "iterative": "the paper's Iterative Pruning: try every remaining layer on the calibration "
-    "items, remove the best by `--objective` (`accuracy` with margin tie-break, `margin`, "
-    "`prob-margin`, `kl`)",
+    "items, remove the best by `--objective` (`accuracy` with margin tie-break, the "
+    "default here, `margin`, `prob-margin`, `kl`)",
     "phase-aware": "the decision readout all the way down, phases re-estimated each step: the "
     "Decisive Phase's tail cut where its readout keeps the calibration accuracy with the "
     "largest margin (`--decisive tail`, the default; `objective`: Decisive layers one at a time "
     "like iterative, never the transition layer or `--guard` layers before it), then "
     "`--after-decisive`: the best by the objective that keeps the calibration transition "
     "(`transition`, the default), the best by the objective, or the lowest block influence, "
-    "never the `--spare` decision builders (the step's `note` says which rule chose)",
+    "never the `--spare` decision builders (the step's `note` says which rule chose); "
+    "candidates scored by `--objective kl` by default (the option distribution's divergence "
+    "from the unpruned model's)",
     "block-influence": "ShortGPT: 1 − cos(layer input, output) over calibration tokens, one-shot",
     "angular": "Gromov et al.: arccos(cos(x_l, x_{l+n}))/π at the last token, best block of "
     "`--block-size`",
