@@ -284,8 +284,23 @@ def test_a_truncated_gguf_and_a_quiet_load(capsys, data, tmp_path):
         truncated.write_bytes(f.read(3_000_000))
     refused(capsys, analyze(truncated, data, tmp_path / "a"), "may be truncated or damaged")
     # --quiet silences transformers' GGUF dequantisation bar too
-    argv = ["analyze", "--model", "smollm2-135m", "--task", "mmlu", "--subjects", "marketing",
-            "--limit", "2", "--n-boot", "10", "--no-plots", "--quiet", "--out", tmp_path / "q"]
+    argv = [
+        "analyze",
+        "--model",
+        "smollm2-135m",
+        "--task",
+        "mmlu",
+        "--subjects",
+        "marketing",
+        "--limit",
+        "2",
+        "--n-boot",
+        "10",
+        "--no-plots",
+        "--quiet",
+        "--out",
+        tmp_path / "q",
+    ]
     assert main([str(a) for a in argv]) == 0
     assert "de-quantizing" not in capsys.readouterr().err
 
@@ -316,7 +331,6 @@ def test_hand_edited_nested_record_is_refused(capsys, tiny_llama_dir, data, tmp_
     }[edit]
     refused(capsys, argv, expected)
     assert snapshot(run) == before
-
 
 
 def test_interrupted_prune_says_how_to_resume(capsys, monkeypatch, tiny_llama_dir, data, tmp_path):

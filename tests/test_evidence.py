@@ -100,10 +100,12 @@ def test_single_removals_paired_intervals_from_picks():
     t |= {"calib_items": list(range(40)), "calib_gold": gold, "calib_picks": gold}  # all right
     lose_half = [g if i % 2 else (g + 1) % 4 for i, g in enumerate(gold)]
     lose_one = [g if i else (g + 1) % 4 for i, g in enumerate(gold)]
-    rows = [{"step": 1, "layer": 0, "accuracy": 0.5, "picks": lose_half},
-            {"step": 1, "layer": 1, "accuracy": 0.975, "picks": lose_one},
-            {"step": 1, "layer": 2, "accuracy": 1.0, "picks": gold},
-            {"step": 1, "layer": 3, "accuracy": 1.0}]  # fmt: skip (layer 3: an older row)
+    rows = [
+        {"step": 1, "layer": 0, "accuracy": 0.5, "picks": lose_half},
+        {"step": 1, "layer": 1, "accuracy": 0.975, "picks": lose_one},
+        {"step": 1, "layer": 2, "accuracy": 1.0, "picks": gold},
+        {"step": 1, "layer": 3, "accuracy": 1.0},
+    ]  # fmt: skip (layer 3: an older row)
     t["calib_step0"] = {"accuracy": 1.0}
     s = single_removals(t, rows)
     by = {r["layer"]: r for r in s["layers"]}

@@ -246,10 +246,17 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
     gguf = ModelInfo(name="m.gguf", path="/x", gguf_file="m.gguf", revision="ab" * 32,
                      architecture="LlamaForCausalLM", family="llama", n_layers=4,
                      dtype="float32", device="cpu", weights_sha256="ab" * 32)  # fmt: skip
-    run = SimpleNamespace(info=gguf, record_task={"name": "t"},
-                          task=SimpleNamespace(items=[MCItem("i", "s", "q", ("a", "b"), 1)]))
-    first = {"decisive": "objective", "after_decisive": "block-influence", "spare": 0,
-             "objective": "accuracy"}
+    run = SimpleNamespace(
+        info=gguf,
+        record_task={"name": "t"},
+        task=SimpleNamespace(items=[MCItem("i", "s", "q", ("a", "b"), 1)]),
+    )
+    first = {
+        "decisive": "objective",
+        "after_decisive": "block-influence",
+        "spare": 0,
+        "objective": "accuracy",
+    }
 
     def key(**settings):
         run.cfg = PruneConfig(out="o", **settings)
@@ -263,7 +270,8 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
     accuracy_first = {k: v for k, v in first.items() if k != "objective"}
     assert key(strategy="phase-aware", **accuracy_first) != key(strategy="phase-aware", **first)
     assert key(strategy="phase-aware", objective="kl", **accuracy_first) == key(
-        strategy="phase-aware", **accuracy_first)
+        strategy="phase-aware", **accuracy_first
+    )
     defaults = PruneConfig(out="o")
     assert (defaults.decisive, defaults.after_decisive, defaults.spare) == ("tail", "transition",
                                                                             None)  # fmt: skip

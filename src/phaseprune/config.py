@@ -180,15 +180,6 @@ PHASE_AWARE_ONLY = ("spare", "decisive", "after_decisive")
 """PruneConfig settings that only phase-aware reads (left out of other strategies' fingerprints)."""
 
 
-DEFAULT_OBJECTIVES = {"phase-aware": "kl"}
-"""``--objective`` when not given, by strategy (every other strategy: accuracy)."""
-
-
-def objective_of(strategy: str, objective: str | None) -> str:
-    """``--objective``'s value for ``strategy`` (None: :data:`DEFAULT_OBJECTIVES`' or accuracy)."""
-    return DEFAULT_OBJECTIVES.get(strategy, "accuracy") if objective is None else objective
-
-
 def spared_builders(spare: int | None, n_layers: int) -> int:
     """``--spare``'s number of decision builders on a model of ``n_layers`` (None: a quarter)."""
     return n_layers // 4 if spare is None else spare
@@ -206,8 +197,6 @@ class PruneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     strategy: str = _doc("Which layers to remove.", "iterative", choices=strategy_names)
-    # phase-aware's kl: the ablation's best on Qwen2.5-Coder-1.5B/MMLU (docs/findings.md: 90%
-    # kept to 5 removals like accuracy, 80% to 7 against 6, the larger retained area)
     objective: str | None = _doc(
         "Candidate score for iterative and phase-aware: accuracy (ties by margin), margin, "
         "prob-margin, or kl (divergence of the option distribution from the unpruned model's).",
@@ -372,7 +361,8 @@ class CompareConfig:
         shown="the first run",
     )
     depth: int = _doc(
-        "Common depth (layers removed) of the head-to-head's retained-accuracy area.", 12,
+        "Common depth (layers removed) of the head-to-head's retained-accuracy area.",
+        12,
         minimum=1,
     )
     n_boot: int = _doc("Bootstrap resamples of each paired interval.", 2000, minimum=1)

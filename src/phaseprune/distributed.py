@@ -118,9 +118,7 @@ def join(device: str) -> int:
             torch.cuda.set_device(torch.device(local_device(device)))
         elif cuda and (share := gpu_share()):
             torch.cuda.set_device(share[0])  # NCCL's collectives run on the share's first GPU
-        dist.init_process_group(
-            "nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s())
-        )
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
     return dist.get_world_size()
 
 

@@ -114,9 +114,7 @@ def check_model_config(mc: ModelConfig) -> None:
         )
 
 
-def encode_held(
-    model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, check_layers=None
-):
+def encode_held(model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, check_layers=None):
     """``(enc, model, info)`` for a model the caller already holds (the Python API).
 
     The prompts are encoded and checked as for a loaded model; the model is put in eval mode
@@ -131,9 +129,7 @@ def encode_held(
     name = getattr(config, "name_or_path", "") or type(model).__name__
     check_family(getattr(config, "model_type", None), name)
     if tokenizer is None:
-        raise UsageError(
-            "a model passed as an object needs its tokenizer too: pass tokenizer=..."
-        )
+        raise UsageError("a model passed as an object needs its tokenizer too: pass tokenizer=...")
     enc = _encode(tokenizer, config, task, tc)
     parts = decoder_parts(model)
     if check_layers is not None:

@@ -251,8 +251,18 @@ def score_removals_fast(
         held = True
         for full in (False, True):
             alive = contenders(
-                {k: key_interval(objective, logits[k], gold, ref_logits, exact[k], fast.bound,
-                                 fast.mean_bound) for k in candidates}  # fmt: skip
+                {
+                    k: key_interval(
+                        objective,
+                        logits[k],
+                        gold,
+                        ref_logits,
+                        exact[k],
+                        fast.bound,
+                        fast.mean_bound,
+                    )
+                    for k in candidates
+                }  # fmt: skip
             )
             first = first or len(alive)
             if len(alive) == 1:

@@ -22,7 +22,7 @@ import numpy as np
 from phaseprune import __version__
 from phaseprune.candidates import final_readout, option_reduce
 from phaseprune.collapse import trajectory_collapse
-from phaseprune.config import PHASE_AWARE_ONLY, PruneConfig, objective_of, spared_builders
+from phaseprune.config import PHASE_AWARE_ONLY, PruneConfig, spared_builders
 from phaseprune.distributed import (
     COMMUNICATION,
     barrier,
@@ -42,12 +42,8 @@ from phaseprune.loading import (
     subject_groups,
     task_record,
 )
-from phaseprune.models import (
-    cache_budget_bytes,
-    default_max_tokens,
-    model_change,
-    resolve_model,
-)
+from phaseprune.models import cache_budget_bytes, default_max_tokens, model_change, resolve_model
+from phaseprune.objectives import objective_of
 from phaseprune.phases import removal_phase
 from phaseprune.precision import start_rescoring
 from phaseprune.progress import stage
@@ -62,7 +58,8 @@ from phaseprune.tasks import load_task, round_robin
 from phaseprune.trajectory import candidate_rows, header, readout_record, step_record
 
 VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_budget",
-            "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit", "lm_eval_batch_size")
+            "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit",
+            "lm_eval_batch_size")  # fmt: skip
 # settings that only decide where a run stops: a resume may change them (extend or cut short)
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 # settings added after runs were made, left out of the fingerprint at these values so those runs

@@ -182,6 +182,7 @@ def read_options(
     if (shard := item_shard(input_ids, groups)) is not None:
         local = None
         if shard.items:
+
             def local_batch(batch, logits):
                 on_batch([shard.items[j] for j in batch], logits)
 

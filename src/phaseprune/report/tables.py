@@ -163,8 +163,15 @@ def analyze_cards(summary: dict) -> list[Card]:
 
 def prune_collapse_text(traj: dict) -> str:
     """The collapse sentence of a pruning run (its stored collapse, provisional if unfinished)."""
-    return collapse_statement(traj["collapse"], traj["step0"], traj["steps"], traj["chance"],
-                              traj["settings"]["collapse_fraction"], pct=pct, detailed=True)
+    return collapse_statement(
+        traj["collapse"],
+        traj["step0"],
+        traj["steps"],
+        traj["chance"],
+        traj["settings"]["collapse_fraction"],
+        pct=pct,
+        detailed=True,
+    )
 
 
 def prune_cards(traj: dict) -> list[Card]:
