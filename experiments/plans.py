@@ -139,6 +139,9 @@ first version changes one setting of ``phase-aware-tail``, itself the reference 
 accuracy objective."""
 SECOND_SETTING = ("phase-aware-tail",)
 """The ablation's runs a second setting also makes: the objective's two values, side by side."""
+SECOND_SETTING_H2H = {label: s for label, s in HEAD_TO_HEAD.items()
+                      if label not in ABLATION or label in SECOND_SETTING}  # fmt: skip
+"""A setting beyond MMLU: every strategy, the reference and its accuracy-objective twin."""
 REFERENCE_CHOSEN_ON_MMLU = (
     "The reference was chosen after seeing these items: the head-to-head was first judged "
     "against `phase-aware-transition` (it kept 90% to depth 3); `phase-aware-tail` was added "
@@ -178,10 +181,25 @@ PLANS = {
         calib=32,
         eval=150,
         strategies=(),
-        h2h={label: s for label, s in HEAD_TO_HEAD.items()
-             if label not in ABLATION or label in SECOND_SETTING},
+        h2h=SECOND_SETTING_H2H,
         h2h_task="arc_challenge",
         # its decision readout on 200 ARC items (the phases of claims a-c); MMLU is the other plan's
+        other_items=200,
+        skip=("analyze-mmlu",),
+    ),
+    # the third setting (after ARC-Challenge's result): the same model on OpenBookQA, chosen
+    # before any of its runs to test the pattern the first two settings suggest (phase-aware
+    # wins where its readout's Decisive tail is free); the readout first, the prediction it
+    # implies stated in the document before the head-to-head, cheapest runs first
+    "qwen2.5-coder-1.5b-obqa": Plan(
+        "qwen2.5-coder-1.5b-obqa",
+        "",
+        fetch="qwen2.5-coder-1.5b",
+        calib=32,
+        eval=150,
+        strategies=(),
+        h2h=SECOND_SETTING_H2H,
+        h2h_task="openbookqa",
         other_items=200,
         skip=("analyze-mmlu",),
     ),

@@ -243,9 +243,23 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
     text = doc.read_text()
     assert "So far phase-aware wins where the Decisive tail is free" in text
     assert "2 settings cannot establish that as a rule" in text
+    # a setting read but not pruned yet: the pattern's prediction for it, stated beforehand
+    read = copy.deepcopy(numbers)
+    read["h2h"], read["tail"]["full_layers_cut"] = None, 0
+    findings_doc.render({"free": free, "costly": costly, "read": read}, doc)
+    text = doc.read_text()
+    assert "Read but not yet pruned" in text and "- **read** (" in text
+    assert (
+        "is not free (no shorter Decisive readout keeps the whole model's accuracy), so if "
+        "the pattern holds phase-aware does not keep 90% as deep" in text
+    )
+    read["tail"]["full_layers_cut"] = 2
+    findings_doc.render({"read": read}, doc)
+    assert "is free (2 layers cut at no accuracy cost), so if the pattern" in doc.read_text()
     costly["h2h"]["verdict"]["supported"] = True  # won without a free tail: no such pattern
     findings_doc.render({"free": free, "costly": costly}, doc)
     assert "So far phase-aware wins" not in doc.read_text()
+    assert "Read but not yet pruned" not in doc.read_text()
     # a reference that does not cut the tail has no such section
     plain = dataclasses.replace(
         plan, h2h={**plan.h2h, "pa": {"strategy": "phase-aware", "decisive": "objective"}}
