@@ -234,7 +234,10 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     for png in report.pngs:
         rel = png.relative_to(report.files_dir)
         # "2-prune-last/margin_heatmap.png" -> key "prune-last/margin_heatmap"
-        run = rel.parts[0].split("-", 1)[1] if len(rel.parts) > 1 else ""
+        if len(rel.parts) > 1:
+            run = rel.parts[0].split("-", 1)[1]
+        else:  # a report of one run (the readout alone) keeps its figures at the top
+            run = runs[0].name if len(runs) == 1 else ""
         key = f"{run}/{png.stem}" if run else png.stem
         if key not in wanted:
             continue
