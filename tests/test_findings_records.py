@@ -254,8 +254,11 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
         "the pattern holds phase-aware does not keep 90% as deep" in text
     )
     read["tail"]["full_layers_cut"] = 2
-    findings_doc.render({"read": read}, doc)
+    findings_doc.render({"free": free, "costly": costly, "read": read}, doc)
     assert "is free (2 layers cut at no accuracy cost), so if the pattern" in doc.read_text()
+    findings_doc.render({"read": read}, doc)  # no pattern, no prediction; the readout still said
+    text = doc.read_text()
+    assert "- **read** (" in text and "is free (2 layers cut at no accuracy cost)." in text
     costly["h2h"]["verdict"]["supported"] = True  # won without a free tail: no such pattern
     findings_doc.render({"free": free, "costly": costly}, doc)
     assert "So far phase-aware wins" not in doc.read_text()
