@@ -158,6 +158,17 @@ REFERENCE_CHOSEN_ON_MMLU = (
 )
 
 
+def another_task(name: str, task: str) -> Plan:
+    """Qwen2.5-Coder-1.5B's head-to-head on another task (32 calibration, 150 evaluation items).
+
+    Every strategy and the reference's accuracy-objective twin; its own decision readout on 200
+    items (the phases of claims a-c) and no MMLU readout (the MMLU plan has it).
+    """
+    return Plan(name, "", fetch="qwen2.5-coder-1.5b", calib=32, eval=150, strategies=(),
+                h2h=SECOND_SETTING_H2H, h2h_task=task, other_task=task, other_items=200,
+                skip=("analyze-mmlu",))  # fmt: skip
+
+
 PLANS = {
     # about 2 s per 0-shot item per full pass on 2 CPU cores: fewer pruning items than SmolLM2
     "qwen2.5-coder-1.5b": Plan(
@@ -174,36 +185,12 @@ PLANS = {
     # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
     # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated), and
     # every strategy but not the ablation (phase-aware's variants are compared on MMLU)
-    "qwen2.5-coder-1.5b-arc": Plan(
-        "qwen2.5-coder-1.5b-arc",
-        "",
-        fetch="qwen2.5-coder-1.5b",
-        calib=32,
-        eval=150,
-        strategies=(),
-        h2h=SECOND_SETTING_H2H,
-        h2h_task="arc_challenge",
-        # its decision readout on 200 ARC items (the phases of claims a-c); MMLU is the other plan's
-        other_items=200,
-        skip=("analyze-mmlu",),
-    ),
+    "qwen2.5-coder-1.5b-arc": another_task("qwen2.5-coder-1.5b-arc", "arc_challenge"),
     # the third setting (after ARC-Challenge's result): the same model on OpenBookQA, chosen
     # before any of its runs to test the pattern the first two settings suggest (phase-aware
     # wins where its readout's Decisive tail is free); the readout first, the prediction it
     # implies stated in the document before the head-to-head, cheapest runs first
-    "qwen2.5-coder-1.5b-obqa": Plan(
-        "qwen2.5-coder-1.5b-obqa",
-        "",
-        fetch="qwen2.5-coder-1.5b",
-        calib=32,
-        eval=150,
-        strategies=(),
-        h2h=SECOND_SETTING_H2H,
-        h2h_task="openbookqa",
-        other_task="openbookqa",  # its decision readout (the ARC plan's is the default's)
-        other_items=200,
-        skip=("analyze-mmlu",),
-    ),
+    "qwen2.5-coder-1.5b-obqa": another_task("qwen2.5-coder-1.5b-obqa", "openbookqa"),
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
 }
