@@ -82,6 +82,22 @@ def test_changed_answer_key_is_not_resumed(capsys, tiny_llama_dir, data, tmp_pat
     assert snapshot(out) == before
 
 
+def test_phase_aware_made_with_the_old_objective_resumes_only_with_it(
+    capsys, tiny_llama_dir, data, tmp_path
+):
+    # accuracy was phase-aware's objective until kl became its default: such a run resumes with
+    # the flag, and without it the refusal names the flag instead of starting over
+    out = tmp_path / "p"
+    made = ("--strategy", "phase-aware", "--objective", "accuracy")
+    assert main(prune(tiny_llama_dir, data, out, *made)) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    refused(capsys, prune(tiny_llama_dir, data, out, "--strategy", "phase-aware", "--resume",
+                          "--steps", 2), "settings (--objective)")  # fmt: skip
+    assert snapshot(out) == before
+    assert main(prune(tiny_llama_dir, data, out, *made, "--resume", "--steps", 2)) == 0
+
+
 @pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
 def test_prune_never_writes_into_an_analyze_run(capsys, tiny_llama_dir, data, tmp_path, flag):
     out = tmp_path / "a"
