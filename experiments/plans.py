@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phaseprune.pruning import LATER_PRUNE_DEFAULTS
+from phaseprune.pruning import FIRST_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -85,8 +85,7 @@ class Plan:
 
 # phase-aware's first version (its defaults before the head-to-head, the values old runs'
 # fingerprints leave out, and the accuracy objective, its default until the ablation): the
-# plans' `strategies` runs keep it, so their records resume
-FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}
+# plans' `strategies` runs keep it, so their records resume (pruning.FIRST_VERSION)
 
 HEAD_TO_HEAD = {
     # cheapest and most telling first, so a partial run already answers most; phase-aware's

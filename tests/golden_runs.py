@@ -24,7 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-from phaseprune.pruning import LATER_PRUNE_DEFAULTS
+from phaseprune.pruning import FIRST_VERSION
 
 GOLDEN = Path(__file__).parent / "golden"
 # the decider's weights hash depends on float rounding in its training (thread count)
@@ -33,8 +33,7 @@ SITE = re.compile(r"/\S*?/site-packages")
 SMOL_SUBJECTS = "high_school_geography,marketing"
 # phase-aware's settings as the golden runs were made (its defaults then; iterative reads only
 # the objective, accuracy by default)
-FIRST = [a for k, v in {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}.items()
-         for a in (f"--{k.replace('_', '-')}", str(v))]  # fmt: skip
+FIRST = [a for k, v in FIRST_VERSION.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def cases(decider_dir: Path) -> dict[str, list[str]]:

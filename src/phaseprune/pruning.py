@@ -66,6 +66,7 @@ STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 # resume (phase-aware's: the first version's, its defaults until the head-to-head picked others)
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective"}
+FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}  # phase-aware's, as settings
 
 OnStep = Callable[[Trajectory, Readout, bool], None]
 """``on_step(traj, record, resumed)``: see :func:`run_prune`."""
