@@ -273,6 +273,14 @@ def _assemble(present: list[tuple[list[int], torch.Tensor]], n: int) -> torch.Te
     return out
 
 
+def sharding() -> bool:
+    """Whether item-wise calls here are split among processes.
+
+    True when launched as several processes, except inside :func:`local_only`.
+    """
+    return not _LOCAL.get() and world() > 1
+
+
 def item_shard(
     input_ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]] | None
 ) -> Shard | None:
@@ -280,7 +288,7 @@ def item_shard(
 
     None without a launcher, with one process, and inside :func:`local_only`.
     """
-    if _LOCAL.get() or world() == 1:
+    if not sharding():
         return None
     plan = plan_shards([len(ids) for ids in input_ids], groups, world())
     mine = plan[rank()]

@@ -14,7 +14,10 @@ them instead of running the model:
 - ``nll``: each candidate's calibration-text NLL and token count per item (SLEB, PPL);
 - ``js``: each candidate's per-item JS divergence from the unpruned output (logit-js).
 
-Candidates are stored one by one as they finish, so an interrupted scan keeps them.
+Candidates are stored one by one as they finish, so an interrupted scan keeps them. A scan
+over items in groups (the subjects of few-shot calibration items) keeps each group's values as
+a part (kind ``<kind>.parts/<group>``) until the candidate has every group; then the whole
+entry is written and its parts dropped.
 
 Entries are keyed by a digest of everything else that determines the numbers (model identity,
 the items' token ids and groups, the option tokens, dtype, batch size, the number of processes,
@@ -91,6 +94,11 @@ class ScoreStore:
         """Keep ``value`` (process 0 writes)."""
         if is_main():
             self.put(kind, removed, value.numpy(), candidate)
+
+    def drop(self, kind: str, removed, candidate: int | None = None) -> None:
+        """Forget one entry, if kept (process 0 writes)."""
+        if is_main():
+            self._path(kind, removed, candidate).unlink(missing_ok=True)
 
     def record(self) -> dict:
         """What this process read from and added to the store (for the run's timing record)."""

@@ -16,8 +16,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from phaseprune.distributed import sharding
 from phaseprune.incremental import IncrementalReadout
 from phaseprune.precision import Rescoring
+from phaseprune.progress import stage
 from phaseprune.surgery import kept_layers
 
 
@@ -129,32 +131,75 @@ def stored(ctx: PruneContext, kind: str, removed, compute, candidate: int | None
     return ctx.store.fetch(kind, removed, compute, candidate)
 
 
-def stored_removals(ctx: PruneContext, kind: str, removed, candidates, score) -> dict:
+def stored_removals(ctx: PruneContext, kind: str, removed, candidates, score, parts=None) -> dict:
     """Every candidate's values without ``removed`` + {k}, from ``ctx.store`` where kept.
 
-    The rest come from ``score(missing, on_scored)`` (a
-    :func:`~phaseprune.candidates.score_removals` call). Each fresh candidate is stored as
-    soon as it is scored (``on_scored``), so a scan interrupted part-way keeps what it
-    finished and the resumed run scores only the rest. Without a store,
-    ``score(candidates, None)``.
+    The rest come from ``score(missing, on_scored, items)`` (a
+    :func:`~phaseprune.candidates.score_removals` call on the items ``items``, all of them if
+    None; :func:`item_subset` takes them). Each fresh candidate is stored as soon as it is
+    scored (``on_scored``), so a scan interrupted part-way keeps what it finished and the
+    resumed run scores only the rest. ``parts`` (the calibration items' subject groups) scans
+    one group after another and keeps each candidate's values on each group as they finish:
+    the scan of grouped items finishes its candidates only at the last group, so without parts
+    an interrupted step of a few-shot setting (MMLU, 40 minutes a step on Qwen2.5-Coder-1.5B
+    here) loses everything. Each group runs exactly as inside the whole scan, so the values
+    are the same. Without a store, ``score(candidates, None, None)``.
     """
     if ctx.store is None:
-        return score(list(candidates), None)
+        return score(list(candidates), None, None)
     found = {k: ctx.store.lookup(kind, removed, k) for k in candidates}
     missing = [k for k, v in found.items() if v is None]
-    if missing:
-        kept = set()
-
-        def keep(k, values):
-            ctx.store.save(kind, removed, values, k)
-            kept.add(k)
-
-        fresh = score(missing, keep)
+    if not missing:
+        return found
+    if parts is None or len(parts) < 2 or sharding():  # sharded: each process scores a share
+        found.update(_kept_scan(ctx.store, kind, removed, missing, score, None))
+        return found
+    parts = [list(p) for p in parts]
+    values: dict[int, list] = {k: [] for k in missing}
+    for i, items in enumerate(parts):
+        part = f"{kind}.parts/{i}"
+        have = {k: ctx.store.lookup(part, removed, k) for k in missing}
+        todo = [k for k, v in have.items() if v is None]
+        if todo:
+            with stage(f"part {i + 1}/{len(parts)}"):
+                have.update(_kept_scan(ctx.store, part, removed, todo, score, items))
         for k in missing:
-            if k not in kept:  # launched as several processes: stored after the gather
-                ctx.store.save(kind, removed, fresh[k], k)
-            found[k] = fresh[k]
+            values[k].append(have[k])
+    order = torch.from_numpy(np.argsort(np.concatenate(parts), kind="stable"))
+    for k in missing:
+        found[k] = torch.cat(values[k])[order]  # rows back in item order
+        ctx.store.save(kind, removed, found[k], k)
+        for i in range(len(parts)):
+            ctx.store.drop(f"{kind}.parts/{i}", removed, k)
     return found
+
+
+def _kept_scan(store, kind: str, removed, todo, score, items) -> dict:
+    """``score(todo, on_scored, items)``, each candidate stored (as ``kind``) once scored."""
+    kept = set()
+
+    def keep(k, values):
+        store.save(kind, removed, values, k)
+        kept.add(k)
+
+    fresh = score(todo, keep, items)
+    for k in todo:
+        if k not in kept:  # launched as several processes: stored after the gather
+            store.save(kind, removed, fresh[k], k)
+    return fresh
+
+
+def item_subset(ids: list, groups: list[list[int]] | None, items: list[int] | None):
+    """``(ids, groups)`` restricted to ``items`` (indices into ``ids``), groups renumbered.
+
+    Unchanged if ``items`` is None.
+    """
+    if items is None:
+        return ids, groups
+    where = {i: p for p, i in enumerate(items)}
+    if groups is not None:
+        groups = [g for g in ([where[i] for i in g if i in where] for g in groups) if g]
+    return [ids[i] for i in items], groups
 
 
 def remaining(ctx: PruneContext, removed: Sequence[int]) -> list[int]:

@@ -22,6 +22,7 @@ from phaseprune.strategies.context import (
     Choice,
     Criterion,
     PruneContext,
+    item_subset,
     no_candidate,
     one_shot,
     remaining,
@@ -103,8 +104,9 @@ def _removal_nll(ctx, removed, candidates) -> dict:
     if not candidates:
         raise no_candidate(removed)
 
-    def score(todo, keep):
-        return _scan(ctx, removed, todo, ctx.calib_text_ids, _nll_reduce, keep)
+    def score(todo, keep, items):
+        ids, _ = item_subset(ctx.calib_text_ids, None, items)
+        return _scan(ctx, removed, todo, ids, _nll_reduce, keep)
 
     return stored_removals(ctx, "nll", removed, candidates, score)
 
@@ -181,21 +183,26 @@ def _logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     if not candidates:
         raise no_candidate(removed)
 
-    def score(todo, keep):
+    def score(todo, keep, items):
         # each item's divergence is what is kept (float64), not the vocabulary-wide log-probs
+        ids, groups = item_subset(ctx.calib_ids, ctx.calib_groups, items)
+        reference = ref if items is None else ref[items]
         js = {}
 
         def done(k, logprobs):
-            js[k] = baselines.js_divergence(ref, logprobs)
+            js[k] = baselines.js_divergence(reference, logprobs)
             if keep is not None:
                 keep(k, js[k])
 
         # reads the last position only, so prefixes can be shared; with several processes
         # on_scored is not called and the divergences are taken after the gather
-        values = _scan(ctx, removed, todo, ctx.calib_ids, _logprob_reduce, done, ctx.calib_groups)
-        return {k: js[k] if k in js else baselines.js_divergence(ref, v) for k, v in values.items()}
+        values = _scan(ctx, removed, todo, ids, _logprob_reduce, done, groups)
+        return {
+            k: js[k] if k in js else baselines.js_divergence(reference, v)
+            for k, v in values.items()
+        }
 
-    values = stored_removals(ctx, "js", removed, candidates, score)
+    values = stored_removals(ctx, "js", removed, candidates, score, parts=ctx.calib_groups)
     ranking = {k: float(v.mean()) for k, v in values.items()}
     criterion = Criterion("JS divergence from the unpruned output distribution", "min")
     return walk(ctx, removed, ranking, criterion)

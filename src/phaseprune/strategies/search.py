@@ -21,6 +21,7 @@ from phaseprune.strategies.context import (
     Choice,
     Criterion,
     PruneContext,
+    item_subset,
     no_candidate,
     remaining,
     stored,
@@ -64,9 +65,10 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
             "candidates",
             removed,
             candidates,
-            lambda todo, keep: score(
-                ctx.model, removed, todo, ctx.calib_ids, ctx.calib_groups, keep
+            lambda todo, keep, items: score(
+                ctx.model, removed, todo, *item_subset(ctx.calib_ids, ctx.calib_groups, items), keep
             ),
+            parts=ctx.calib_groups,
         )
     else:
         logits = score_removals_fast(
