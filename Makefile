@@ -49,7 +49,7 @@ test-fast: setup
 	$(PYTEST) -m "not real"
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests experiments
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
