@@ -4,6 +4,7 @@
     .venv/bin/python experiments/findings.py --models smollm2-135m
     .venv/bin/python experiments/findings.py --doc-only           # re-render from finished runs
     .venv/bin/python experiments/findings.py --doc-only --keep-records  # and keep their records
+    .venv/bin/python experiments/findings.py --status             # what is done, what is left
     torchrun --standalone --nproc_per_node 2 experiments/findings.py  # items over 2 processes
 
 For each model it runs, through phaseprune's own commands (one model load per model):
@@ -98,6 +99,41 @@ def run_plan(
     """Run every unfinished stage of ``plan`` (resuming partial ones) on ``device``."""
     model = ModelConfig(model=on_main(resolve, plan), device=device, dtype=dtype,
                         precision=precision)  # fmt: skip
+    stages = plan_stages(plan, run_root, model)
+    run_root.mkdir(parents=True, exist_ok=True)
+    # every strategy's module now, not when its stage starts hours later: an editable install
+    # edited meanwhile would otherwise mix old and new modules (seen: an ImportError)
+    for name in {cfg.strategy for _, cfg in stages if isinstance(cfg, PruneConfig)}:
+        strategy_function(name)
+    with hold_models():
+        for name, cfg in stages:
+            out = run_root / name
+            if (only and name not in only) or name in plan.skip:
+                continue
+            on_main(_restore, plan, name, out)
+            if name.startswith("h2h-"):
+                cfg = _extended(out, cfg, plan)
+            if not _todo(out, cfg):
+                continue
+            started = time.perf_counter()
+            print(f"[{_now()}] {plan.name}: {name}", flush=True)
+            finished = False
+            try:
+                if isinstance(cfg, AnalyzeConfig):
+                    run_analyze(replace(cfg, out=str(out)))
+                else:
+                    resume = (out / "trajectory.json").exists()
+                    run_prune(replace(cfg, out=str(out), resume=resume))
+                finished = True
+            finally:  # an interrupted invocation's time counts too (its steps are kept)
+                label = name if finished else f"{name} (interrupted)"
+                _log(run_root, label, time.perf_counter() - started)
+                if is_main():
+                    _keep(plan, name, out)
+
+
+def plan_stages(plan: Plan, run_root: Path, model: ModelConfig) -> list[tuple[str, object]]:
+    """``plan``'s stages in the order they run: ``(name, config)``, outputs not yet set."""
     mmlu = TaskConfig(task="mmlu", subjects=plan.subjects, shots=plan.shots)
     stages: list[tuple[str, object]] = [
         ("analyze-mmlu", AnalyzeConfig(out="", model=model,
@@ -132,37 +168,40 @@ def run_plan(
             out="", model=model, task=mmlu, strategy="iterative", steps=1,
             calib=plan.single_items, eval=10, seed=plan.seed, score_cache=cache,
             cache_budget="8GB")))  # fmt: skip
-    stages = [*h2h[:3], *stages, *single, *h2h[3:]]
-    run_root.mkdir(parents=True, exist_ok=True)
-    # every strategy's module now, not when its stage starts hours later: an editable install
-    # edited meanwhile would otherwise mix old and new modules (seen: an ImportError)
-    for name in {cfg.strategy for _, cfg in stages if isinstance(cfg, PruneConfig)}:
-        strategy_function(name)
-    with hold_models():
-        for name, cfg in stages:
-            out = run_root / name
-            if (only and name not in only) or name in plan.skip:
-                continue
-            on_main(_restore, plan, name, out)
-            if name.startswith("h2h-"):
-                cfg = _extended(out, cfg, plan)
-            if not _todo(out, cfg):
-                continue
-            started = time.perf_counter()
-            print(f"[{_now()}] {plan.name}: {name}", flush=True)
-            finished = False
-            try:
-                if isinstance(cfg, AnalyzeConfig):
-                    run_analyze(replace(cfg, out=str(out)))
-                else:
-                    resume = (out / "trajectory.json").exists()
-                    run_prune(replace(cfg, out=str(out), resume=resume))
-                finished = True
-            finally:  # an interrupted invocation's time counts too (its steps are kept)
-                label = name if finished else f"{name} (interrupted)"
-                _log(run_root, label, time.perf_counter() - started)
-                if is_main():
-                    _keep(plan, name, out)
+    return [*h2h[:3], *stages, *single, *h2h[3:]]
+
+
+def stage_status(plan: Plan, run_root: Path) -> list[tuple[str, str]]:
+    """Where each of ``plan``'s stages stands: ``(stage, state)`` in the order they run.
+
+    Read from the stage's run directory under ``run_root``, else from its committed records
+    (what a fresh machine would resume from); no model is loaded.
+    """
+    rows = []
+    numbers = ROOT / "docs" / "findings" / plan.name / "numbers.json"
+    analyze = [run_root / plan.analyze_stage, RECORDS / plan.name / plan.analyze_stage]
+    if numbers.exists() and not any((p / "summary.json").exists() for p in analyze):
+        rows.append(("(document)", f"from {numbers.relative_to(ROOT)}: runs made elsewhere"))
+    for name, cfg in plan_stages(plan, run_root, ModelConfig(model=plan.model)):
+        out = run_root / name
+        if not any((out / f).exists() for f in RECORD_FILES):
+            out = RECORDS / plan.name / name
+        if name in plan.skip:
+            rows.append((name, "skipped by the plan"))
+        elif not any((out / f).exists() for f in RECORD_FILES):
+            rows.append((name, "not started"))
+        elif isinstance(cfg, AnalyzeConfig):
+            rows.append((name, "done" if _done(out) else "to do: started"))
+        else:
+            cfg = _extended(out, cfg, plan) if name.startswith("h2h-") else cfg
+            traj = load_trajectory(out)
+            state = (
+                f"{'to do' if _todo(out, cfg) else 'done'}: {len(traj['steps'])}/{cfg.steps} steps"
+            )
+            if traj["collapse"]["step"] is not None:
+                state += f", collapse at {traj['collapse']['step']}"
+            rows.append((name, state))
+    return rows
 
 
 def _extended(out: Path, cfg: PruneConfig, plan: Plan) -> PruneConfig:
@@ -240,6 +279,12 @@ def main() -> None:
         "not, e.g. a run still going in another process) into experiments/records/, to commit "
         "a long run's progress",
     )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print where each stage stands (steps done of those asked, from --runs or else the "
+        "committed records) and exit",
+    )
     parser.add_argument("--runs", default=str(ROOT / "runs" / "findings"))
     parser.add_argument(
         "--device",
@@ -261,6 +306,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown model plan {unknown}; choose from {', '.join(PLANS)}")
     only = set(args.stages.split(",")) - {""} or None
+    if args.status:
+        for name in names:
+            for stage, state in stage_status(PLANS[name], Path(args.runs) / name):
+                print(f"{name:24s} {stage:34s} {state}")
+        return
     join(args.device)  # under torchrun / accelerate launch: every run shares the items out
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the stage's time is logged before exiting
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -280,3 +280,28 @@ def test_keep_all_copies_every_stage_with_records(findings, plans, decider, tmp_
     assert findings.keep_all(plan, root) == ["h2h-last"]
     kept = tmp_path / "records" / "toy" / "h2h-last" / "trajectory.json"
     assert kept.read_text() == (root / "h2h-last" / "trajectory.json").read_text()
+
+
+def test_status_reads_runs_then_records_and_loads_no_model(
+    findings, plans, decider, tmp_path, monkeypatch
+):
+    """``findings.py --status``: each stage's steps done of those it will run, from the run
+    directory, else from the committed records (what a fresh machine resumes)."""
+    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+    h2h = {"last": {"strategy": "last"}, "random": {"strategy": "random"}}
+    plan = plans.Plan("toy", "no-such-model", steps=2, extend_to=5, h2h=h2h,
+                      skip=("analyze-arc_challenge",))  # fmt: skip
+    root = tmp_path / "runs"
+    last = run_prune(_cfg(decider, root / "h2h-last", 2))
+    elsewhere = tmp_path / "machine1" / "h2h-random"
+    run_prune(dataclasses.replace(_cfg(decider, elsewhere, 1), strategy="random"))
+    findings._keep(plan, "h2h-random", elsewhere)
+    status = dict(findings.stage_status(plan, root))
+    if last["collapse"]["step"] is None:  # the head-to-head goes on to its collapse
+        assert status["h2h-last"] == "to do: 2/5 steps"
+    else:
+        assert status["h2h-last"] == f"done: 2/2 steps, collapse at {last['collapse']['step']}"
+    assert status["h2h-random"] == "to do: 1/2 steps"  # from the records
+    assert status["analyze-mmlu"] == "not started"
+    assert status["analyze-arc_challenge"] == "skipped by the plan"
+    assert list(status)[:3] == ["h2h-last", "h2h-random", "analyze-mmlu"]  # the order they run
