@@ -113,6 +113,25 @@ def test_best_baseline_is_judged_on_the_depth_every_baseline_reached():
     assert h["verdict"]["best_other"] == "angular"  # both at 90% depth 0; area to depth 2
 
 
+def test_a_run_still_keeping_90_percent_is_pending_not_the_best_baseline():
+    """Two steps in and still at 90%: its 90% depth is only known to be at least 2, so the best
+    baseline is the finished one (the paired wins are judged against it), and it is named."""
+    ref = traj("phase-aware", [80, 80, 79, 78, 77])
+    full = traj("angular", [80, 78, 60, 50, 40], collapse=4)
+    going = traj("logit-js", [80, 80, 79])
+    going["complete"] = False
+    h = head_to_head([ref, full, going], ["pa", "angular", "js"], "pa", depth=4, seed=0)
+    v = h["verdict"]
+    assert v["best_other"] == "angular" and v["pending"] == ["js"]
+    assert v["supported"] and 2 in v["paired_wins_at"]
+    # one that has kept 90% deeper than the reference already beats it, finished or not
+    deeper = traj("logit-js", [80, 80, 80, 80])
+    deeper["complete"] = False
+    shallow = traj("phase-aware", [80, 80, 60, 50, 40])
+    h = head_to_head([shallow, full, deeper], ["pa", "angular", "js"], "pa", depth=4, seed=0)
+    assert h["verdict"]["supported"] is False and h["verdict"]["shortfall"] == 2
+
+
 def test_runs_on_other_items_are_refused():
     a, b = traj("a", [80, 70]), traj("b", [80, 70])
     b["eval_items"] = b["eval_items"][::-1]

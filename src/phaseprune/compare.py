@@ -152,6 +152,9 @@ def headtohead_markdown(h: dict) -> str:
                   f"{v['shortfall']}); paired wins before that run's collapse at depths "
                   f"{v['paired_wins_at'] or 'none'}: "
                   f"**{'supported' if v['supported'] else 'not supported'}**."]  # fmt: skip
+        if v.get("pending"):
+            lines += [f"Still at 90% at every depth reached, not yet judged as the best "
+                      f"baseline: {', '.join(v['pending'])}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

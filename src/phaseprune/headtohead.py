@@ -277,17 +277,23 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
     retention, then largest area) excludes zero in ``ref``'s favour at some depth before that
     run's collapse (or its last depth). Areas are compared to the depth every other run has
     reached, so that a run still going is not favoured by the area of its first steps.
+
+    A run still going that has kept 90% at every depth it reached (fewer than ``depth``) has
+    only a lower bound on its 90% depth: it counts against ``ref``'s depth with that bound,
+    but it is not chosen as the best other run until its depth is known; ``pending`` names it.
     """
     others = [c for c in curves if c is not ref]
     if not others:
         return {"supported": None, "why": "nothing to compare with"}
     share = SHARES[0]
-    common = min(depth, *(max(c.depths) for c in others))
+    pending = [c for c in others if first_below(c, share) is None and max(c.depths) < depth]
+    known = [c for c in others if c not in pending] or others
+    common = min(depth, *(max(c.depths) for c in known))
 
     def strength(c):
         return (retention_depth(c, share), retained_area(c, common) or 0.0)
 
-    best = max(others, key=strength)
+    best = max(known, key=strength)
     mine, theirs = retention_depth(ref, share), retention_depth(best, share)
     deeper = all(mine >= retention_depth(c, share) for c in others)
     pair = next(p for p in pairs if p["against"] == best.label)
@@ -304,4 +310,5 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
         "deeper_than_all": deeper,
         "shortfall": max(0, max(retention_depth(c, share) for c in others) - mine),
         "paired_wins_at": wins,
+        "pending": [c.label for c in pending],
     }
