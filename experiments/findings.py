@@ -47,6 +47,11 @@ machine resumes instead of starting over."""
 RECORD_FILES = ("trajectory.json", "candidates.parquet", "summary.json", "items.parquet")
 
 
+def _has_records(path: Path) -> bool:
+    """Whether ``path`` holds any of a stage's record files (a run directory or its records)."""
+    return any((path / f).exists() for f in RECORD_FILES)
+
+
 def _log(run_root: Path, stage: str, seconds: float) -> None:
     if not is_main():  # launched by torchrun: process 0 keeps the log
         return
@@ -184,11 +189,11 @@ def stage_status(plan: Plan, run_root: Path) -> list[tuple[str, str]]:
         rows.append(("(document)", f"from {numbers.relative_to(ROOT)}: runs made elsewhere"))
     for name, cfg in plan_stages(plan, run_root, ModelConfig(model=plan.model)):
         out = run_root / name
-        if not any((out / f).exists() for f in RECORD_FILES):
+        if not _has_records(out):
             out = RECORDS / plan.name / name
         if name in plan.skip:
             rows.append((name, "skipped by the plan"))
-        elif not any((out / f).exists() for f in RECORD_FILES):
+        elif not _has_records(out):
             rows.append((name, "not started"))
         elif isinstance(cfg, AnalyzeConfig):
             rows.append((name, "done" if _done(out) else "to do: started"))
@@ -239,7 +244,7 @@ def keep_all(plan: Plan, run_root: Path) -> list[str]:
     """
     kept = []
     for out in sorted(p for p in run_root.glob("*") if p.is_dir()):
-        if any((out / f).exists() for f in RECORD_FILES):
+        if _has_records(out):
             _keep(plan, out.name, out)
             kept.append(out.name)
     return kept
@@ -258,7 +263,7 @@ def _restore(plan: Plan, name: str, out: Path) -> None:
         shutil.copyfile(log, out.parent / "log.json")
     if (out / "trajectory.json").exists() or (out / "summary.json").exists():
         return
-    if not any((source / f).exists() for f in RECORD_FILES):  # analyze keeps a summary only
+    if not _has_records(source):  # analyze keeps a summary only
         return
     out.mkdir(parents=True, exist_ok=True)
     for f in RECORD_FILES:
