@@ -132,6 +132,26 @@ def test_a_run_still_keeping_90_percent_is_pending_not_the_best_baseline():
     assert h["verdict"]["supported"] is False and h["verdict"]["shortfall"] == 2
 
 
+def test_a_baseline_tied_on_90_percent_depth_is_judged_too():
+    """Two baselines keep 90% to depth 1; the area puts `angular` first, so the verdict is
+    judged against it, and the tie says whether it holds against `sleb` as well."""
+    ref = traj("phase-aware", [80, 80, 80, 79, 78])
+    best = traj("angular", [80, 78, 60, 50, 40], collapse=4)
+    tied = traj("sleb", [80, 79, 40, 36, 36], collapse=2)  # one item behind ref at depth 1
+    h = head_to_head([ref, best, tied], ["pa", "angular", "sleb"], "pa", depth=4, seed=0)
+    v = h["verdict"]
+    assert v["best_other"] == "angular" and v["supported"] and 2 in v["paired_wins_at"]
+    assert [t["run"] for t in v["tied"]] == ["sleb"]
+    # against sleb only depth 1 comes before its collapse, and one item cannot exclude zero
+    assert v["tied"][0]["paired_wins_at"] == [] and v["tied"][0]["collapse_depth"] == 2
+    assert v["holds_against_ties"] is False
+    # a tied run the reference also beats before its collapse leaves the verdict standing
+    beaten = traj("sleb", [80, 73, 40, 36, 36], collapse=2)
+    h = head_to_head([ref, best, beaten], ["pa", "angular", "sleb"], "pa", depth=4, seed=0)
+    assert h["verdict"]["tied"][0]["paired_wins_at"] == [1]
+    assert h["verdict"]["holds_against_ties"] is True
+
+
 def test_runs_on_other_items_are_refused():
     a, b = traj("a", [80, 70]), traj("b", [80, 70])
     b["eval_items"] = b["eval_items"][::-1]

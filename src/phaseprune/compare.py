@@ -155,6 +155,12 @@ def headtohead_markdown(h: dict) -> str:
         if v.get("pending"):
             lines += [f"Still at 90% at every depth reached, not yet judged as the best "
                       f"baseline: {', '.join(v['pending'])}."]  # fmt: skip
+        for t in v.get("tied", []):
+            lines += [f"Tied with {v['best_other']} on 90% depth (second by area): {t['run']}; "
+                      f"paired wins against it before its collapse at depths "
+                      f"{t['paired_wins_at'] or 'none'}."]  # fmt: skip
+        if v.get("tied") and v["supported"] and not v.get("holds_against_ties"):
+            lines += ["The verdict rests on the area tie-break between the tied baselines."]
     return "\n".join(lines) + "\n"
 
 

@@ -281,6 +281,10 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
     A run still going that has kept 90% at every depth it reached (fewer than ``depth``) has
     only a lower bound on its 90% depth: it counts against ``ref``'s depth with that bound,
     but it is not chosen as the best other run until its depth is known; ``pending`` names it.
+
+    ``tied`` lists the other runs with the best one's 90% depth (second to it only by area),
+    each with its own paired wins before its collapse; ``holds_against_ties`` says whether the
+    verdict is supported against every one of them, i.e. does not rest on the area tie-break.
     """
     others = [c for c in curves if c is not ref]
     if not others:
@@ -293,15 +297,23 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
     def strength(c):
         return (retention_depth(c, share), retained_area(c, common) or 0.0)
 
+    def wins_over(c: Curve) -> list[int]:
+        pair = next(p for p in pairs if p["against"] == c.label)
+        limit = c.collapse_depth if c.collapse_depth is not None else max(c.depths)
+        return [d["depth"] for d in pair["differences"]
+                if d["depth"] < limit + (c.collapse_depth is None) and d["excludes_zero"]
+                and d["difference"] > 0]  # fmt: skip
+
     best = max(known, key=strength)
     mine, theirs = retention_depth(ref, share), retention_depth(best, share)
     deeper = all(mine >= retention_depth(c, share) for c in others)
-    pair = next(p for p in pairs if p["against"] == best.label)
-    limit = best.collapse_depth if best.collapse_depth is not None else max(best.depths)
-    wins = [d["depth"] for d in pair["differences"]
-            if d["depth"] < limit + (best.collapse_depth is None) and d["excludes_zero"]
-            and d["difference"] > 0]  # fmt: skip
+    wins = wins_over(best)
     supported = deeper and bool(wins)
+    # baselines as deep at 90% as the best one, which the area alone put second: the verdict
+    # holds against each of them too, or it rests on that tie-break
+    tied = [{"run": c.label, "area": retained_area(c, common), "collapse_depth": c.collapse_depth,
+             "paired_wins_at": wins_over(c)}
+            for c in known if c is not best and retention_depth(c, share) == theirs]  # fmt: skip
     return {
         "supported": supported,
         "best_other": best.label,
@@ -311,4 +323,6 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
         "shortfall": max(0, max(retention_depth(c, share) for c in others) - mine),
         "paired_wins_at": wins,
         "pending": [c.label for c in pending],
+        "tied": tied,
+        "holds_against_ties": supported and all(t["paired_wins_at"] for t in tied),
     }
