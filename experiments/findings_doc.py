@@ -15,7 +15,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from findings import _restore, _steps_done
+from findings import RECORDS, _restore, _steps_done
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from plans import PLANS, ROOT, Plan
 
@@ -265,6 +265,8 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "phaseprune_version": __version__,
         "wall_s": sum(e["wall_s"] for e in log),
         "log": log,
+        # stage runs made on a GPU (findings.py --device cuda), logged as "h2h-X (H200 GPU, ...)"
+        "gpu_log": [e for e in log if "GPU" in e["stage"]],
         "analyze": summary,
         "other": other_summary,
         "prune": trajs,
@@ -276,10 +278,46 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "report": os.path.relpath(report.html, ROOT),
         "h2h": h2h,
         "tail": tail,
+        "device_checks": device_checks(plan, labelled) if plan.h2h else [],
     }
     numbers = _slim(numbers)
     committed.write_text(json.dumps(numbers, indent=1))
     return numbers
+
+
+def device_checks(plan: Plan, runs: dict[str, dict]) -> list[dict]:
+    """Head-to-head runs made on two devices, compared over the steps both reached.
+
+    ``experiments/records/<plan>/device-check/h2h-<label>/trajectory.json`` is the run made on
+    the other device (CPU or GPU) than the record the document uses (``runs``, by label): the
+    two must remove the same layers and give every evaluation item the same pick, for runs of
+    both devices to stand in one head-to-head.
+    """
+    rows = []
+    folder = RECORDS / plan.name / "device-check"
+    for d in sorted(folder.glob("h2h-*")) if folder.is_dir() else []:
+        main = runs.get(d.name.removeprefix("h2h-"))
+        if main is None or not (d / "trajectory.json").exists():
+            continue
+        other = json.loads((d / "trajectory.json").read_text())
+        n = min(len(main["steps"]), len(other["steps"]))
+        pairs = [(main["step0"], other["step0"]),
+                 *zip(main["steps"][:n], other["steps"][:n], strict=True)]  # fmt: skip
+        gaps = [abs(x - y) for a, b in pairs
+                for x, y in zip(a["eval_margins"], b["eval_margins"], strict=True)]  # fmt: skip
+        rows.append({
+            "run": d.name.removeprefix("h2h-"),
+            "devices": [main["model"]["device"], other["model"]["device"]],
+            "same_items": main["eval_items"] == other["eval_items"]
+            and main["calib_items"] == other["calib_items"],
+            "steps": n,
+            "same_layers": [s["removed_layer"] for s in main["steps"][:n]]
+            == [s["removed_layer"] for s in other["steps"][:n]],
+            "picks_equal": sum(a["eval_picks"] == b["eval_picks"] for a, b in pairs),
+            "readouts": len(pairs),
+            "max_margin_diff": max(gaps),
+        })  # fmt: skip
+    return rows
 
 
 def _single(run_root: Path, phases: list[str]) -> dict | None:

@@ -305,3 +305,20 @@ def test_status_reads_runs_then_records_and_loads_no_model(
     assert status["analyze-mmlu"] == "not started"
     assert status["analyze-arc_challenge"] == "skipped by the plan"
     assert list(status)[:3] == ["h2h-last", "h2h-random", "analyze-mmlu"]  # the order they run
+
+
+def test_committed_runs_made_on_a_gpu_agree_with_the_cpu(findings_doc, plans, tmp_path):
+    """Head-to-head runs of both devices stand in one comparison only if a run made on each
+    removes the same layers and gives every evaluation item the same pick (the committed
+    device-check records: the reference rerun on an H200, the CPU's interrupted runs)."""
+    rows = []
+    for plan in plans.PLANS.values():
+        if plan.h2h and (findings_doc.RECORDS / plan.name / "device-check").is_dir():
+            rows += findings_doc.device_checks(
+                plan, findings_doc.h2h_runs(plan, tmp_path / plan.name)
+            )
+    assert len(rows) >= 5 and {"cpu", "cuda:0"} <= {d for r in rows for d in r["devices"]}
+    for r in rows:
+        assert r["same_items"] and r["same_layers"], r["run"]
+        assert r["picks_equal"] == r["readouts"] and r["max_margin_diff"] < 1e-2, r
+    assert max(r["steps"] for r in rows) == 12  # the reference, all its removals
