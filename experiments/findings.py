@@ -30,11 +30,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from plans import FIRST_VERSION, PLANS, ROOT, Plan, resolve  # experiments/: this script's folder
 
 from phaseprune.analysis import run_analyze
 from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
-from phaseprune.distributed import is_main, join, on_main
+from phaseprune.distributed import is_main, join, local_device, on_main
 from phaseprune.models import hold_models
 from phaseprune.pruning import run_prune
 from phaseprune.runs import load_trajectory
@@ -52,13 +53,22 @@ def _has_records(path: Path) -> bool:
     return any((path / f).exists() for f in RECORD_FILES)
 
 
-def _log(run_root: Path, stage: str, seconds: float) -> None:
+def _log(run_root: Path, stage: str, seconds: float, accelerator: str | None = None) -> None:
+    """Add one invocation of ``stage`` to ``run_root/log.json`` (with the GPU it ran on, if any)."""
     if not is_main():  # launched by torchrun: process 0 keeps the log
         return
     path = run_root / "log.json"
     log = json.loads(path.read_text()) if path.exists() else []
-    log.append({"stage": stage, "wall_s": round(seconds, 1), "finished": _now()})
+    entry = {"stage": stage, "wall_s": round(seconds, 1), "finished": _now()}
+    log.append(entry | ({"accelerator": accelerator} if accelerator else {}))
     path.write_text(json.dumps(log, indent=1))
+
+
+def _accelerator(device: str) -> str | None:
+    """The GPU a run on ``device`` uses (e.g. "NVIDIA H200"), None for the CPU."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(local_device(device) if device.startswith("cuda") else None)
 
 
 def _now() -> str:
@@ -132,7 +142,7 @@ def run_plan(
                 finished = True
             finally:  # an interrupted invocation's time counts too (its steps are kept)
                 label = name if finished else f"{name} (interrupted)"
-                _log(run_root, label, time.perf_counter() - started)
+                _log(run_root, label, time.perf_counter() - started, _accelerator(device))
                 if is_main():
                     _keep(plan, name, out)
 

@@ -265,8 +265,8 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "phaseprune_version": __version__,
         "wall_s": sum(e["wall_s"] for e in log),
         "log": log,
-        # stage runs made on a GPU (findings.py --device cuda), logged as "h2h-X (H200 GPU, ...)"
-        "gpu_log": [e for e in log if "GPU" in e["stage"]],
+        # stage runs made on a GPU (findings.py --device cuda): their log entries name it
+        "gpu_log": [e for e in log if e.get("accelerator")],
         "analyze": summary,
         "other": other_summary,
         "prune": trajs,
@@ -307,7 +307,7 @@ def device_checks(plan: Plan, runs: dict[str, dict]) -> list[dict]:
                 for x, y in zip(a["eval_margins"], b["eval_margins"], strict=True)]  # fmt: skip
         rows.append({
             "run": d.name.removeprefix("h2h-"),
-            "devices": [main["model"]["device"], other["model"]["device"]],
+            "devices": [f"{t['model']['device']} {t['model']['dtype']}" for t in (main, other)],
             "same_items": main["eval_items"] == other["eval_items"]
             and main["calib_items"] == other["calib_items"],
             "steps": n,

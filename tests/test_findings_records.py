@@ -317,8 +317,21 @@ def test_committed_runs_made_on_a_gpu_agree_with_the_cpu(findings_doc, plans, tm
             rows += findings_doc.device_checks(
                 plan, findings_doc.h2h_runs(plan, tmp_path / plan.name)
             )
-    assert len(rows) >= 5 and {"cpu", "cuda:0"} <= {d for r in rows for d in r["devices"]}
+    devices = {d.split()[0] for r in rows for d in r["devices"]}  # "cuda:0 float32"
+    assert len(rows) >= 5 and devices == {"cpu", "cuda:0"}
     for r in rows:
         assert r["same_items"] and r["same_layers"], r["run"]
         assert r["picks_equal"] == r["readouts"] and r["max_margin_diff"] < 1e-2, r
     assert max(r["steps"] for r in rows) == 12  # the reference, all its removals
+
+
+def test_log_names_the_gpu_a_stage_ran_on(findings, tmp_path):
+    """log.json entries carry the GPU's name when a stage ran on one; the document's wall time
+    splits on it (``gpu_log``)."""
+    findings._log(tmp_path, "h2h-last", 1.234)
+    findings._log(tmp_path, "h2h-sleb", 2.0, "NVIDIA H200")
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert [e["stage"] for e in log] == ["h2h-last", "h2h-sleb"]
+    assert "accelerator" not in log[0] and log[1]["accelerator"] == "NVIDIA H200"
+    assert log[0]["wall_s"] == 1.2
+    assert findings._accelerator("cpu") is None
