@@ -180,7 +180,7 @@ def plan_stages(plan: Plan, run_root: Path, model: ModelConfig) -> list[tuple[st
         # the score cache keeps each layer's scan as it finishes (an interrupted stage resumes
         # with them), which needs every item's layer inputs in one chunk: 8GB holds Qwen's 120
         single.append(("single-removals", PruneConfig(
-            out="", model=model, task=mmlu, strategy="iterative", steps=1,
+            out="", model=model, task=h2h_task, strategy="iterative", steps=1,
             calib=plan.single_items, eval=10, seed=plan.seed, score_cache=cache,
             cache_budget="8GB")))  # fmt: skip
     return [*h2h[:3], *stages, *single, *h2h[3:]]

@@ -157,15 +157,16 @@ REFERENCE_CHOSEN_ON_MMLU = (
 )
 
 
-def another_task(name: str, task: str) -> Plan:
+def another_task(name: str, task: str, single_items: int = 0) -> Plan:
     """Qwen2.5-Coder-1.5B's head-to-head on another task (32 calibration, 150 evaluation items).
 
     Every strategy and the reference's accuracy-objective twin; its own decision readout on 200
-    items (the phases of claims a-c) and no MMLU readout (the MMLU plan has it).
+    items (the phases of claims a-c), every layer removed alone on ``single_items`` of the
+    task's items (claims b, c; 0: none) and no MMLU readout (the MMLU plan has it).
     """
     return Plan(name, "", fetch="qwen2.5-coder-1.5b", calib=32, eval=150, strategies=(),
                 h2h=SECOND_SETTING_H2H, h2h_task=task, other_task=task, other_items=200,
-                skip=("analyze-mmlu",))  # fmt: skip
+                single_items=single_items, skip=("analyze-mmlu",))  # fmt: skip
 
 
 PLANS = {
@@ -184,7 +185,10 @@ PLANS = {
     # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
     # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated), and
     # every strategy but not the ablation (phase-aware's variants are compared on MMLU)
-    "qwen2.5-coder-1.5b-arc": another_task("qwen2.5-coder-1.5b-arc", "arc_challenge"),
+    # (its single-removal scan came after the head-to-head, ~35 min on 2 CPU cores: claims b
+    # and c on 120 items as on MMLU, and whether a larger scan than the 32 calibration items
+    # puts layer 2 among the decision builders phase-aware spares)
+    "qwen2.5-coder-1.5b-arc": another_task("qwen2.5-coder-1.5b-arc", "arc_challenge", 120),
     # the third setting (after ARC-Challenge's result): the same model on OpenBookQA, chosen
     # before any of its runs to test the pattern the first two settings suggest (phase-aware
     # wins where its readout's Decisive tail is free); the readout first, the prediction it
