@@ -296,17 +296,18 @@ def device_checks(plan: Plan, runs: dict[str, dict]) -> list[dict]:
     rows = []
     folder = RECORDS / plan.name / "device-check"
     for d in sorted(folder.glob("h2h-*")) if folder.is_dir() else []:
-        main = runs.get(d.name.removeprefix("h2h-"))
+        label = d.name.removeprefix("h2h-")
+        main = runs.get(label)
         if main is None or not (d / "trajectory.json").exists():
             continue
-        other = json.loads((d / "trajectory.json").read_text())
+        other = load_trajectory(d)
         n = min(len(main["steps"]), len(other["steps"]))
         pairs = [(main["step0"], other["step0"]),
                  *zip(main["steps"][:n], other["steps"][:n], strict=True)]  # fmt: skip
         gaps = [abs(x - y) for a, b in pairs
                 for x, y in zip(a["eval_margins"], b["eval_margins"], strict=True)]  # fmt: skip
         rows.append({
-            "run": d.name.removeprefix("h2h-"),
+            "run": label,
             "devices": [f"{t['model']['device']} {t['model']['dtype']}" for t in (main, other)],
             "same_items": main["eval_items"] == other["eval_items"]
             and main["calib_items"] == other["calib_items"],
