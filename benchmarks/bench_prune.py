@@ -40,9 +40,9 @@ SIDES = ("fast", "phaseprune", "naive")
 def _setup(args):
     import numpy as np
 
-    from phaseprune.encoding import encode_prompts
-    from phaseprune.models import load_model, load_tokenizer, resolve_model
-    from phaseprune.prompts import build_prompts, split_prefix
+    from phaseprune.core.prompts import build_prompts, split_prefix
+    from phaseprune.engine.encoding import encode_prompts
+    from phaseprune.model.load import load_model, load_tokenizer, resolve_model
     from phaseprune.tasks import load_task
 
     subjects = args.subjects.split(",") if args.subjects else None
@@ -70,7 +70,7 @@ def _first_layers(model, info, n: int):
     """Keep only the first ``n`` decoder layers (for measuring how cost grows with depth)."""
     import dataclasses
 
-    from phaseprune.arch import decoder_parts
+    from phaseprune.model.arch import decoder_parts
 
     parts = decoder_parts(model)
     if not 1 <= n <= len(parts.layers):
@@ -84,7 +84,7 @@ def _first_layers(model, info, n: int):
 
 def flop_lower_bound(task, enc, model, n_layers: int, steps: int, prefix_tokens: dict) -> float:
     """The FLOP count described in the module docstring, in GFLOP."""
-    from phaseprune.arch import decoder_parts
+    from phaseprune.model.arch import decoder_parts
 
     per_token_layer = 2 * sum(p.numel() for p in decoder_parts(model).layers[0].parameters())
     total = sum(len(r) for r in enc.input_ids)
@@ -112,9 +112,9 @@ def child(args) -> dict:
         )
         rescoring = None
     else:
-        from phaseprune.candidates import final_readout, option_reduce
-        from phaseprune.loading import subject_groups
-        from phaseprune.models import default_max_tokens
+        from phaseprune.engine.candidates import final_readout, option_reduce
+        from phaseprune.model.load import default_max_tokens
+        from phaseprune.runs.loading import subject_groups
         from phaseprune.strategies.context import PruneContext
         from phaseprune.strategies.search import iterative
 
@@ -124,7 +124,7 @@ def child(args) -> dict:
         ref = final_readout(model, (), enc.input_ids, reduce, max_tokens=max_tokens, groups=groups)
         fast = None
         if args.which == "fast":
-            from phaseprune.precision import bfloat16_copy, start_rescoring
+            from phaseprune.engine.precision import bfloat16_copy, start_rescoring
 
             model16 = bfloat16_copy(model)
             fast = start_rescoring(
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--which", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.which:
-        from phaseprune.cpu import apply_threads, plan_threads
+        from phaseprune.model.cpu import apply_threads, plan_threads
 
         apply_threads(plan_threads())
         print(json.dumps(child(args)))

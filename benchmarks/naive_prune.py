@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from phaseprune.objectives import best_candidate, candidate_metrics, objective_key
-from phaseprune.surgery import kept_layers, without_layers
+from phaseprune.core.objectives import best_candidate, candidate_metrics, objective_key
+from phaseprune.model.surgery import kept_layers, without_layers
 
 
 @torch.inference_mode()

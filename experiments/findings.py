@@ -10,7 +10,7 @@
 For each model it runs, through phaseprune's own commands (one model load per model):
 ``analyze`` on MMLU (several subjects) and on ARC-Challenge, ``prune`` with each strategy on
 disjoint calibration/evaluation items, ``report`` over them; then ``findings_doc.py`` (the
-document half) extracts the claims' numbers (:mod:`phaseprune.evidence`) and renders
+document half) extracts the claims' numbers (:mod:`phaseprune.core.evidence`) and renders
 docs/findings.md from experiments/findings.md.j2. This module runs the stages of the plans
 (``plans.py``) and keeps their committed records (``experiments/records/``). Runs go to
 ``runs/findings/<model>/`` and are resumed, so an interrupted or partial run continues where
@@ -34,11 +34,11 @@ import torch
 from plans import FIRST_VERSION, PLANS, ROOT, Plan, resolve  # experiments/: this script's folder
 
 from phaseprune.analysis import run_analyze
-from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
-from phaseprune.distributed import is_main, join, local_device, on_main
-from phaseprune.models import hold_models
+from phaseprune.model.distributed import is_main, join, local_device, on_main
+from phaseprune.engine.incremental import hold_models
 from phaseprune.pruning import run_prune
-from phaseprune.runs import load_trajectory
+from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.runs.files import load_trajectory
 from phaseprune.strategies.registry import strategy_function
 
 RECORDS = ROOT / "experiments" / "records"

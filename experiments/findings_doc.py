@@ -2,7 +2,7 @@
 
 ``findings.py`` runs the stages; this module reads what they left (in ``runs/findings/`` or,
 from other machines, ``experiments/records/``), extracts every number the document uses
-(:mod:`phaseprune.evidence`, :mod:`phaseprune.headtohead`) and renders
+(:mod:`phaseprune.core.evidence`, :mod:`phaseprune.core.headtohead`) and renders
 experiments/findings.md.j2. Imported by ``findings.py --doc-only`` and by the tests, with
 experiments/ on ``sys.path``.
 """
@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from plans import PLANS, ROOT, Plan
 
 from phaseprune import __version__
-from phaseprune.evidence import (
+from phaseprune.core.evidence import (
     THRESHOLDS,
     claims,
     largest_changes,
@@ -28,8 +28,8 @@ from phaseprune.evidence import (
     run_label,
     single_removals,
 )
-from phaseprune.report import build_report
-from phaseprune.runs import load_candidates, load_summary, load_trajectory
+from phaseprune.presentation.report import build_report
+from phaseprune.runs.files import load_candidates, load_summary, load_trajectory
 
 DOC_FIGURES = ("{analyze}/margin", "{analyze}/option_frequency", "compare")
 """The report's figures the document shows (the others stay in the report); ``{analyze}``: the
@@ -56,7 +56,7 @@ def head_to_head_numbers(plan: Plan, run_root: Path, runs: dict | None = None) -
     ``runs``: :func:`h2h_runs`'s result where the caller already loaded it.
     """
     from phaseprune.compare import headtohead_markdown
-    from phaseprune.headtohead import head_to_head
+    from phaseprune.core.headtohead import head_to_head
 
     runs = h2h_runs(plan, run_root) if runs is None else runs
     if plan.reference not in runs or len(runs) < 2:
@@ -87,7 +87,7 @@ def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
     best variant, the paired difference at ``depth``. The best is the deepest 90% retention,
     then the largest area: the rule the default is picked by.
     """
-    from phaseprune.headtohead import curve, paired_difference, strategy_row
+    from phaseprune.core.headtohead import curve, paired_difference, strategy_row
 
     labels = [label for label, s in plan.h2h.items() if s["strategy"] == "phase-aware"]
     if len(labels) < 2:  # one variant (ARC's plan: the reference alone) has nothing to ablate
@@ -129,14 +129,14 @@ def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict |
     """Phase-aware's first cut (``--decisive tail``) judged on the analyze run's items.
 
     What the tail rule does on all the readout's items, what it does on random calibration
-    sets of the plan's size (and twice and four times it; :mod:`phaseprune.calibration_size`),
+    sets of the plan's size (and twice and four times it; :mod:`phaseprune.core.calibration_size`),
     and what the reference run's own calibration items made it do. None when the reference
     does not cut the tail or the analyze run's per-item table is absent.
     """
     import pandas as pd
 
-    from phaseprune.calibration_size import readout_arrays, tail_cut_draws
-    from phaseprune.phases import best_shorter_readout, tail_cut_index
+    from phaseprune.core.calibration_size import readout_arrays, tail_cut_draws
+    from phaseprune.core.phases import best_shorter_readout, tail_cut_index
 
     if plan.h2h.get(plan.reference, {}).get("decisive") != "tail":
         return None

@@ -12,7 +12,7 @@ import torch
 import transformers as tf
 from tiny_tokenizers import byte_bpe, char_level
 
-from phaseprune.cpu import bf16_units
+from phaseprune.model.cpu import bf16_units
 
 REPO = Path(__file__).resolve().parents[1]
 

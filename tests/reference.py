@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phaseprune.arch import DecoderParts
-from phaseprune.baselines import n_predicted, nll_sum, padded_batches
+from phaseprune.engine.baselines import n_predicted, nll_sum, padded_batches
+from phaseprune.model.arch import DecoderParts
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ import transformers as tf
 
 import phaseprune
 from phaseprune.cli import main
-from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ def test_package_namespace_and_python_m():
     assert sorted(phaseprune.__all__) == sorted(phaseprune._EXPORTS)
     for name in phaseprune.__all__:
         assert getattr(phaseprune, name) is not None
-    from phaseprune.surgery import without_layers
+    from phaseprune.model.surgery import without_layers
 
     assert phaseprune.without_layers is without_layers
     with pytest.raises(AttributeError):

@@ -1,4 +1,4 @@
-"""Tests for phaseprune.arch on tiny random models of every supported family."""
+"""Tests for phaseprune.model.arch on tiny random models of every supported family."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from tiny_models import (
 )
 from torch import nn
 
-from phaseprune.arch import SUPPORTED_FAMILIES, DecoderParts, decoder_parts, layer_output
-from phaseprune.errors import UsageError
+from phaseprune.core.errors import UsageError
+from phaseprune.model.arch import SUPPORTED_FAMILIES, DecoderParts, decoder_parts, layer_output
 
 
 def _inputs() -> dict[str, torch.Tensor]:

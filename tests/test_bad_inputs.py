@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import write_mmlu_csv
 
-import phaseprune.models as models
+import phaseprune.model.load as models
 from phaseprune.cli import main
 
 
@@ -64,7 +64,7 @@ def no_model_load(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    import phaseprune.loading as loading  # before patching: it binds models.load_model
+    import phaseprune.runs.loading as loading  # before patching: it binds models.load_model
 
     monkeypatch.setattr(models, "load_model", forbidden)
     monkeypatch.setattr(loading, "load_model", forbidden)
@@ -218,7 +218,7 @@ def test_full_disk_is_one_line_and_the_run_resumes(capsys, monkeypatch, tiny_lla
                                                    tmp_path):  # fmt: skip
     import errno
 
-    import phaseprune.runio as runio
+    import phaseprune.runs.outdir as runio
 
     real = runio.atomic_write_bytes
 
@@ -264,7 +264,7 @@ def test_running_out_of_layers_stops_with_a_notice(tiny_llama_dir, data, tmp_pat
 
 
 def test_one_model_is_recognised_by_its_weights_hash():
-    from phaseprune.runs import _same_model
+    from phaseprune.runs.files import _same_model
 
     alias = {"name": "smollm2-135m", "revision": "ab12"}
     assert _same_model(alias, {"name": "/x/SmolLM2.gguf", "revision": "ab12"})
@@ -291,7 +291,7 @@ SMOL = pytest.mark.skipif(
 @pytest.mark.real
 @SMOL
 def test_a_truncated_gguf_and_a_quiet_load(capsys, data, tmp_path):
-    from phaseprune.models import resolve_model
+    from phaseprune.model.load import resolve_model
 
     spec = resolve_model("smollm2-135m")
     gguf = Path(spec.path) / spec.gguf_file
@@ -383,13 +383,13 @@ def test_out_that_is_a_file(capsys, tiny_llama_dir, data, tmp_path, command):
 
 
 def test_device_strings_checked_however_the_config_is_made():
-    from phaseprune.config import ModelConfig
-    from phaseprune.errors import UsageError
+    from phaseprune.core.errors import UsageError
+    from phaseprune.runs.config import ModelConfig
 
     assert ModelConfig(device="cpu:0").device == "cpu:0"
     with pytest.raises(UsageError, match="invalid device 'tpu'"):
         ModelConfig(device="tpu")
-    from phaseprune.config import DemoConfig, PruneConfig
+    from phaseprune.runs.config import DemoConfig, PruneConfig
 
     with pytest.raises(UsageError, match="--strategy 'shortgpt': choose from iterative"):
         PruneConfig(out="x", strategy="shortgpt")

@@ -11,13 +11,13 @@ from reference import output_distributions, text_nll
 from scipy.spatial.distance import jensenshannon
 from tiny_models import D_MODEL, GQA, TOKENS, VOCAB, build_tiny
 
-from phaseprune.arch import decoder_parts
-from phaseprune.baselines import (
+from phaseprune.engine.baselines import (
     angular_distances,
     block_influence,
     js_divergence,
     taylor_importance,
 )
+from phaseprune.model.arch import decoder_parts
 
 FAMILIES = ["llama", "gemma2", "gpt2", "opt", "falcon-old-alibi"]
 
@@ -254,9 +254,9 @@ def test_js_divergence_of_disjoint_supports_is_ln2():
 @pytest.mark.parametrize("case", ["llama", "gpt2"])
 def test_sleb_scores_equal_text_nll_of_the_pruned_view(case):
     """SLEB/PPL's suffix-only NLL of "model without k" equals the plain NLL of that view."""
-    from phaseprune.candidates import score_removals
+    from phaseprune.engine.candidates import score_removals
+    from phaseprune.model.surgery import without_layers
     from phaseprune.strategies.rankings import _mean_nll, _nll_reduce
-    from phaseprune.surgery import without_layers
 
     model = build_tiny(case)
     ids = texts(5, seed=3, lo=3)
@@ -270,7 +270,7 @@ def test_taylor_batches_bound_the_activations_autograd_keeps():
     """Qwen2.5-1.5B's shape: 4096-token batches would keep ~26 GB; the default keeps ~2 GB."""
     import transformers as tf
 
-    from phaseprune.baselines import BACKWARD_BYTES, backward_tokens
+    from phaseprune.engine.baselines import BACKWARD_BYTES, backward_tokens
 
     def tokens(**shape):
         config = tf.Qwen2Config(num_attention_heads=2, num_key_value_heads=1, **shape)

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phaseprune.calibration_size import draw_indices, readout_arrays, tail_cut_draws
-from phaseprune.metrics import wilson_interval
-from phaseprune.phases import detect_phases, find_transition, tail_cut_index
-from phaseprune.records import items_table
+from phaseprune.core.calibration_size import draw_indices, readout_arrays, tail_cut_draws
+from phaseprune.core.metrics import wilson_interval
+from phaseprune.core.phases import detect_phases, find_transition, tail_cut_index
+from phaseprune.runs.records import items_table
 
 
 def test_tail_cut_index_takes_the_largest_margin_that_keeps_the_bar():
@@ -74,7 +74,7 @@ def test_draws_agree_with_the_full_set_when_the_signal_is_strong():
 
 
 def test_readout_arrays_are_items_by_readout_index_in_the_tables_item_order():
-    from phaseprune.metrics import item_metrics
+    from phaseprune.core.metrics import item_metrics
 
     rng = np.random.default_rng(1)
     n_items, n_readout, n_options = 5, 4, 3
@@ -102,7 +102,7 @@ def test_a_calibration_set_must_leave_items_out():
 
 
 def test_the_tail_statement_says_what_the_cut_would_cost():
-    from phaseprune.phases import tail_statement
+    from phaseprune.core.phases import tail_statement
 
     acc = [0.25, 0.3, 0.66, 0.65, 0.655]
     margin = [-1.0, -0.5, 3.08, 2.0, 1.09]

@@ -5,14 +5,14 @@ import torch
 from tiny_models import CASES as ALL_CASES
 from tiny_models import OPTION_IDS, VOCAB, build_tiny
 
-from phaseprune.candidates import (
+from phaseprune.engine.candidates import (
     budget_chunks,
     final_readout,
     option_reduce,
     score_removals,
 )
-from phaseprune.layer_cache import tokens_budget
-from phaseprune.surgery import without_layers
+from phaseprune.engine.layer_cache import tokens_budget
+from phaseprune.model.surgery import without_layers
 
 CASES = ["llama", "gemma2", "gpt2", "falcon-new", "opt-project-out", "qwen2"]
 

@@ -15,7 +15,7 @@ from conftest import write_jsonl, write_mmlu_csv
 
 from phaseprune import cli
 from phaseprune.cli import main
-from phaseprune.config import (
+from phaseprune.runs.config import (
     DTYPES,
     AnalyzeConfig,
     CompareConfig,
@@ -27,7 +27,7 @@ from phaseprune.config import (
     objective_names,
     strategy_names,
 )
-from phaseprune.flags import plain_text
+from phaseprune.runs.flags import plain_text
 
 
 def run_cli(capsys, *argv):
@@ -152,7 +152,7 @@ def test_analyze_finds_transition_on_trained_decider(capsys, decider, tmp_path):
     t = s["transition_layer"]
     assert t is not None and 0 < t <= s["n_layers"], s["phases"]["statement"]
     # what --decisive tail would cut on these items, in the printed result
-    from phaseprune.phases import tail_statement
+    from phaseprune.core.phases import tail_statement
 
     tail = tail_statement([r["accuracy"] for r in s["layers"]],
                           [r["margin_mean"] for r in s["layers"]], t)  # fmt: skip
@@ -269,7 +269,9 @@ def test_help_lists_choices(capsys):
 
 
 def test_plain_text_strips_markup():
-    text = ":class:`~phaseprune.errors.UsageError` from :func:`a.b` in ``phaseprune x``, **bold**"
+    text = (
+        ":class:`~phaseprune.core.errors.UsageError` from :func:`a.b` in ``phaseprune x``, **bold**"
+    )
     assert plain_text(text) == "UsageError from a.b in phaseprune x, bold"
 
 

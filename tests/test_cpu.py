@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from phaseprune.cpu import (
+from phaseprune.model.cpu import (
     ThreadPlan,
     apply_threads,
     available_cores,

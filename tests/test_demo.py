@@ -141,8 +141,8 @@ def test_demo_decider_story(tmp_path):
     """demo --decider: the tiny decider trained, analyzed, pruned; phase-aware (its defaults)
     held against the rest on the same items, and removing its last (Decisive-Phase) layer
     keeps the decision."""
-    from phaseprune.config import DemoConfig
     from phaseprune.demo import _decider_story
+    from phaseprune.runs.config import DemoConfig
 
     cfg = DemoConfig(out=str(tmp_path), strategies=("phase-aware", "last"), steps=3)
     story = _decider_story(cfg, tmp_path / "decider")

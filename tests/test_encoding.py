@@ -3,9 +3,9 @@
 import pytest
 from tiny_tokenizers import byte_bpe, char_level
 
-from phaseprune.arch import default_add_bos
-from phaseprune.encoding import encode_prompts, option_tokens
-from phaseprune.errors import UsageError
+from phaseprune.core.errors import UsageError
+from phaseprune.engine.encoding import encode_prompts, option_tokens
+from phaseprune.model.arch import default_add_bos
 
 PROMPTS = [
     "Which river is longest?\nA. Nile\nB. Rhine\nC. Seine\nD. Thames\nAnswer:",

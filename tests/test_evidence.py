@@ -2,7 +2,7 @@
 
 import pytest
 
-from phaseprune.evidence import (
+from phaseprune.core.evidence import (
     claims,
     largest_changes,
     layers_before_collapse,

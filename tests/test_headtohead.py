@@ -1,4 +1,4 @@
-"""The head-to-head statistics (phaseprune.headtohead) on trajectories built by hand."""
+"""The head-to-head statistics (phaseprune.core.headtohead) on trajectories built by hand."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from phaseprune.errors import UsageError
-from phaseprune.headtohead import (
+from phaseprune.core.errors import UsageError
+from phaseprune.core.headtohead import (
     curve,
     first_below,
     head_to_head,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from phaseprune import identity
 from phaseprune.cli import main
-from phaseprune.errors import UsageError
-from phaseprune.models import ModelSpec, load_model, resolve_model, with_revision
+from phaseprune.core.errors import UsageError
+from phaseprune.model import identity
+from phaseprune.model.load import ModelSpec, load_model, resolve_model, with_revision
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +193,7 @@ def _old_recipe_key(run) -> str:
 
     from phaseprune import __version__
     from phaseprune.pruning import VOLATILE
-    from phaseprune.runio import fingerprint
+    from phaseprune.runs.outdir import fingerprint
 
     settings = {k: v for k, v in dataclasses.asdict(run.cfg).items() if k not in VOLATILE}
     settings["objective"] = settings["objective"] or "accuracy"  # every strategy's default then
@@ -211,9 +211,9 @@ def test_runs_made_before_the_new_fields_keep_their_fingerprint():
     import dataclasses
     from types import SimpleNamespace
 
-    from phaseprune.config import ModelConfig, PruneConfig
-    from phaseprune.models import ModelInfo
+    from phaseprune.model.load import ModelInfo
     from phaseprune.pruning import PruneRun
+    from phaseprune.runs.config import ModelConfig, PruneConfig
     from phaseprune.tasks import MCItem
 
     gguf = ModelInfo(name="m.gguf", path="/x", gguf_file="m.gguf", revision="ab" * 32,
@@ -238,9 +238,9 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
     import dataclasses
     from types import SimpleNamespace
 
-    from phaseprune.config import PruneConfig
-    from phaseprune.models import ModelInfo
+    from phaseprune.model.load import ModelInfo
     from phaseprune.pruning import PruneRun
+    from phaseprune.runs.config import PruneConfig
     from phaseprune.tasks import MCItem
 
     gguf = ModelInfo(name="m.gguf", path="/x", gguf_file="m.gguf", revision="ab" * 32,

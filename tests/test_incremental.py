@@ -5,10 +5,10 @@ import torch
 from tiny_models import CASES as ALL_CASES
 from tiny_models import OPTION_IDS, VOCAB, build_tiny
 
-from phaseprune.arch import decoder_parts
-from phaseprune.incremental import IncrementalReadout
-from phaseprune.readout import read_options
-from phaseprune.surgery import without_layers
+from phaseprune.engine.incremental import IncrementalReadout
+from phaseprune.engine.readout import read_options
+from phaseprune.model.arch import decoder_parts
+from phaseprune.model.surgery import without_layers
 
 
 def items(seed=3):
@@ -88,7 +88,7 @@ def test_model_is_restored():
 def test_runs_in_one_process_share_the_unpruned_state():
     """Inside share_unpruned (hold_models), a new reader of the same items starts from the
     unpruned state another computed: bit-identical readouts, no full pass of its own."""
-    from phaseprune.incremental import share_unpruned
+    from phaseprune.engine.incremental import share_unpruned
 
     model = build_tiny("llama", n_layers=6)
     ids, groups = items()

@@ -17,10 +17,10 @@ from conftest import spread_llama
 from tiny_tokenizers import byte_bpe
 
 from phaseprune.cli import main
-from phaseprune.config import PruneConfig
-from phaseprune.errors import UsageError
-from phaseprune.lm_eval_scores import StepScorer
-from phaseprune.prompts import build_prompts
+from phaseprune.core.errors import UsageError
+from phaseprune.core.prompts import build_prompts
+from phaseprune.runs.config import PruneConfig
+from phaseprune.runs.lm_eval_scores import StepScorer
 from phaseprune.tasks import load_task
 
 needs_lm_eval = pytest.mark.skipif(
@@ -223,8 +223,8 @@ def test_prune_scores_steps_with_lm_eval(task_dir, model_dir, tmp_path, capsys):
 def test_view_equals_export_per_request(task_dir, model_dir, tmp_path):
     """The in-memory view gives lm-eval the exported model's loglikelihoods, request by request,
     and leaves the model and the global generators as they were."""
-    from phaseprune.lm_eval_scores import score_view
-    from phaseprune.surgery import export_config, without_layers
+    from phaseprune.model.surgery import export_config, without_layers
+    from phaseprune.runs.lm_eval_scores import score_view
 
     model = tf.AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = tf.AutoTokenizer.from_pretrained(model_dir)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from phaseprune.metrics import (
+from phaseprune.core.metrics import (
     entropy_bits,
     item_metrics,
     layer_stats,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from phaseprune.errors import UsageError
-from phaseprune.models import cache_budget_bytes, free_memory
+from phaseprune.core.errors import UsageError
+from phaseprune.model.load import cache_budget_bytes, free_memory
 
 
 @pytest.mark.parametrize(

@@ -146,7 +146,7 @@ def test_an_interrupted_scan_keeps_the_candidates_it_finished(
 ):
     """Killed part-way through a step's scan, the rerun scores only the candidates not kept:
     in the run's own store (OUT/score-cache, no flag) or in a --score-cache folder."""
-    from phaseprune.score_store import ScoreStore
+    from phaseprune.runs.score_store import ScoreStore
 
     plain = _run(decider, tmp_path / "plain", "--strategy", strategy, steps=2)
     put, kept = ScoreStore.put, []

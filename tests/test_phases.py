@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from phaseprune.phases import detect_phases, find_transition
+from phaseprune.core.phases import detect_phases, find_transition
 
 
 def synthetic(acc_by_layer, margin_by_layer, n_items=400, seed=0):

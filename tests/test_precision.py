@@ -12,9 +12,7 @@ import torch
 from conftest import needs_bf16_units
 from tiny_models import CASES, OPTION_IDS, VOCAB, build_tiny
 
-from phaseprune.arch import decoder_parts
-from phaseprune.candidates import option_reduce, score_removals
-from phaseprune.objectives import (
+from phaseprune.core.objectives import (
     MEANS,
     OBJECTIVES,
     best_candidate,
@@ -26,7 +24,8 @@ from phaseprune.objectives import (
     objective_key,
     top_gap,
 )
-from phaseprune.precision import (
+from phaseprune.engine.candidates import option_reduce, score_removals
+from phaseprune.engine.precision import (
     SAFETY,
     Rescoring,
     bfloat16_copy,
@@ -35,7 +34,8 @@ from phaseprune.precision import (
     start_rescoring,
     subset_groups,
 )
-from phaseprune.readout import read_options
+from phaseprune.engine.readout import read_options
+from phaseprune.model.arch import decoder_parts
 
 FAMILIES = sorted(CASES)
 
@@ -173,7 +173,7 @@ def test_fast_scoring_chooses_the_float32_layer(case, objective):
 
 
 def score_removals_fast_(score, model, fast, removed, candidates, ids, gold, ref, objective):
-    from phaseprune.precision import score_removals_fast
+    from phaseprune.engine.precision import score_removals_fast
 
     return score_removals_fast(
         score, model, fast, removed, candidates, ids, None,

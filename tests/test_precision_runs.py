@@ -62,9 +62,9 @@ def test_fast_runs_decide_as_the_golden_float32_runs(name, decider, tmp_path):
 
 
 def test_fast_without_bfloat16_units_runs_exact_and_says_so(decider, tmp_path, monkeypatch):
-    import phaseprune.cpu
+    import phaseprune.model.cpu
 
-    monkeypatch.setattr(phaseprune.cpu, "bf16_units", lambda cpuinfo=None: None)
+    monkeypatch.setattr(phaseprune.model.cpu, "bf16_units", lambda cpuinfo=None: None)
     out = tmp_path / "run"
     argv = [*cases(decider.path)["decider-iterative"], "--precision", "fast", "--out", str(out)]
     with pytest.warns(UserWarning, match="no bfloat16 matrix units"):

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from phaseprune import progress
 from phaseprune.cli import main
-from phaseprune.lines import StepPrinter, step_line
+from phaseprune.cli.lines import StepPrinter, step_line
+from phaseprune.core import progress
 
 
 def _task(decider) -> str:
@@ -108,8 +108,8 @@ def test_printer_marks_resumed_steps(capsys):
 def test_demo_bar_moves_one_unit_per_step(stopped_early):
     from tqdm import tqdm
 
-    from phaseprune.config import PruneConfig
     from phaseprune.demo import _advance
+    from phaseprune.runs.config import PruneConfig
 
     bar = tqdm(total=10, file=io.StringIO())
     on_step = _advance(bar, PruneConfig(out="x", strategy="last", steps=3))

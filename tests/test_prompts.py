@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from phaseprune.prompts import (
+from phaseprune.core.prompts import (
     build_prompt,
     build_prompts,
     description_for,

@@ -127,7 +127,7 @@ def _strip(traj: dict) -> dict:
 # trajectory (temp file half written, not yet moved into place): a kill -9 at a known moment.
 KILLER = """
 import os, signal, sys
-import phaseprune.runio as runio
+import phaseprune.runs.outdir as runio
 real = runio.atomic_write_json
 def write(path, record):
     if len(record.get("steps", [])) == 3:
@@ -298,7 +298,7 @@ def test_calibration_and_evaluation_spread_over_subjects(capsys, planted_dir, tm
 
 def test_strategy_registry_drives_choices_readme_and_implementations():
     """One registry: the CLI's choices, the README's table and the implementations agree."""
-    from phaseprune.config import STRATEGIES
+    from phaseprune.runs.config import STRATEGIES
     from phaseprune.strategies.registry import STRATEGY_NAMES, markdown_table, strategy_function
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import CASES, OPTION_IDS, VOCAB, build_tiny
 
-from phaseprune.arch import decoder_parts
-from phaseprune.readout import length_batches, read_options
+from phaseprune.engine.readout import length_batches, read_options
+from phaseprune.model.arch import decoder_parts
 
 FAMILIES = ["llama", "gemma2", "gpt2", "opt-project-out", "falcon-new", "gpt_neox", "qwen3", "phi3"]
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from conftest import SHARED_MMLU, needs_bf16_units
 
-from phaseprune.arch import decoder_parts
-from phaseprune.encoding import encode_prompts
-from phaseprune.metrics import item_metrics
-from phaseprune.models import load_model, load_tokenizer, resolve_model
-from phaseprune.prompts import build_prompts
-from phaseprune.readout import read_options
+from phaseprune.core.metrics import item_metrics
+from phaseprune.core.prompts import build_prompts
+from phaseprune.engine.encoding import encode_prompts
+from phaseprune.engine.readout import read_options
+from phaseprune.model.arch import decoder_parts
+from phaseprune.model.load import load_model, load_tokenizer, resolve_model
 from phaseprune.tasks import load_task
 
 pytestmark = [
@@ -103,7 +103,7 @@ def test_iterative_pruning_first_step(tmp_path, smollm):
     import torch
 
     from phaseprune.cli import main
-    from phaseprune.surgery import without_layers
+    from phaseprune.model.surgery import without_layers
 
     out = tmp_path / "iter"
     argv = ["prune", "--model", "smollm2-135m", "--task", "mmlu", "--subjects", SUBJECT,
@@ -140,9 +140,9 @@ def test_fast_bounds_hold_for_every_candidate_on_smollm(smollm):
     did not (candidate 1, without layer 1: 0.187 against 0.11), which is why the fast mode
     re-scores every step's winner on every item and widens a bound it sees broken.
     """
-    from phaseprune.candidates import option_reduce, score_removals
-    from phaseprune.objectives import difference_error, mean_errors
-    from phaseprune.precision import bfloat16_copy, start_rescoring
+    from phaseprune.core.objectives import difference_error, mean_errors
+    from phaseprune.engine.candidates import option_reduce, score_removals
+    from phaseprune.engine.precision import bfloat16_copy, start_rescoring
 
     tokenizer, model, info = smollm
     task = load_task("mmlu", subjects=[SUBJECT], limit=48)
@@ -173,7 +173,7 @@ def test_a_gguf_file_is_parsed_once_and_loads_the_same_weights(smollm, monkeypat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from phaseprune import gguf_reads
+    from phaseprune.model import gguf_reads
 
     parses = []
     real = gguf.GGUFReader

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from phaseprune.cli import main
-from phaseprune.collapse import collapse_statement
-from phaseprune.errors import UsageError
-from phaseprune.report import build_report
-from phaseprune.report.text import layers_text, pct
+from phaseprune.core.collapse import collapse_statement
+from phaseprune.core.errors import UsageError
+from phaseprune.presentation.report import build_report
+from phaseprune.presentation.report.text import layers_text, pct
 
 pytest_plugins = ["report_fixtures"]
 
@@ -113,7 +113,7 @@ def assert_self_contained(html: Path) -> None:
 
 def test_report_package_loads_no_torch():
     code = (
-        "import sys, phaseprune.report, phaseprune.report.build; "
+        "import sys, phaseprune.presentation.report, phaseprune.presentation.report.build; "
         "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -215,7 +215,7 @@ def test_prune_report(report_runs, tmp_path):
 
 def test_comparison_report(report_runs):
     from phaseprune.compare import compare_table
-    from phaseprune.runs import load_trajectory
+    from phaseprune.runs.files import load_trajectory
 
     report = build_report([report_runs.iterative, report_runs.last])
     assert report.html == report_runs.iterative / "compare_report.html"
@@ -344,8 +344,8 @@ def test_cli_usage_error_is_one_line(capsys, tmp_path):
 
 def test_pngs_copied_from_plots_only_while_their_record_is_unchanged(decider, tmp_path):
     """A run made with plots gets its own PNGs copied; once its record changes, they are redrawn."""
-    from phaseprune.report.load import load_run
-    from phaseprune.report.static import _drawn
+    from phaseprune.presentation.report.load import load_run
+    from phaseprune.presentation.report.static import _drawn
 
     task = f"jsonl:{decider.path / 'eval.jsonl'}"
     common = ["--model", decider.path, "--task", task, "--quiet", "--n-boot", "50"]
@@ -372,7 +372,7 @@ def test_pngs_copied_from_plots_only_while_their_record_is_unchanged(decider, tm
 
 
 def test_figures_name_local_models_without_their_path():
-    from phaseprune.figures.data import model_label
+    from phaseprune.presentation.figures.data import model_label
 
     assert model_label({"name": "/root/.cache/m/qwen-q4_k_m.gguf"}) == "qwen-q4_k_m.gguf"
     assert model_label({"name": "./ckpt/pruned"}) == "pruned"
@@ -381,7 +381,7 @@ def test_figures_name_local_models_without_their_path():
 
 def test_compare_and_report_name_the_same_provisional_collapse(report_runs, tmp_path, capsys):
     """An unfinished run, as a killed prune leaves it: both read its stored provisional collapse."""
-    from phaseprune.collapse import trajectory_collapse
+    from phaseprune.core.collapse import trajectory_collapse
 
     def stop_at_collapse_step(traj):
         step = traj["collapse"]["step"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from phaseprune.report import build_report
+from phaseprune.presentation.report import build_report
 
 pytest_plugins = ["report_fixtures"]
 

@@ -11,7 +11,7 @@ import torch
 import phaseprune.analysis as analyze_module
 import phaseprune.pruning as prune_module
 from phaseprune.cli import main
-from phaseprune.runio import atomic_write_bytes, atomic_write_json
+from phaseprune.runs.outdir import atomic_write_bytes, atomic_write_json
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -12,9 +12,9 @@ import pytest
 import torch
 from tiny_models import OPTION_IDS, VOCAB, build_tiny
 
-from phaseprune.candidates import option_reduce, score_removals
 from phaseprune.cli import main
-from phaseprune.score_store import ScoreStore
+from phaseprune.engine.candidates import option_reduce, score_removals
+from phaseprune.runs.score_store import ScoreStore
 from phaseprune.strategies.context import item_subset, stored_removals
 
 GROUPS = [[0, 3, 6], [1, 4], [2, 5, 7]]  # interleaved, as subjects come in a sample

@@ -1,4 +1,4 @@
-"""Tests for phaseprune.surgery: the layer-removal view against really pruned checkpoints.
+"""Tests for phaseprune.model.surgery: the layer-removal view against really pruned checkpoints.
 
 The reference for removing layers is built the way a person would prune a checkpoint by hand:
 edit the config dict (layer count, ``layer_types`` sliced) and the state dict (drop the removed
@@ -15,9 +15,9 @@ import torch
 import transformers as tf
 from tiny_models import CASES, GQA, VOCAB, build_tiny
 
-from phaseprune.arch import decoder_parts
-from phaseprune.errors import UsageError
-from phaseprune.surgery import export_config, kept_layers, without_layers
+from phaseprune.core.errors import UsageError
+from phaseprune.model.arch import decoder_parts
+from phaseprune.model.surgery import export_config, kept_layers, without_layers
 
 N = 4
 SEQ = 10  # (> sliding_window) tokens per row

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from phaseprune.errors import UsageError
+from phaseprune.core.errors import UsageError
 from phaseprune.tasks import TASK_NAMES, available_tasks, load_task
 from phaseprune.tasks.hf_tasks import hellaswag_preprocess, sciq_order
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import write_jsonl
 
-from phaseprune.errors import UsageError
+from phaseprune.core.errors import UsageError
 from phaseprune.tasks import load_task
 
 RECORDS = [

@@ -119,8 +119,8 @@ def write_tiny(work: Path, case: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from tiny_models import CASES, VOCAB
 
-    from phaseprune.portable import make_portable
-    from phaseprune.surgery import export_config, plain_checkpoint, without_layers
+    from phaseprune.model.portable import make_portable
+    from phaseprune.model.surgery import export_config, plain_checkpoint, without_layers
 
     make_config, cls, tweak = CASES[case.removesuffix("-llama3").removesuffix("-linear")]
     config = make_config(3)

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phaseprune.arch import decoder_parts
-from phaseprune.candidates import option_reduce, score_removals
-from phaseprune.encoding import encode_prompts
-from phaseprune.loading import subject_groups
-from phaseprune.models import load_model, load_tokenizer, resolve_model
-from phaseprune.precision import bfloat16_copy
-from phaseprune.prompts import build_prompts
-from phaseprune.readout import read_options
+from phaseprune.core.prompts import build_prompts
+from phaseprune.engine.candidates import option_reduce, score_removals
+from phaseprune.engine.encoding import encode_prompts
+from phaseprune.engine.precision import bfloat16_copy
+from phaseprune.engine.readout import read_options
+from phaseprune.model.arch import decoder_parts
+from phaseprune.model.load import load_model, load_tokenizer, resolve_model
+from phaseprune.runs.loading import subject_groups
 from phaseprune.tasks import load_task
 
 torch.set_num_threads(2)

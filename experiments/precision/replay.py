@@ -11,15 +11,15 @@ import sys
 import numpy as np
 import torch
 
-from phaseprune.metrics import item_metrics
-from phaseprune.objectives import (
+from phaseprune.core.metrics import item_metrics
+from phaseprune.core.objectives import (
     OBJECTIVES,
     best_candidate,
     candidate_metrics,
     difference_error,
     objective_key,
 )
-from phaseprune.precision import Rescoring, score_removals_fast
+from phaseprune.engine.precision import Rescoring, score_removals_fast
 
 d = np.load(sys.argv[1])
 SAFETY = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0

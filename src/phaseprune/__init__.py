@@ -18,16 +18,16 @@ _EXPORTS = {
     "Analysis": "phaseprune.api",
     "Pruning": "phaseprune.api",
     "make_config": "phaseprune.api",
-    "without_layers": "phaseprune.surgery",
-    "load_run": "phaseprune.runs",
-    "RunRecord": "phaseprune.runs",
+    "without_layers": "phaseprune.model.surgery",
+    "load_run": "phaseprune.runs.files",
+    "RunRecord": "phaseprune.runs.files",
     "load_task": "phaseprune.tasks",
     "TaskData": "phaseprune.tasks",
-    "AnalyzeConfig": "phaseprune.config",
-    "PruneConfig": "phaseprune.config",
-    "ModelConfig": "phaseprune.config",
-    "TaskConfig": "phaseprune.config",
-    "UsageError": "phaseprune.errors",
+    "AnalyzeConfig": "phaseprune.runs.config",
+    "PruneConfig": "phaseprune.runs.config",
+    "ModelConfig": "phaseprune.runs.config",
+    "TaskConfig": "phaseprune.runs.config",
+    "UsageError": "phaseprune.core.errors",
 }
 __all__ = [
     "Analysis",
@@ -49,10 +49,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from phaseprune.api import Analysis, Pruning, analyze, make_config, prune
-    from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
-    from phaseprune.errors import UsageError
-    from phaseprune.runs import RunRecord, load_run
-    from phaseprune.surgery import without_layers
+    from phaseprune.core.errors import UsageError
+    from phaseprune.model.surgery import without_layers
+    from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+    from phaseprune.runs.files import RunRecord, load_run
     from phaseprune.tasks import TaskData, load_task
 
 

@@ -1,7 +1,7 @@
 """``phaseprune analyze``: load, prompt, read out every layer, measure, find phases, write.
 
 This is the one place that wires the pure core (readout, metrics, phases) to files and
-models; it takes a typed :class:`~phaseprune.config.AnalyzeConfig` and returns the summary.
+models; it takes a typed :class:`~phaseprune.runs.config.AnalyzeConfig` and returns the summary.
 """
 
 from __future__ import annotations
@@ -15,10 +15,17 @@ import numpy as np
 import torch
 
 from phaseprune import __version__
-from phaseprune.arch import decoder_parts
-from phaseprune.config import AnalyzeConfig
-from phaseprune.distributed import COMMUNICATION, barrier, is_main, join, on_main
-from phaseprune.loading import (
+from phaseprune.core.metrics import item_metrics, layer_stats
+from phaseprune.core.phases import detect_phases
+from phaseprune.engine.precision import SAFETY, read_options_fast, sample_size
+from phaseprune.engine.readout import read_options
+from phaseprune.model.arch import decoder_parts
+from phaseprune.model.distributed import COMMUNICATION, barrier, is_main, join, on_main
+from phaseprune.model.load import default_max_tokens, resolve_model
+from phaseprune.presentation.figures.stamp import stamp_figures
+from phaseprune.runs.config import AnalyzeConfig
+from phaseprune.runs.files import write_summary
+from phaseprune.runs.loading import (
     check_model_config,
     encode_and_load,
     encode_held,
@@ -26,20 +33,13 @@ from phaseprune.loading import (
     subject_groups,
     task_record,
 )
-from phaseprune.metrics import item_metrics, layer_stats
-from phaseprune.models import default_max_tokens, resolve_model
-from phaseprune.phases import detect_phases
-from phaseprune.precision import SAFETY, read_options_fast, sample_size
-from phaseprune.readout import read_options
-from phaseprune.records import build_summary, items_table
-from phaseprune.runio import (
+from phaseprune.runs.outdir import (
     PartialReadout,
     check_out_dir,
     fingerprint,
     prepare_out_dir,
-    stamp_figures,
 )
-from phaseprune.runs import write_summary
+from phaseprune.runs.records import build_summary, items_table
 from phaseprune.tasks import load_task, round_robin
 
 
@@ -164,7 +164,9 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
         barrier()  # the run is on disk once process 0 passes this
         return summary
     if cfg.plots:
-        from phaseprune.figures.png import write_plots  # presentation, loaded only when asked for
+        from phaseprune.presentation.figures.png import (
+            write_plots,  # presentation, loaded only when asked for
+        )
 
         write_plots(summary, out / "plots")
         stamp_figures(summary, out / "plots")  # the report copies them while this stays true

@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phaseprune.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
-from phaseprune.errors import UsageError
+from phaseprune.core.errors import UsageError
+from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from phaseprune.pruning import OnStep
-    from phaseprune.records import Summary, Trajectory
+    from phaseprune.runs.records import Summary, Trajectory
 
 _SECTIONS = {"model": ModelConfig, "task": TaskConfig}
 
@@ -187,7 +187,7 @@ def analyze(
         task: A task name as ``--task`` takes it (``"mmlu"``, ``"csv:PATH"``, ...) or a
             :class:`~phaseprune.tasks.TaskData` from :func:`phaseprune.tasks.load_task`.
         out: Directory to write the run to (as ``--out``); None: nothing stays on disk.
-        config: A whole :class:`~phaseprune.config.AnalyzeConfig` instead of ``settings``.
+        config: A whole :class:`~phaseprune.runs.config.AnalyzeConfig` instead of ``settings``.
         **settings: ``analyze``'s settings by name (see ``phaseprune analyze --help``).
 
     Returns:
@@ -196,7 +196,7 @@ def analyze(
     import pandas as pd
 
     from phaseprune.analysis import run_analyze
-    from phaseprune.runs import load_summary
+    from phaseprune.runs.files import load_summary
 
     cfg, held = _resolve(AnalyzeConfig, model, tokenizer, task, config, out, dict(settings))
     with _out(cfg) as run_cfg:
@@ -223,7 +223,7 @@ def prune(
         tokenizer: As for :func:`analyze`.
         task: As for :func:`analyze`.
         out: Directory to write the run to; None: nothing stays on disk (and nothing resumes).
-        config: A whole :class:`~phaseprune.config.PruneConfig` instead of ``settings``.
+        config: A whole :class:`~phaseprune.runs.config.PruneConfig` instead of ``settings``.
         on_step: Called as ``on_step(trajectory, record, resumed)`` after the unpruned readout
             and after each step, once it is written.
         **settings: ``prune``'s settings by name (``strategy``, ``steps``, ``calib``, ``eval``,
@@ -235,7 +235,7 @@ def prune(
     import pandas as pd
 
     from phaseprune.pruning import run_prune
-    from phaseprune.runs import load_trajectory
+    from phaseprune.runs.files import load_trajectory
 
     cfg, held = _resolve(PruneConfig, model, tokenizer, task, config, out, dict(settings))
     with _out(cfg) as run_cfg:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from phaseprune.errors import UsageError
-from phaseprune.evidence import layers_before_collapse
-from phaseprune.records import Trajectory
-from phaseprune.runio import atomic_write_bytes
-from phaseprune.runs import load_runs
+from phaseprune.core.errors import UsageError
+from phaseprune.core.evidence import layers_before_collapse
+from phaseprune.runs.files import load_runs
+from phaseprune.runs.outdir import atomic_write_bytes
+from phaseprune.runs.records import Trajectory
 
 
 def compare_table(trajs: Sequence[Trajectory], labels: Sequence[str]) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def run_compare(
     """Write ``OUT/compare.png``, ``OUT/compare.csv`` and ``OUT/compare.md``; return the table.
 
     With two runs or more on the same evaluation items, also ``OUT/headtohead.json`` and
-    ``OUT/headtohead.md`` (:mod:`phaseprune.headtohead`): ``reference`` (default the first
+    ``OUT/headtohead.md`` (:mod:`phaseprune.core.headtohead`): ``reference`` (default the first
     run) against every other; the table's ``attrs["headtohead"]`` holds it.
     """
     if len(run_dirs) < 1:
@@ -62,7 +62,7 @@ def run_compare(
     table = compare_table(trajs, labels)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from phaseprune.figures.png import write_compare_plot
+    from phaseprune.presentation.figures.png import write_compare_plot
 
     write_compare_plot(trajs, labels, out_dir / "compare.png")
     atomic_write_bytes(out_dir / "compare.csv", table.to_csv(index=False).encode())
@@ -172,7 +172,7 @@ def write_headtohead(trajs, run_dirs, labels, out_dir: Path, *, reference, depth
     """
     import json
 
-    from phaseprune.headtohead import head_to_head
+    from phaseprune.core.headtohead import head_to_head
 
     if len(trajs) < 2:
         return None

@@ -1,6 +1,6 @@
 """``phaseprune demo``: the whole story in a few minutes on the embedded model and offline data.
 
-One process, one model load (:func:`~phaseprune.models.hold_models`): ``analyze`` reads every
+One process, one model load (:func:`~phaseprune.model.load.hold_models`): ``analyze`` reads every
 layer's decision, ``prune`` removes layers with several strategies on disjoint calibration and
 evaluation items, ``compare`` puts them side by side, and ``report`` writes one HTML page.
 Each stage is an ordinary run directory under ``--out``, so every command the demo ran can be
@@ -17,7 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from phaseprune.config import (
+from phaseprune.core.errors import UsageError
+from phaseprune.core.progress import stage
+from phaseprune.runs.config import (
     AnalyzeConfig,
     DemoConfig,
     ModelConfig,
@@ -25,9 +27,7 @@ from phaseprune.config import (
     TaskConfig,
     strategy_names,
 )
-from phaseprune.errors import UsageError
-from phaseprune.progress import stage
-from phaseprune.runs import load_summary
+from phaseprune.runs.files import load_summary
 
 SCORE_CACHE = "score-cache"
 """The demo's strategies share one score store (``prune --score-cache``): every run reads the
@@ -83,9 +83,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage (resuming finished ones) and return what was written and measured."""
     from phaseprune.analysis import run_analyze
     from phaseprune.compare import run_compare
-    from phaseprune.models import hold_models
+    from phaseprune.engine.incremental import hold_models
+    from phaseprune.presentation.report import build_report
     from phaseprune.pruning import run_prune
-    from phaseprune.report import build_report
 
     _check(cfg)
     out = Path(cfg.out)
@@ -133,15 +133,15 @@ DECIDER_ITEMS = {"analyze": 160, "calib": 40, "eval": 120}
 def _decider_story(cfg: DemoConfig, out: Path) -> dict:
     """The same story on a model that decides: train it (once), analyze, prune, head-to-head.
 
-    The decider (:mod:`phaseprune.decider`) has a sharp transition: `last` removes its
+    The decider (:mod:`phaseprune.engine.decider`) has a sharp transition: `last` removes its
     Decisive-Phase layers and keeps the accuracy until it reaches the transition, and the
     head-to-head holds phase-aware (its defaults) against the other strategies.
     """
     from phaseprune.analysis import run_analyze
     from phaseprune.compare import run_compare
-    from phaseprune.decider import build_decider
+    from phaseprune.engine.decider import build_decider
+    from phaseprune.presentation.report import build_report
     from phaseprune.pruning import run_prune
-    from phaseprune.report import build_report
 
     model = out / "model"
     if not (model / "eval.jsonl").exists() or cfg.overwrite:

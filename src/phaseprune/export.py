@@ -2,17 +2,17 @@
 
 The run's model is loaded again and refused if its weights are not the run's (the sha256 of a
 local checkpoint's weight files, a hub model's snapshot commit). The layers removed up to the
-requested step are dropped with :func:`~phaseprune.surgery.without_layers`, and the view is
+requested step are dropped with :func:`~phaseprune.model.surgery.without_layers`, and the view is
 saved with ``save_pretrained`` (safetensors) under a config from
-:func:`~phaseprune.surgery.export_config` (``num_hidden_layers`` and per-layer arrays synced),
-with the tokenizer. GGUF inputs are written in HF format. :func:`~phaseprune.portable.make_portable`
+:func:`~phaseprune.model.surgery.export_config` (``num_hidden_layers`` and per-layer arrays synced),
+with the tokenizer. GGUF inputs are written in HF format. :func:`~phaseprune.model.portable.make_portable`
 then adds what transformers 4 needs to read the config and tokenizer as transformers 5 does
 (or records that the export needs transformers 5), and ``config.json`` gets a ``phaseprune``
 entry naming the base model, its hash and the transformers version needed.
 
 The export is checked by reloading it and comparing its last-position logits, on the first
 :data:`CHECK_PROMPTS` evaluation prompts of the run (rebuilt from the run's task settings),
-with the view's. A model card (``README.md``, :mod:`phaseprune.model_card`) is written last.
+with the view's. A model card (``README.md``, :mod:`phaseprune.presentation.model_card`) is written last.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from phaseprune import __version__
-from phaseprune.encoding import encode_prompts
-from phaseprune.errors import UsageError, first_line
-from phaseprune.model_card import model_card
-from phaseprune.models import (
+from phaseprune.core.errors import UsageError, first_line
+from phaseprune.core.prompts import build_prompts
+from phaseprune.engine.encoding import encode_prompts
+from phaseprune.model.load import (
     ModelSpec,
     load_model,
     load_tokenizer,
@@ -36,9 +36,9 @@ from phaseprune.models import (
     resolve_model,
     with_revision,
 )
-from phaseprune.portable import make_portable
-from phaseprune.prompts import build_prompts
-from phaseprune.runs import load_trajectory
+from phaseprune.model.portable import make_portable
+from phaseprune.presentation.model_card import model_card
+from phaseprune.runs.files import load_trajectory
 from phaseprune.tasks import load_task
 
 CHECK_PROMPTS = 4
@@ -145,7 +145,7 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from phaseprune.surgery import export_config, plain_checkpoint, without_layers
+    from phaseprune.model.surgery import export_config, plain_checkpoint, without_layers
 
     traj = load_trajectory(run_dir)
     removed = removed_at(traj, step)

@@ -20,10 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from phaseprune import __version__
-from phaseprune.candidates import final_readout, option_reduce
-from phaseprune.collapse import trajectory_collapse
-from phaseprune.config import PHASE_AWARE_ONLY, PruneConfig, spared_builders
-from phaseprune.distributed import (
+from phaseprune.core.collapse import trajectory_collapse
+from phaseprune.core.errors import UsageError
+from phaseprune.core.objectives import objective_of
+from phaseprune.core.phases import removal_phase
+from phaseprune.core.progress import stage
+from phaseprune.engine.candidates import final_readout, option_reduce
+from phaseprune.engine.incremental import IncrementalReadout
+from phaseprune.engine.precision import start_rescoring
+from phaseprune.model.distributed import (
     COMMUNICATION,
     barrier,
     broadcast,
@@ -31,10 +36,18 @@ from phaseprune.distributed import (
     join,
     on_main,
 )
-from phaseprune.errors import UsageError
-from phaseprune.incremental import IncrementalReadout
-from phaseprune.lm_eval_scores import StepScorer
-from phaseprune.loading import (
+from phaseprune.model.load import (
+    cache_budget_bytes,
+    default_max_tokens,
+    model_change,
+    resolve_model,
+)
+from phaseprune.model.surgery import kept_layers
+from phaseprune.presentation.figures.stamp import stamp_figures
+from phaseprune.runs.config import PHASE_AWARE_ONLY, PruneConfig, spared_builders
+from phaseprune.runs.files import load_candidates, load_trajectory, write_trajectory
+from phaseprune.runs.lm_eval_scores import StepScorer
+from phaseprune.runs.loading import (
     check_model_config,
     encode_and_load,
     encode_held,
@@ -42,20 +55,13 @@ from phaseprune.loading import (
     subject_groups,
     task_record,
 )
-from phaseprune.models import cache_budget_bytes, default_max_tokens, model_change, resolve_model
-from phaseprune.objectives import objective_of
-from phaseprune.phases import removal_phase
-from phaseprune.precision import start_rescoring
-from phaseprune.progress import stage
-from phaseprune.records import Readout, Trajectory
-from phaseprune.runio import OWN_STORE, check_out_dir, fingerprint, prepare_out_dir, stamp_figures
-from phaseprune.runs import load_candidates, load_trajectory, write_trajectory
-from phaseprune.score_store import ScoreStore
+from phaseprune.runs.outdir import OWN_STORE, check_out_dir, fingerprint, prepare_out_dir
+from phaseprune.runs.records import Readout, Trajectory
+from phaseprune.runs.score_store import ScoreStore
+from phaseprune.runs.trajectory import candidate_rows, header, readout_record, step_record
 from phaseprune.strategies.context import NoCandidate, PruneContext, stored
 from phaseprune.strategies.registry import strategy_function
-from phaseprune.surgery import kept_layers
 from phaseprune.tasks import load_task, round_robin
-from phaseprune.trajectory import candidate_rows, header, readout_record, step_record
 
 VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_budget",
             "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit",
@@ -385,7 +391,7 @@ def _finish(run: PruneRun, traj: Trajectory, rows: list[dict], removed: list[int
     traj["complete"] = True
     traj["timing"]["total_s"] = round(time.perf_counter() - run.started, 2)
     if cfg.plots and is_main():
-        from phaseprune.figures.png import write_prune_plots
+        from phaseprune.presentation.figures.png import write_prune_plots
 
         write_prune_plots(traj, run.out / "plots")
         stamp_figures(traj, run.out / "plots")  # the report copies them while this stays true

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from phaseprune.distributed import sharding
-from phaseprune.incremental import IncrementalReadout
-from phaseprune.precision import Rescoring
-from phaseprune.progress import stage
-from phaseprune.surgery import kept_layers
+from phaseprune.core.progress import stage
+from phaseprune.engine.incremental import IncrementalReadout
+from phaseprune.engine.precision import Rescoring
+from phaseprune.model.distributed import sharding
+from phaseprune.model.surgery import kept_layers
 
 
 @dataclass
@@ -85,7 +85,7 @@ class PruneContext:
     progress: bool = False
     """Show progress bars."""
     store: Any = None
-    """``--score-cache``: a :class:`phaseprune.score_store.ScoreStore` (a later layer, so not
+    """``--score-cache``: a :class:`phaseprune.runs.score_store.ScoreStore` (a later layer, so not
     imported here), keeping logits of pruned models on disk by removed set (exact runs)."""
     fast: Rescoring | None = None
     """``--precision fast``: candidates run in this bfloat16 copy, float32 decides near ties."""
@@ -135,7 +135,7 @@ def stored_removals(ctx: PruneContext, kind: str, removed, candidates, score, pa
     """Every candidate's values without ``removed`` + {k}, from ``ctx.store`` where kept.
 
     The rest come from ``score(missing, on_scored, items)`` (a
-    :func:`~phaseprune.candidates.score_removals` call on the items ``items``, all of them if
+    :func:`~phaseprune.engine.candidates.score_removals` call on the items ``items``, all of them if
     None; :func:`item_subset` takes them). Each fresh candidate is stored as soon as it is
     scored (``on_scored``), so a scan interrupted part-way keeps what it finished and the
     resumed run scores only the rest. ``parts`` (the calibration items' subject groups) scans

@@ -5,7 +5,7 @@ calibration prompts exactly as the model sees them when it answers, so angular d
 "last token" is the answer position. The NLL baselines (SLEB, PPL, Taylor+) read the
 calibration items as plain text: each prompt followed by its gold letter (``prompt + " B"``),
 real task text available offline and disjoint from the evaluation items. The formulas are in
-:mod:`phaseprune.baselines`, with the papers they come from.
+:mod:`phaseprune.engine.baselines`, with the papers they come from.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from phaseprune import baselines
-from phaseprune.candidates import final_readout, score_removals
-from phaseprune.distributed import local_only
+from phaseprune.engine import baselines
+from phaseprune.engine.candidates import final_readout, score_removals
+from phaseprune.model.distributed import local_only
+from phaseprune.model.surgery import kept_layers, without_layers
 from phaseprune.strategies.context import (
     Choice,
     Criterion,
@@ -29,7 +30,6 @@ from phaseprune.strategies.context import (
     stored_removals,
     walk,
 )
-from phaseprune.surgery import kept_layers, without_layers
 
 
 def block_influence(ctx: PruneContext, removed: Sequence[int]) -> Choice:
@@ -81,7 +81,7 @@ def _mean_nll(values: torch.Tensor) -> float:
 
 
 def _scan(ctx, removed, todo, input_ids, reduce, on_scored, groups=None) -> dict:
-    """:func:`~phaseprune.candidates.score_removals` with the run's batch, memory and progress."""
+    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch, memory and progress."""
     return score_removals(
         ctx.model,
         removed,

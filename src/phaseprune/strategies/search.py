@@ -1,8 +1,8 @@
 """Strategies that score candidate removals by the decision readout of the calibration items.
 
 For every remaining layer ``k`` the model without the removed layers and ``k`` answers the
-calibration items (:func:`~phaseprune.candidates.score_removals`: only the layers after ``k``
-are recomputed), and the candidate is scored by ``--objective`` (:mod:`phaseprune.objectives`).
+calibration items (:func:`~phaseprune.engine.candidates.score_removals`: only the layers after ``k``
+are recomputed), and the candidate is scored by ``--objective`` (:mod:`phaseprune.core.objectives`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from phaseprune import baselines
-from phaseprune.candidates import option_reduce, score_removals
-from phaseprune.incremental import IncrementalReadout
-from phaseprune.metrics import item_metrics
-from phaseprune.objectives import best_candidate, candidate_metrics, objective_key
-from phaseprune.phases import PhaseResult, detect_phases, tail_cut_index
-from phaseprune.precision import score_removals_fast
+from phaseprune.core.metrics import item_metrics
+from phaseprune.core.objectives import best_candidate, candidate_metrics, objective_key
+from phaseprune.core.phases import PhaseResult, detect_phases, tail_cut_index
+from phaseprune.engine import baselines
+from phaseprune.engine.candidates import option_reduce, score_removals
+from phaseprune.engine.incremental import IncrementalReadout
+from phaseprune.engine.precision import score_removals_fast
+from phaseprune.model.surgery import kept_layers, without_layers
 from phaseprune.strategies.context import (
     Choice,
     Criterion,
@@ -27,7 +28,6 @@ from phaseprune.strategies.context import (
     stored,
     stored_removals,
 )
-from phaseprune.surgery import kept_layers, without_layers
 
 OBJECTIVE_CRITERIA = {
     "accuracy": "calibration accuracy, ties by margin",
@@ -41,7 +41,7 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
     """Score each candidate removal by the objective on the calibration items; keep the best.
 
     With ``ctx.fast`` the candidates run in bfloat16 and float32 re-scores whatever could
-    change the choice (:func:`~phaseprune.precision.score_removals_fast`).
+    change the choice (:func:`~phaseprune.engine.precision.score_removals_fast`).
     """
 
     def score(model, removed, candidates, ids, groups, on_scored=None):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phaseprune.errors import UsageError
-from phaseprune.tasks.items import MCItem, TaskData, assemble, make_item
+from phaseprune.core.errors import UsageError
+from phaseprune.core.items import MCItem, TaskData, assemble, make_item
 from phaseprune.tasks.sources import DataRoot, is_disk_dataset, read_disk_split, read_hub_split
 
 Row = dict[str, Any]

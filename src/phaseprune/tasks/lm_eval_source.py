@@ -24,7 +24,7 @@ most common one are dropped and recorded. Generation, loglikelihood and multiple
 (WinoGrande-style) tasks are refused.
 
 lm-evaluation-harness is an optional extra (``pip install 'phaseprune[lm-eval]'``), imported
-only here and in :mod:`phaseprune.lm_eval_scores`.
+only here and in :mod:`phaseprune.runs.lm_eval_scores`.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from phaseprune.errors import UsageError, first_line, suggest
-from phaseprune.tasks.items import LETTERS, MCItem, TaskData, assemble, make_item
+from phaseprune.core.errors import UsageError, first_line, suggest
+from phaseprune.core.items import LETTERS, MCItem, TaskData, assemble, make_item
 from phaseprune.tasks.mmlu import choose_subjects
 
 PREFIX = "lm_eval:"
 SOURCE_KIND = "lm-eval"
 INSTALL = "pip install 'phaseprune[lm-eval]'"
-_CUE = "Answer:"  # phaseprune.prompts.ANSWER_CUE (not imported: prompts imports this package)
+_CUE = "Answer:"  # phaseprune.core.prompts.ANSWER_CUE (not imported: prompts imports this package)
 
 
 def is_lm_eval_task(name: str) -> bool:
@@ -321,7 +321,7 @@ def _question(text: str) -> str:
 
 def _lettered(text: str, n: int, where: str) -> tuple[str, list[str]]:
     """Question and options of a text that lists its options itself (lm-eval's MMLU layout)."""
-    from phaseprune.prompts import format_item  # the prompt module imports this package
+    from phaseprune.core.prompts import format_item  # the prompt module imports this package
 
     lines = _question(text).split("\n")
     tail = lines[-n:] if len(lines) > n else []

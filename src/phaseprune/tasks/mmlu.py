@@ -19,8 +19,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from phaseprune.errors import UsageError, suggest
-from phaseprune.tasks.items import LETTERS, MCItem, TaskData, assemble, make_item
+from phaseprune.core.errors import UsageError, suggest
+from phaseprune.core.items import LETTERS, MCItem, TaskData, assemble, make_item
 from phaseprune.tasks.sources import (
     DataRoot,
     is_disk_dataset,

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from phaseprune.errors import UsageError, suggest
+from phaseprune.core.errors import UsageError, suggest
+from phaseprune.core.items import TaskData, check_shots_limit
 from phaseprune.tasks.hf_tasks import TASKS, load_hf_task
-from phaseprune.tasks.items import TaskData, check_shots_limit
 from phaseprune.tasks.lm_eval_source import is_lm_eval_task, load_lm_eval_task
 from phaseprune.tasks.mmlu import (
     HUB_PATH,

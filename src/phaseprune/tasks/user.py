@@ -34,8 +34,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from phaseprune.errors import UsageError, first_line
-from phaseprune.tasks.items import (
+from phaseprune.core.errors import UsageError, first_line
+from phaseprune.core.items import (
     LETTERS,
     MCItem,
     TaskData,

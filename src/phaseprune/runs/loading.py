@@ -1,0 +1,209 @@
+"""A task and a model made ready for a run: items, encoded prompts, weights, their records.
+
+Shared by the commands that read a model on a task (``analyze``, ``prune``): prompts are
+encoded and their option tokens verified before the weights load, so a bad tokenizer or an
+unsupported family fails in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+
+from phaseprune.model.arch import context_window
+from phaseprune.runs.config import ModelConfig, TaskConfig
+from phaseprune.model.distributed import local_device
+from phaseprune.engine.encoding import encode_prompts
+from phaseprune.core.errors import UsageError
+from phaseprune.model.load import load_model, load_tokenizer, with_revision
+from phaseprune.core.prompts import build_prompts
+
+
+def _tokens_hash(input_ids: list[list[int]]) -> str:
+    digest = hashlib.sha256()
+    for row in input_ids:
+        digest.update(np.asarray(row, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def subject_groups(subjects: list[str]) -> list[list[int]]:
+    """Indices of items grouped by subject: each group shares its few-shot prefix."""
+    groups: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        groups.setdefault(subject, []).append(i)
+    return list(groups.values())
+
+
+def task_record(task, enc, limit: int | None) -> dict:
+    """``summary["task"]``: what was scored and how it was tokenised."""
+    return {
+        "name": task.name,
+        "subjects": list(task.subjects),
+        "split": task.split,
+        "source": task.source,
+        "source_kind": task.source_kind,
+        "shots": task.shots,
+        "limit": limit,
+        "n_items": len(task.items),
+        "n_options": task.n_options,
+        "letters": list(enc.options.letters),
+        "option_token_ids": list(enc.options.ids),
+        "option_token_texts": list(enc.options.texts),
+        "chat": enc.chat,
+        "add_bos": enc.add_bos,
+        "excluded_exemplars": list(task.excluded),
+        "dropped_items": list(task.dropped),
+        "prompt_tokens_mean": float(np.mean([len(r) for r in enc.input_ids])),
+        "prompt_tokens_sha256": _tokens_hash(enc.input_ids),
+    }
+
+
+def encode_and_load(
+    spec, task, tc: TaskConfig, mc: ModelConfig, *, progress: bool, check_layers=None
+):
+    """Tokenise and verify the prompts, then load the weights; ``(enc, model, info)``.
+
+    The option tokens, the prompts' lengths and ``check_layers(n_layers)`` (settings that
+    depend on the depth, from the config) are checked before the weights load, so a bad
+    tokenizer, an unsupported family or an impossible setting fails in seconds.
+    """
+    spec = with_revision(spec, mc.revision)  # refused for local models
+    tokenizer, config = load_tokenizer(spec, trust_remote_code=mc.trust_remote_code)
+    enc = _encode(tokenizer, config, task, tc)
+    if check_layers is not None:
+        check_layers(config.get_text_config().num_hidden_layers)
+    if mc.device.startswith("cpu"):
+        use_cores(check_busy=progress)
+    model, info = load_model(
+        spec,
+        dtype="float32" if mc.precision == "fast" else mc.dtype,
+        device=local_device(mc.device),  # launched: cuda is this process's own GPU
+        trust_remote_code=mc.trust_remote_code,
+        progress=progress,
+    )
+    return enc, model, info
+
+
+def check_model_config(mc: ModelConfig) -> None:
+    """Refuse a device or dtype this machine or mode cannot run, before any file is read.
+
+    The field checks have already refused malformed values (``--device tpu``); this one knows
+    the machine: ``cuda`` without a visible GPU, a GPU index past the last one, and ``--dtype``
+    other than float32 with ``--precision fast``.
+    """
+    import torch
+
+    if mc.device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {mc.device} but no CUDA device is visible; use --device cpu"
+            )
+        index = int(mc.device.partition(":")[2] or 0)
+        if index >= count:
+            raise UsageError(
+                f"--device {mc.device}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    if mc.precision == "fast" and mc.dtype not in (None, "float32"):
+        raise UsageError(
+            f"--precision fast decides in float32 and runs a bfloat16 copy: drop --dtype "
+            f"{mc.dtype}, or keep it with --precision exact"
+        )
+
+
+def encode_held(model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, check_layers=None):
+    """``(enc, model, info)`` for a model the caller already holds (the Python API).
+
+    The prompts are encoded and checked as for a loaded model; the model is put in eval mode
+    with gradients off (the readout needs both) and otherwise left as it is: its dtype and
+    device are recorded, not changed. Its identity is the config's ``name_or_path``; nothing
+    hashes weights held in memory, so its ``revision`` is None.
+    """
+    from phaseprune.model.arch import check_family, decoder_parts
+    from phaseprune.model.load import model_info
+
+    config = getattr(model, "config", None)
+    name = getattr(config, "name_or_path", "") or type(model).__name__
+    check_family(getattr(config, "model_type", None), name)
+    if tokenizer is None:
+        raise UsageError("a model passed as an object needs its tokenizer too: pass tokenizer=...")
+    enc = _encode(tokenizer, config, task, tc)
+    parts = decoder_parts(model)
+    if check_layers is not None:
+        check_layers(len(parts.layers))
+    dtype = str(parts.embed.weight.dtype).removeprefix("torch.")
+    if mc.dtype is not None and mc.dtype != dtype:
+        raise UsageError(
+            f"the model passed is {dtype}, not {mc.dtype}: convert it (model.to(torch.{mc.dtype}))"
+            " or leave dtype unset"
+        )
+    model.eval().requires_grad_(False)
+    return enc, model, model_info(model, parts, name=name, path=name, dtype=dtype)
+
+
+def _encode(tokenizer, config, task, tc: TaskConfig):
+    """The task's prompts as token ids (option tokens verified), fitting the context window."""
+    enc = encode_prompts(
+        tokenizer,
+        build_prompts(task),
+        task.n_options,
+        family=config.model_type,
+        chat=tc.chat,
+        add_bos=tc.bos,
+    )
+    check_context(task, enc.input_ids, context_window(config))
+    return enc
+
+
+def use_cores(*, check_busy: bool) -> None:
+    """Give torch one thread per core this process may use (``OMP_NUM_THREADS`` wins).
+
+    With ``check_busy``, warn when other processes already keep those cores busy: two
+    2-thread torch processes on 2 cores slowed candidate scoring from 10.9 to 1.5 per second.
+    """
+    from phaseprune.model.cpu import apply_threads, busy_cores, busy_warning, plan_threads
+
+    plan = plan_threads()
+    apply_threads(plan)
+    message = busy_warning(plan, busy_cores()) if check_busy else None
+    if message:
+        warnings.warn(message, stacklevel=3)
+
+
+def fast_copy(model, mc: ModelConfig):
+    """The bfloat16 copy that ``--precision fast`` runs, or None (exact).
+
+    A CPU without bfloat16 matrix units would run bfloat16 slower than float32: the run then
+    stays exact and a warning says so (the record says ``mode: exact``).
+    """
+    if mc.precision != "fast":
+        return None
+    from phaseprune.model.cpu import bf16_units
+    from phaseprune.engine.precision import bfloat16_copy
+
+    if mc.device.startswith("cpu") and bf16_units() is None:
+        warnings.warn(
+            "--precision fast: this CPU has no bfloat16 matrix units (AMX or avx512_bf16), "
+            "where bfloat16 runs slower than float32; running exact float32",
+            stacklevel=2,
+        )
+        return None
+    return bfloat16_copy(model)
+
+
+def check_context(task, input_ids: list[list[int]], window: int | None) -> None:
+    """Refuse prompts (plus the answer letter) longer than the model's context window."""
+    if window is None:
+        return
+    long = [(it.item_id, len(ids)) for it, ids in zip(task.items, input_ids, strict=True)
+            if len(ids) + 1 > window]  # fmt: skip
+    if long:
+        shown = ", ".join(f"{item} ({n} tokens)" for item, n in long[:5])
+        more = f" and {len(long) - 5} more" if len(long) > 5 else ""
+        raise UsageError(
+            f"{len(long)} prompts do not fit the model's context of {window} tokens: {shown}"
+            f"{more}; use fewer --shots or drop those items"
+        )

@@ -1,0 +1,156 @@
+"""Run directories as files: atomic writes, one run per directory, partial results.
+
+The records themselves are read and written by :mod:`phaseprune.runs.files`. Every file is written
+to a temporary name in the same directory and moved into place with ``os.replace``, so a run
+killed at any moment leaves either the old file or the new one, never half of one.
+``summary.json`` is written last: its presence marks a complete run.
+
+Partial results of the forward passes live in ``OUT/partial/readout.npz`` beside a
+fingerprint of everything that determines them (model file hash, token ids, option ids,
+code version). A rerun into the same directory with the same fingerprint continues from
+there; a different fingerprint discards them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from phaseprune.core.errors import UsageError
+from phaseprune.runs.records import (
+    RECORD_FILES,
+    RunKind,
+)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, with the mode ``open`` would give (0666 & ~umask).
+
+    ``mkstemp`` creates its file 0600 whatever the umask; the mode is set as a plain write
+    would have it before the file is moved into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, record) -> None:
+    """Write a JSON record atomically (UTF-8, indented, NaN refused)."""
+    text = json.dumps(record, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def check_out_dir(out: Path, kind: RunKind, *, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an ``out`` that cannot take this run: a directory holds one run.
+
+    Refused: a file; a directory holding another kind of run; one holding a run of this kind,
+    unless ``overwrite`` or ``resume``.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory")
+    for other, name in RECORD_FILES.items():
+        if other != kind and (out / name).exists():
+            raise UsageError(
+                f"--out {out} holds a `phaseprune {other}` run ({name}); a directory holds one "
+                "run: pass another --out"
+            )
+    if (out / RECORD_FILES[kind]).exists() and not (overwrite or resume):
+        hint = "--resume to continue it, " if kind == "prune" else ""
+        raise UsageError(
+            f"--out {out} already holds a run ({RECORD_FILES[kind]}); pass {hint}--overwrite "
+            "or another --out"
+        )
+
+
+OWN_STORE = "score-cache"
+"""A prune run's own score store, inside its ``--out`` (used without ``--score-cache``)."""
+
+OWNED = {
+    "analyze": ("summary.json", "items.parquet", "plots", "partial"),
+    "prune": ("trajectory.json", "candidates.parquet", "plots", OWN_STORE),
+}
+"""The files and folders a run of each kind writes (``--overwrite`` clears them)."""
+
+
+def prepare_out_dir(out: Path, kind: RunKind, *, overwrite: bool) -> None:
+    """Create ``out``; with ``overwrite``, first remove everything a run of ``kind`` wrote there."""
+    check_out_dir(out, kind, overwrite=overwrite)
+    for name in OWNED[kind] if overwrite else ():
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def fingerprint(*parts) -> str:
+    """sha256 over the JSON of ``parts`` (stable key order)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class PartialReadout:
+    """Option logits computed so far, saved so an interrupted run can continue."""
+
+    def __init__(self, out: Path, key: str, shape: tuple[int, int, int], *, save: bool = True):
+        self.path = out / "partial" / "readout.npz"
+        self.key = key
+        self.save = save  # False: keep batches in memory only (a process that does not write)
+        self.logits = np.zeros(shape, dtype=np.float32)
+        self.done = np.zeros(shape[0], dtype=bool)
+        self.exact = np.ones(shape[0], dtype=bool)  # rows read in the model's own dtype
+        if self.path.exists():
+            try:
+                with np.load(self.path) as saved:
+                    if str(saved["key"]) == key and saved["logits"].shape == shape:
+                        self.logits[:] = saved["logits"]
+                        self.done[:] = saved["done"]
+                        if "exact" in saved:
+                            self.exact[:] = saved["exact"]
+            except (OSError, ValueError, KeyError, EOFError) as err:  # damaged: start over
+                warnings.warn(
+                    f"{self.path} is damaged ({type(err).__name__}); recomputing every item",
+                    stacklevel=2,
+                )
+                self.logits[:], self.done[:] = 0.0, False
+
+    def update(self, items: list[int], logits: np.ndarray, exact: bool = True) -> None:
+        """Record a batch (``exact``: read in the model's dtype, not bfloat16) and save."""
+        self.logits[items] = logits
+        self.done[items] = True
+        self.exact[items] = exact
+        if not self.save:
+            return
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(self.key), logits=self.logits, done=self.done, exact=self.exact)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+    def clear(self) -> None:
+        """Remove the partial file once the run is complete."""
+        shutil.rmtree(self.path.parent, ignore_errors=True)

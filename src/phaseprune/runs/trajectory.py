@@ -1,0 +1,128 @@
+"""The records of a pruning run: its header, each step's record and candidate rows.
+
+Built from a run in progress (:class:`phaseprune.pruning.PruneRun`, read through its attributes:
+``cfg``, ``info``, ``task``, ``ctx``, ``calib``, ``eval``, ``record_task``, ``key()``); the
+types are :mod:`phaseprune.runs.records`' and docs/schema.md describes every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+import numpy as np
+
+from phaseprune import __version__
+from phaseprune.core.metrics import item_metrics, layer_stats, wilson_interval
+from phaseprune.core.objectives import candidate_metrics
+from phaseprune.core.phases import detect_phases
+from phaseprune.runs.records import (
+    EXACT,
+    TRAJECTORY_SCHEMA,
+    Readout,
+    Step,
+    Trajectory,
+    layer_record,
+    phases_record,
+)
+from phaseprune.strategies.context import runner_up
+from phaseprune.model.surgery import kept_layers
+
+
+def readout_record(logits: np.ndarray, gold: np.ndarray, n_options: int, cfg) -> Readout:
+    """Accuracy, interval, per-layer records and phases of one evaluation readout."""
+    m = item_metrics(logits, gold)
+    stats = layer_stats(m, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    phases = detect_phases(m.correct, m.margin, n_options, n_boot=cfg.n_boot, seed=cfg.seed)
+    k = int(m.correct[:, -1].sum())
+    lo, hi = wilson_interval(np.array(k), len(gold))
+    record = {
+        "eval_accuracy": k / len(gold),
+        "eval_accuracy_ci": [float(lo), float(hi)],
+        "transition_layer": phases.transition_layer,
+        "transition_ci": list(phases.transition_ci) if phases.transition_ci else None,
+        "phases": phases_record(phases, logits.shape[1] - 1),
+        "layers": [layer_record(s) for s in stats],
+        # per item, for paired comparisons between runs on the same items
+        "eval_picks": [int(x) for x in m.pred[:, -1]],
+        "eval_margins": [round(float(x), 4) for x in m.margin[:, -1]],
+    }
+    return record
+
+
+def header(run, step0: Readout) -> Trajectory:
+    """A new trajectory record: the run's identity, items and unpruned readout, no steps yet."""
+    cfg = run.cfg
+    items = [it.item_id for it in run.task.items]
+    return {
+        "schema_version": TRAJECTORY_SCHEMA,
+        "kind": "prune",
+        "phaseprune_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": run.key(),
+        "model": dataclasses.asdict(run.info),
+        "task": run.record_task,
+        "strategy": cfg.strategy,
+        "objective": cfg.objective,
+        "settings": dataclasses.asdict(cfg),
+        "calib_items": [items[i] for i in run.calib],
+        "eval_items": [items[i] for i in run.eval],
+        "eval_gold": [int(g) for g in run.eval_gold],
+        "calib_gold": [int(g) for g in run.ctx.calib_gold],
+        "calib_picks": [int(p) for p in np.asarray(run.ctx.ref_logits).argmax(-1)],
+        "chance": 1.0 / run.task.n_options,
+        "n_layers": run.info.n_layers,
+        # the unpruned model on the calibration items, as candidates are scored there
+        "calib_step0": candidate_metrics(
+            run.ctx.ref_logits, run.ctx.calib_gold, run.ctx.ref_logits
+        ),
+        "step0": step0,
+        "steps": [],
+        "complete": False,
+        "timing": {},
+        "collapse": None,  # set by _write before anything is written
+        "precision": run.ctx.fast.run_record() if run.ctx.fast else dict(EXACT),
+    }
+
+
+def step_record(
+    run, step: int, choice, removed: list[int], phase_of_removed: str, readout: Readout
+) -> Step:
+    """The record of one step: what was removed, why, and the readout after it."""
+    best = choice.scores[choice.layers[0]]
+    return {
+        "step": step,
+        "removed_layer": choice.layers[0] if len(choice.layers) == 1 else list(choice.layers),
+        "removed_layers": list(choice.layers),
+        "removed_so_far": list(removed),
+        "remaining_layers": kept_layers(run.info.n_layers, removed),
+        "phase_of_removed": phase_of_removed,
+        "calib_score": best["score"],
+        "calib_metrics": {k: v for k, v in best.items() if k not in ("score", "picks")},
+        "criterion": str(choice.criterion),
+        **runner_up(choice),
+        "note": choice.note,
+        "calib_phases": choice.calib_phases,
+        "precision": choice.precision,
+        **readout,
+    }
+
+
+def candidate_rows(step: int, choice) -> list[dict]:
+    """``candidates.parquet`` rows of one step: every candidate's score, the chosen marked."""
+    chosen = choice.layers[0]
+    rows = []
+    for layer, metrics in choice.scores.items():
+        rows.append(
+            {
+                "step": step,
+                "layer": int(layer),
+                "score": float(metrics["score"]),
+                "selected": layer == chosen,
+                "criterion": str(choice.criterion),
+                **{k: float(v) for k, v in metrics.items() if k not in ("score", "picks")},
+                # per calibration item (objective-scored strategies): the pruned model's pick
+                **({"picks": [int(p) for p in metrics["picks"]]} if "picks" in metrics else {}),
+            }
+        )
+    return rows
