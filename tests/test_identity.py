@@ -192,10 +192,11 @@ def _old_recipe_key(run) -> str:
     import dataclasses
 
     from phaseprune import __version__
-    from phaseprune.pruning import VOLATILE
     from phaseprune.runs.outdir import fingerprint
+    from phaseprune.runs.resume import VOLATILE
 
     settings = {k: v for k, v in dataclasses.asdict(run.cfg).items() if k not in VOLATILE}
+    settings["model"]["precision"] = "exact"  # every run of that time computed exactly
     settings["objective"] = settings["objective"] or "accuracy"  # every strategy's default then
     settings["model"].pop("revision")
     settings["task"].pop("lm_eval_include")
@@ -207,12 +208,21 @@ def _old_recipe_key(run) -> str:
     return fingerprint(settings, info, run.record_task, answers, __version__)
 
 
+def _key(run) -> str:
+    """The recipe key prune computes for ``run`` (cfg, info, record_task and task's items)."""
+    import dataclasses
+
+    from phaseprune.runs.resume import Recipe, recipe_key
+
+    answers = [(it.item_id, it.answer) for it in run.task.items]
+    return recipe_key(run.cfg, Recipe(dataclasses.asdict(run.info), run.record_task, answers))
+
+
 def test_runs_made_before_the_new_fields_keep_their_fingerprint():
     import dataclasses
     from types import SimpleNamespace
 
     from phaseprune.model.load import ModelInfo
-    from phaseprune.pruning import PruneRun
     from phaseprune.runs.config import ModelConfig, PruneConfig
     from phaseprune.tasks import MCItem
 
@@ -224,14 +234,14 @@ def test_runs_made_before_the_new_fields_keep_their_fingerprint():
         task=SimpleNamespace(items=[MCItem("i", "s", "q", ("a", "b"), 1)]),
     )  # fmt: skip
     # a GGUF file's weights hash is its revision: the old fingerprint is kept
-    assert PruneRun.key(run) == _old_recipe_key(run)
+    assert _key(run) == _old_recipe_key(run)
     # a hash the old runs could not have recorded (a checkpoint directory's) changes it, and a
     # setting given a value does too
     run.info = dataclasses.replace(gguf, gguf_file=None, revision=None, weights_sha256="cd" * 32)
-    assert PruneRun.key(run) != _old_recipe_key(run)
+    assert _key(run) != _old_recipe_key(run)
     run.info = gguf
     run.cfg = PruneConfig(out="o", model=ModelConfig(revision="main"))
-    assert PruneRun.key(run) != _old_recipe_key(run)
+    assert _key(run) != _old_recipe_key(run)
 
 
 def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
@@ -239,7 +249,6 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
     from types import SimpleNamespace
 
     from phaseprune.model.load import ModelInfo
-    from phaseprune.pruning import PruneRun
     from phaseprune.runs.config import PruneConfig
     from phaseprune.tasks import MCItem
 
@@ -260,7 +269,7 @@ def test_phase_aware_defaults_changed_and_old_runs_keep_their_fingerprint():
 
     def key(**settings):
         run.cfg = PruneConfig(out="o", **settings)
-        return PruneRun.key(run)
+        return _key(run)
 
     # phase-aware's first version, now given as flags, is the recipe its old runs were made with
     run.cfg = PruneConfig(out="o", strategy="phase-aware", **first)

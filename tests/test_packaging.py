@@ -1,14 +1,18 @@
-"""pyproject.toml declares what the package imports, and nothing it does not need."""
+"""pyproject.toml declares what the package imports, and its wheel holds every file it reads."""
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata as md
 import re
+import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "phaseprune"
@@ -72,6 +76,38 @@ def test_every_declared_dependency_is_imported_or_needed_at_run_time():
     assert set(RUNTIME_ONLY) <= required
 
 
-def test_torch_is_pinned_by_setup_not_left_to_pip():
-    makefile = (ROOT / "Makefile").read_text()
-    assert "torch==2.13.0" in makefile
+def test_the_torch_that_setup_pins_satisfies_the_declared_range():
+    # `make setup` installs its pinned CPU torch first; if the pin fell outside pyproject's
+    # range, installing the package would pull another (multi-GB CUDA) torch over it
+    pins = re.findall(r"pip install [^\n]*\btorch==([\w.+]+)", (ROOT / "Makefile").read_text())
+    assert len(pins) == 1
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch,) = [Requirement(r) for r in deps if _name(r) == "torch"]
+    assert torch.specifier.contains(pins[0])
+
+
+def test_the_wheel_holds_every_module_and_the_report_templates(tmp_path):
+    """Build the wheel from a copy of the tree: every file under src/phaseprune must ship."""
+    tree = tmp_path / "tree"
+    shutil.copytree(SRC, tree / "src" / "phaseprune", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    build = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path)!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", build], cwd=tree, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with zipfile.ZipFile(tmp_path / done.stdout.split()[-1]) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = wheel.read(entry_points).decode()
+    shipped = {n for n in names if n.startswith("phaseprune/")}
+    source = {
+        str(p.relative_to(SRC.parent))
+        for p in SRC.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert "phaseprune/presentation/report/templates/report.html.j2" in source
+    assert shipped == source
+    assert "phaseprune = phaseprune.cli:main" in scripts

@@ -3,12 +3,15 @@ compare, and the bad-input cases."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -108,12 +111,108 @@ def test_other_strategies_run_and_record(capsys, planted_dir, items_dir, tmp_pat
         assert s["phase_of_removed"] in ("silent", "decisive", "none")
     if strategy == "last":
         assert removed == [4, 3]
+    if strategy in ("sleb", "ppl", "taylor", "random"):
+        expected, scores = reference_choice(strategy, planted_dir, traj, free=[0, 1, 2, 3, 4])
+        assert removed == expected
+        cands = pd.read_parquet(tmp_path / "r" / "candidates.parquet").query("step == 1")
+        assert dict(zip(cands.layer, cands.score, strict=True)) == pytest.approx(
+            scores, rel=1e-4, abs=1e-6
+        )
     if strategy == "phase-aware":
         # a random model never decides: every step says so, and what chose instead
         assert all("the model has no Decisive Phase): the best by the objective; the model has "
                    "no transition to keep" in (s["note"] or "") for s in traj["steps"])  # fmt: skip
         assert not any("transition_checks" in s["calib_phases"] for s in traj["steps"])
     assert "statement" in traj["collapse"]
+
+
+def calib_texts(path: Path, traj: dict) -> list[list[int]]:
+    """The calibration texts as token ids, rebuilt from the item rows: prompt + gold letter.
+
+    The prompts are written out by hand (lm-eval's MMLU layout) and checked against the run's
+    recorded token hash, so the reference scores below read the very texts the run read.
+    """
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    task = traj["task"]
+    ids = [
+        tok(
+            "The following are multiple choice questions (with answers) about toy.\n\n"
+            f"Item {i}: which of these fits best here?\nA. red\nB. green\nC. blue\nD. black\n"
+            "Answer:",
+            add_special_tokens=False,
+        )["input_ids"]
+        for i in range(task["n_items"])
+    ]
+    digest = hashlib.sha256()
+    for row in ids:
+        digest.update(np.asarray(row, dtype=np.int64).tobytes() + b"|")
+    assert digest.hexdigest() == task["prompt_tokens_sha256"]
+    calib = [int(name.split("/")[1]) for name in traj["calib_items"]]
+    return [ids[i] + [task["option_token_ids"][i % 4]] for i in calib]  # gold is "ABCD"[i % 4]
+
+
+@contextmanager
+def dropped(model, layers: set[int]):
+    """The model with ``layers`` taken out of its layer list (restored after)."""
+    full = model.model.layers
+    model.model.layers = torch.nn.ModuleList(m for k, m in enumerate(full) if k not in layers)
+    try:
+        yield
+    finally:
+        model.model.layers = full
+
+
+def mean_nll(model, texts, without: set[int]) -> float:
+    """Next-token NLL per predicted token over all texts, one unpadded text at a time."""
+    total = 0.0
+    with torch.no_grad(), dropped(model, without):
+        for row in texts:
+            ids = torch.tensor([row])
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+    return total / sum(len(row) - 1 for row in texts)
+
+
+def taylor_scores(model, texts) -> dict[int, float]:
+    """Sum of |w * dL/dw| over each layer's parameters, L the mean next-token NLL."""
+    n = sum(len(row) - 1 for row in texts)
+    for row in texts:
+        ids = torch.tensor([row])
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+        (torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum") / n).backward()
+    return {
+        k: sum(float((p * p.grad).abs().sum().detach()) for p in layer.parameters())
+        for k, layer in enumerate(model.model.layers)
+    }
+
+
+def reference_choice(strategy, path, traj, free) -> tuple[list[int], dict[int, float]]:
+    """The two layers ``strategy`` must remove from ``free``, and its step-1 score per layer.
+
+    Computed from each strategy's documented rule, with plain torch on the saved model: lowest
+    score first, ties to the lower index; random follows the seeded numpy order.
+    """
+
+    def best(scores, among):
+        return min(among, key=lambda k: (scores[k], k))
+
+    if strategy == "random":
+        order = [int(k) for k in np.random.default_rng(traj["settings"]["seed"]).permutation(6)]
+        return [k for k in order if k in free][:2], {k: float(order.index(k)) for k in free}
+    model = tf.AutoModelForCausalLM.from_pretrained(path).eval()
+    texts = calib_texts(path, traj)
+    if strategy == "taylor":  # Taylor+ spares the first n // 4 = 1 block and the last n // 8 = 0
+        scores = {k: v for k, v in taylor_scores(model, texts).items() if k in free}
+        scores[0] = float("inf")
+    else:
+        scores = {k: mean_nll(model, texts, {k}) for k in free}
+    if strategy == "ppl":
+        scores = {k: float(np.exp(v)) for k, v in scores.items()}
+    first = best(scores, free)
+    rest = [k for k in free if k != first]
+    if strategy == "sleb":  # re-scored after the first removal
+        return [first, best({k: mean_nll(model, texts, {first, k}) for k in rest}, rest)], scores
+    return [first, best(scores, rest)], scores
 
 
 def _strip(traj: dict) -> dict:

@@ -9,7 +9,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import SHARED_MMLU, needs_bf16_units
+from conftest import SHARED_MMLU
 
 from phaseprune.core.metrics import item_metrics
 from phaseprune.core.prompts import build_prompts
@@ -130,39 +130,6 @@ def test_iterative_pruning_first_step(tmp_path, smollm):
         ])  # fmt: skip
     acc = float((logits.argmax(-1) == gold).mean())
     assert acc == pytest.approx(traj["steps"][0]["calib_metrics"]["accuracy"])
-
-
-@needs_bf16_units
-def test_fast_bounds_hold_for_every_candidate_on_smollm(smollm):
-    """The bounds start_rescoring measures cover every candidate's rows and means.
-
-    On 48 items they do (largest margin-mean error 0.067 against a bound of 0.2); on 12 they
-    did not (candidate 1, without layer 1: 0.187 against 0.11), which is why the fast mode
-    re-scores every step's winner on every item and widens a bound it sees broken.
-    """
-    from phaseprune.core.objectives import difference_error, mean_errors
-    from phaseprune.engine.candidates import option_reduce, score_removals
-    from phaseprune.engine.precision import bfloat16_copy, start_rescoring
-
-    tokenizer, model, info = smollm
-    task = load_task("mmlu", subjects=[SUBJECT], limit=48)
-    enc, logits = readout(smollm, task)
-    gold = np.array([it.answer for it in task.items])
-    ref = logits[:, -1]
-    fast_model = bfloat16_copy(model)
-    fast = start_rescoring(
-        model, fast_model, enc.input_ids, enc.options.ids, None, gold, ref, max_tokens=512
-    )
-    # the candidates with the largest errors (the first layers, and layer 8), and the last
-    layers = [0, 1, 2, 8, info.n_layers - 1]
-    reduce = option_reduce(enc.options.ids)
-    exact = score_removals(model, (), layers, enc.input_ids, reduce, max_tokens=512)
-    approx = score_removals(fast_model, (), layers, enc.input_ids, reduce, max_tokens=512)
-    for k in layers:
-        a, e = approx[k].numpy(), exact[k].numpy()
-        assert difference_error(a, e).max() <= fast.bound, k
-        means = mean_errors(a, e, gold, ref)
-        assert all(means[m] <= fast.mean_bound[m] for m in means), (k, means)
 
 
 def test_a_gguf_file_is_parsed_once_and_loads_the_same_weights(smollm, monkeypatch):

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "analyze": "phaseprune.api",
     "prune": "phaseprune.api",
-    "Analysis": "phaseprune.api",
-    "Pruning": "phaseprune.api",
+    "Analysis": "phaseprune.runs.results",
+    "Pruning": "phaseprune.runs.results",
     "make_config": "phaseprune.api",
     "without_layers": "phaseprune.model.surgery",
     "load_run": "phaseprune.runs.files",
@@ -48,11 +48,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from phaseprune.api import Analysis, Pruning, analyze, make_config, prune
+    from phaseprune.api import analyze, make_config, prune
     from phaseprune.core.errors import UsageError
     from phaseprune.model.surgery import without_layers
     from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
     from phaseprune.runs.files import RunRecord, load_run
+    from phaseprune.runs.results import Analysis, Pruning
     from phaseprune.tasks import TaskData, load_task
 
 

@@ -12,12 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from phaseprune import __version__
+from phaseprune.core.items import subject_groups
 from phaseprune.core.metrics import item_metrics, layer_stats
 from phaseprune.core.phases import detect_phases
-from phaseprune.engine.precision import SAFETY, read_options_fast, sample_size
 from phaseprune.engine.readout import read_options
 from phaseprune.model.arch import decoder_parts
 from phaseprune.model.distributed import COMMUNICATION, barrier, is_main, join, on_main
@@ -29,8 +30,6 @@ from phaseprune.runs.loading import (
     check_model_config,
     encode_and_load,
     encode_held,
-    fast_copy,
-    subject_groups,
     task_record,
 )
 from phaseprune.runs.outdir import (
@@ -39,33 +38,21 @@ from phaseprune.runs.outdir import (
     fingerprint,
     prepare_out_dir,
 )
-from phaseprune.runs.records import build_summary, items_table
-from phaseprune.tasks import load_task, round_robin
+from phaseprune.runs.records import Summary, build_summary, items_table, settings_record
+from phaseprune.runs.results import Analysis, as_written, table_as_written
+from phaseprune.tasks import load_task
 
 
-def fast_record(exact: np.ndarray, fast) -> dict:
-    """``summary["precision"]`` of a fast run (the bound of this invocation's readout)."""
-    return {
-        "mode": "fast",
-        "forward": "bfloat16",
-        "decided_by": "float32",
-        "safety": SAFETY,
-        "sample_items": None if fast is None else len(fast.sample),
-        "bound": None if fast is None else [round(float(b), 6) for b in fast.bound],
-        "measured_error": None if fast is None else [round(float(b), 6) for b in fast.measured],
-        "items_float32": int(exact.sum()),
-        "items_bfloat16": int((~exact).sum()),
-    }
+def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) -> Analysis:
+    """Run the analysis described by ``cfg``; write it to ``cfg.out`` if given; return it.
 
-
-def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) -> dict:
-    """Run the analysis described by ``cfg`` and write it to ``cfg.out``; return the summary.
+    With an empty ``cfg.out`` nothing is written anywhere (not even partial results).
 
     ``model`` and ``tokenizer`` (objects the caller holds) replace loading ``cfg.model.model``;
     ``task`` (a :class:`~phaseprune.tasks.TaskData`) replaces loading ``cfg.task.task``.
     """
     started = time.perf_counter()
-    out = Path(cfg.out)
+    out = Path(cfg.out) if cfg.out else None  # None: kept in memory only
     tc, mc = cfg.task, cfg.model
     check_model_config(mc)
     processes = join(mc.device)  # launched by torchrun / accelerate: each reads a shard
@@ -79,31 +66,30 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
             lm_eval_include=tc.lm_eval_include,
         )
     spec = resolve_model(mc.model) if model is None else None
-    check_out_dir(out, "analyze", overwrite=cfg.overwrite)
+    if out is not None:
+        check_out_dir(out, "analyze", overwrite=cfg.overwrite)
     if model is None:
         enc, model, info = encode_and_load(spec, task, tc, mc, progress=not cfg.quiet)
     else:
         enc, model, info = encode_held(model, tokenizer, task, tc, mc)
-    model16 = fast_copy(model, mc)
     loaded = time.perf_counter()
-    if is_main():  # one process writes the run; the others read it only once it is ready
+    if is_main() and out is not None:  # one process writes; the others read it once ready
         prepare_out_dir(out, "analyze", overwrite=cfg.overwrite)
     barrier()
     parts = decoder_parts(model)
     record = task_record(task, enc, tc.limit)
-    mode = "exact" if model16 is None else "fast"
-    key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__, mode)
+    # "exact": the partial readouts of runs made before --precision went keep their key
+    key = fingerprint(dataclasses.asdict(info), record, __version__, torch.__version__, "exact")
     shape = (len(task.items), info.n_layers + 1, task.n_options)
     partial = on_main(PartialReadout, out, key, shape)  # process 0's, which it alone saves
-    partial.save = is_main()
+    partial.save = partial.save and is_main()
     todo = np.flatnonzero(~partial.done).tolist()
     settings = {
         "max_tokens": cfg.max_tokens or default_max_tokens(mc.device),
         "progress": not cfg.quiet,
         "groups": subject_groups([task.items[i].subject for i in todo]),
     }
-    fast = None
-    if todo and model16 is None:
+    if todo:
         rows = read_options(
             parts,
             [enc.input_ids[i] for i in todo],
@@ -112,18 +98,6 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
             **settings,
         )
         partial.logits[todo], partial.done[todo] = rows.numpy(), True  # every process's rows
-    elif todo:
-        fast = read_options_fast(
-            parts,
-            decoder_parts(model16),
-            [enc.input_ids[i] for i in todo],
-            enc.options.ids,
-            sample=round_robin([task.items[i].subject for i in todo])[: sample_size(len(todo))],
-            on_rows=lambda rows, rows_logits, exact: partial.update(
-                [todo[j] for j in rows], rows_logits, exact
-            ),
-            **settings,
-        )
     read = time.perf_counter()
     logits = partial.logits
     gold = np.array([item.answer for item in task.items])
@@ -138,7 +112,7 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
         gold,
         logits,
         metrics,
-        np.where(partial.exact, info.dtype, "bfloat16"),
+        [info.dtype] * len(task.items),
     )
     summary = build_summary(
         model=dataclasses.asdict(info),
@@ -155,22 +129,23 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
             "communication_s": round(COMMUNICATION["seconds"], 3),
             "total_s": round(time.perf_counter() - started, 3),
         },
-        settings=dataclasses.asdict(cfg),
+        settings=settings_record(cfg),
         version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        precision=None if model16 is None else fast_record(partial.exact, fast),
     )
-    if not is_main():
-        barrier()  # the run is on disk once process 0 passes this
-        return summary
-    if cfg.plots:
-        from phaseprune.presentation.figures.png import (
-            write_plots,  # presentation, loaded only when asked for
-        )
+    result = Analysis(as_written(summary), table_as_written(frame), out)
+    if out is not None and is_main():  # one process writes the run
+        write_analysis(out, summary, frame, plots=cfg.plots)
+        partial.clear()
+    barrier()  # the run is on disk for every process
+    return result
+
+
+def write_analysis(out: Path, summary: Summary, frame: pd.DataFrame, *, plots: bool) -> None:
+    """Write an analyze run into ``out``: its plots, then its records (summary.json last)."""
+    if plots:
+        from phaseprune.presentation.figures.png import write_plots  # loaded only when asked
 
         write_plots(summary, out / "plots")
         stamp_figures(summary, out / "plots")  # the report copies them while this stays true
     write_summary(out, summary, frame)  # summary.json last: marks the run complete
-    partial.clear()
-    barrier()
-    return summary

@@ -18,8 +18,9 @@
 Each function takes every setting of its CLI command by the same name as a keyword
 (``subjects``, ``shots``, ``limit``, ``n_boot``, ``strategy``, ``objective``, ...; ``--no-plots``
 is ``plots=False``), or a whole config (``config=AnalyzeConfig(...)``); the CLI itself runs
-through these functions with a config. Without ``out`` nothing is left on disk: the run is
-made in a temporary directory and returned in memory. A model passed as an object is used as
+through these functions with a config. Without ``out`` nothing is written anywhere, not even
+to a temporary directory: the records come back in memory, equal to what the files would
+hold. A model passed as an object is used as
 it is (its dtype and device), put in eval mode with gradients off, and never changed: pruned
 views restore it. Its weights are not hashed, so its record's ``revision`` is None.
 """
@@ -29,76 +30,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phaseprune.core.errors import UsageError
 from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
+from phaseprune.runs.results import Analysis, Pruning
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from phaseprune.pruning import OnStep
-    from phaseprune.runs.records import Summary, Trajectory
 
 _SECTIONS = {"model": ModelConfig, "task": TaskConfig}
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What :func:`analyze` measured: the run's summary and its per-item table."""
-
-    summary: Summary
-    """``summary.json`` (docs/schema.md): accuracy, per-layer records, phases, settings."""
-    items: pd.DataFrame
-    """``items.parquet``: one row per item and readout layer (margins, picks, logits)."""
-    out: Path | None
-    """Where the run was written; None when it was made in a temporary directory."""
-
-    @property
-    def accuracy(self) -> float:
-        """Final-layer accuracy over the items."""
-        return self.summary["accuracy"]
-
-    @property
-    def transition_layer(self) -> int | None:
-        """First layer of the Decisive Phase (None: the model never decides)."""
-        return self.summary["transition_layer"]
-
-    @property
-    def phases(self) -> dict:
-        """The phases record: Silent and Decisive ranges, each layer's phase, the statement."""
-        return self.summary["phases"]
-
-
-@dataclass(frozen=True)
-class Pruning:
-    """What :func:`prune` did: the trajectory and every candidate's score."""
-
-    trajectory: Trajectory
-    """``trajectory.json`` (docs/schema.md): step 0, every step's readout, the collapse."""
-    candidates: pd.DataFrame
-    """``candidates.parquet``: the score of every candidate layer at every step."""
-    out: Path | None
-    """Where the run was written; None when it was made in a temporary directory."""
-
-    def removed_layers(self, step: int | None = None) -> list[int]:
-        """Original indices removed after ``step`` steps (default: all of them)."""
-        steps = self.trajectory["steps"]
-        upto = len(steps) if step is None else step
-        if not 0 <= upto <= len(steps):
-            raise ValueError(f"the run has steps 0..{len(steps)}; step {step} does not exist")
-        return [k for s in steps[:upto] for k in s["removed_layers"]]
-
-    @property
-    def accuracies(self) -> list[float]:
-        """Evaluation accuracy at step 0 (unpruned) and after each step."""
-        t = self.trajectory
-        return [t["step0"]["eval_accuracy"], *(s["eval_accuracy"] for s in t["steps"])]
 
 
 def make_config(cls: type, **settings: Any):
@@ -154,18 +96,8 @@ def _resolve(cls, model, tokenizer, task, config, out, settings) -> tuple[Any, d
         if set(settings) - {"model", "task"}:
             raise TypeError("pass either config= or keyword settings, not both")
         return config, held
-    settings.setdefault("plots", out is not None)  # a temporary directory keeps no plots
+    settings.setdefault("plots", out is not None)  # a run kept in memory draws no plots
     return make_config(cls, out=os.fspath(out) if out else "", **settings), held
-
-
-@contextmanager
-def _out(config) -> Iterator[Any]:
-    """``config`` as given; with an empty ``out``, pointed at a temporary directory."""
-    if config.out:
-        yield config
-        return
-    with tempfile.TemporaryDirectory(prefix="phaseprune-") as tmp:
-        yield dataclasses.replace(config, out=str(Path(tmp) / "run"), overwrite=True)
 
 
 def analyze(
@@ -193,17 +125,10 @@ def analyze(
     Returns:
         The summary and the per-item table.
     """
-    import pandas as pd
-
     from phaseprune.analysis import run_analyze
-    from phaseprune.runs.files import load_summary
 
     cfg, held = _resolve(AnalyzeConfig, model, tokenizer, task, config, out, dict(settings))
-    with _out(cfg) as run_cfg:
-        run_analyze(run_cfg, **held)
-        summary = load_summary(run_cfg.out)  # as JSON holds it: what a later reader sees
-        items = pd.read_parquet(Path(run_cfg.out) / "items.parquet")
-    return Analysis(summary, items, Path(cfg.out) if cfg.out else None)
+    return run_analyze(cfg, **held)
 
 
 def prune(
@@ -232,14 +157,7 @@ def prune(
     Returns:
         The trajectory and the candidates' scores.
     """
-    import pandas as pd
-
     from phaseprune.pruning import run_prune
-    from phaseprune.runs.files import load_trajectory
 
     cfg, held = _resolve(PruneConfig, model, tokenizer, task, config, out, dict(settings))
-    with _out(cfg) as run_cfg:
-        run_prune(run_cfg, on_step=on_step, **held)
-        traj = load_trajectory(run_cfg.out)  # as JSON holds it: what a later reader sees
-        candidates = pd.read_parquet(Path(run_cfg.out) / "candidates.parquet")
-    return Pruning(traj, candidates, Path(cfg.out) if cfg.out else None)
+    return run_prune(cfg, on_step=on_step, **held)

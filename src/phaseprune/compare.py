@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from phaseprune.core.collapse import layers_before_collapse
 from phaseprune.core.errors import UsageError
-from phaseprune.core.evidence import layers_before_collapse
 from phaseprune.runs.files import load_runs
 from phaseprune.runs.outdir import atomic_write_bytes
 from phaseprune.runs.records import Trajectory
@@ -73,9 +73,15 @@ def run_compare(
         else table.to_string(index=False).encode(),
     )
     table.attrs["headtohead"] = write_headtohead(
-        trajs, run_dirs, labels, out_dir, reference=reference, depth=depth, n_boot=n_boot,
+        trajs,
+        run_dirs,
+        labels,
+        out_dir,
+        reference=reference,
+        depth=depth,
+        n_boot=n_boot,
         seed=seed,
-    )  # fmt: skip
+    )
     return table
 
 
@@ -127,45 +133,63 @@ def headtohead_markdown(h: dict) -> str:
             f"{_pct(r['accuracy_at'].get(depth))} | {r['collapse_depth'] or '—'} | "
             f"{r['deepest']} |"
         )
-    lines += ["", f"Paired differences ({h['reference']} minus the other run, 95% paired "
-              "bootstrap interval over items; * where it excludes zero), and McNemar's exact test "
-              "at the first depth where either run keeps less than 90%:", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Paired differences ({h['reference']} minus the other run, 95% paired "
+        "bootstrap interval over items; * where it excludes zero), and McNemar's exact test "
+        "at the first depth where either run keeps less than 90%:",
+        "",
+    ]
     if not h["paired"]:
         lines += ["Some runs were made before each item's answer was kept: no paired numbers."]
     for p in h["pairs"]:
-        cells = [f"{d['depth']}: {100 * d['difference']:+.1f} [{100 * d['ci'][0]:+.1f}, "
-                 f"{100 * d['ci'][1]:+.1f}]{'*' if d['excludes_zero'] else ''}"
-                 for d in p["differences"]]  # fmt: skip
+        cells = [
+            f"{d['depth']}: {100 * d['difference']:+.1f} [{100 * d['ci'][0]:+.1f}, "
+            f"{100 * d['ci'][1]:+.1f}]{'*' if d['excludes_zero'] else ''}"
+            for d in p["differences"]
+        ]
         m = p["mcnemar"]
-        test = "—" if m is None else (
-            f"depth {m['depth']}: {m['a_only']} items only {p['run']} gets right, "
-            f"{m['b_only']} only {p['against']}; p = {m['p']:.3g}"
-        )  # fmt: skip
+        test = (
+            "—"
+            if m is None
+            else (
+                f"depth {m['depth']}: {m['a_only']} items only {p['run']} gets right, "
+                f"{m['b_only']} only {p['against']}; p = {m['p']:.3g}"
+            )
+        )
         joined = "; ".join(cells) or "no common depth"
         lines += [f"- **{p['against']}**: {joined}. McNemar: {test}."]
     v = h["verdict"]
     if v.get("supported") is not None:
-        lines += ["", f"Verdict: {h['reference']} keeps 90% to depth {v['depth_90']}, the best "
-                  f"baseline ({v['best_other']}) to {v['best_other_depth_90']}; as deep as every "
-                  f"baseline ({', '.join(h['baselines'])}) or deeper: "
-                  f"{'yes' if v['deeper_than_all'] else 'no'} (short by "
-                  f"{v['shortfall']}); paired wins before that run's collapse at depths "
-                  f"{v['paired_wins_at'] or 'none'}: "
-                  f"**{'supported' if v['supported'] else 'not supported'}**."]  # fmt: skip
+        lines += [
+            "",
+            f"Verdict: {h['reference']} keeps 90% to depth {v['depth_90']}, the best "
+            f"baseline ({v['best_other']}) to {v['best_other_depth_90']}; as deep as every "
+            f"baseline ({', '.join(h['baselines'])}) or deeper: "
+            f"{'yes' if v['deeper_than_all'] else 'no'} (short by "
+            f"{v['shortfall']}); paired wins before that run's collapse at depths "
+            f"{v['paired_wins_at'] or 'none'}: "
+            f"**{'supported' if v['supported'] else 'not supported'}**.",
+        ]
         if v.get("pending"):
-            lines += [f"Still at 90% at every depth reached, not yet judged as the best "
-                      f"baseline: {', '.join(v['pending'])}."]  # fmt: skip
+            lines += [
+                f"Still at 90% at every depth reached, not yet judged as the best "
+                f"baseline: {', '.join(v['pending'])}."
+            ]
         for t in v.get("tied", []):
-            lines += [f"Tied with {v['best_other']} on 90% depth (second by area): {t['run']}; "
-                      f"paired wins against it before its collapse at depths "
-                      f"{t['paired_wins_at'] or 'none'}."]  # fmt: skip
+            lines += [
+                f"Tied with {v['best_other']} on 90% depth (second by area): {t['run']}; "
+                f"paired wins against it before its collapse at depths "
+                f"{t['paired_wins_at'] or 'none'}."
+            ]
         if v.get("tied") and v["supported"] and not v.get("holds_against_ties"):
             lines += ["The verdict rests on the area tie-break between the tied baselines."]
     return "\n".join(lines) + "\n"
 
 
-def write_headtohead(trajs, run_dirs, labels, out_dir: Path, *, reference, depth, n_boot,
-                     seed) -> dict | None:  # fmt: skip
+def write_headtohead(
+    trajs, run_dirs, labels, out_dir: Path, *, reference, depth, n_boot, seed
+) -> dict | None:
     """headtohead.json and headtohead.md (None for a single run).
 
     ``load_runs`` already refused runs on other evaluation items.

@@ -28,6 +28,7 @@ from phaseprune.runs.config import (
     strategy_names,
 )
 from phaseprune.runs.files import load_summary
+from phaseprune.runs.records import settings_record
 
 SCORE_CACHE = "score-cache"
 """The demo's strategies share one score store (``prune --score-cache``): every run reads the
@@ -48,7 +49,7 @@ def _check(cfg: DemoConfig) -> None:
 
 def _stage_configs(cfg: DemoConfig) -> tuple[AnalyzeConfig, list[PruneConfig]]:
     out = Path(cfg.out)
-    mc = ModelConfig(model=cfg.model, precision=cfg.precision)
+    mc = ModelConfig(model=cfg.model)
     tc = TaskConfig(task=cfg.task, subjects=cfg.subjects, data_dir=cfg.data_dir, shots=cfg.shots)
     analyze = AnalyzeConfig(
         out=str(out / "analyze"),
@@ -105,7 +106,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         for i, pc in enumerate(prune_cfgs):
             bar.set_postfix_str(f"prune {pc.strategy}: unpruned readout")
             with stage(f"demo prune {pc.strategy}"):
-                trajs[pc.strategy] = run_prune(pc, on_step=_advance(bar, pc))
+                trajs[pc.strategy] = run_prune(pc, on_step=_advance(bar, pc)).trajectory
             bar.update(1 + (i + 1) * (cfg.steps + 1) - bar.n)  # a run that stopped early
     bar.set_postfix_str("compare")
     # the head-to-head: phase-aware (when run) against every other strategy on the same items
@@ -164,7 +165,7 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
                          overwrite=cfg.overwrite, quiet=True,
                          score_cache=store)  # fmt: skip
         with stage(f"demo decider prune {strategy}"):
-            trajs[strategy] = run_prune(pc)
+            trajs[strategy] = run_prune(pc).trajectory
         runs.append(pc.out)
     reference = "phase-aware" if "phase-aware" in cfg.strategies else None
     table = run_compare(runs, str(out / "compare"), reference=reference, depth=steps)
@@ -188,11 +189,11 @@ def _analyze(run_analyze, cfg: AnalyzeConfig) -> dict:
     """Analyze, reusing a finished run with the same settings (an unfinished one resumes)."""
     if (Path(cfg.out) / "summary.json").exists() and not cfg.overwrite:
         record = load_summary(cfg.out)
-        same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists
+        same = json.loads(json.dumps(settings_record(cfg)))  # tuples as JSON lists
         if _without_volatile(record["settings"]) == _without_volatile(same):
             return record
         cfg = dataclasses.replace(cfg, overwrite=True)
-    return run_analyze(cfg)
+    return run_analyze(cfg).summary
 
 
 def _without_volatile(settings: dict) -> dict:

@@ -4,15 +4,17 @@ The run's model is loaded again and refused if its weights are not the run's (th
 local checkpoint's weight files, a hub model's snapshot commit). The layers removed up to the
 requested step are dropped with :func:`~phaseprune.model.surgery.without_layers`, and the view is
 saved with ``save_pretrained`` (safetensors) under a config from
-:func:`~phaseprune.model.surgery.export_config` (``num_hidden_layers`` and per-layer arrays synced),
-with the tokenizer. GGUF inputs are written in HF format. :func:`~phaseprune.model.portable.make_portable`
-then adds what transformers 4 needs to read the config and tokenizer as transformers 5 does
-(or records that the export needs transformers 5), and ``config.json`` gets a ``phaseprune``
-entry naming the base model, its hash and the transformers version needed.
+:func:`~phaseprune.model.surgery.export_config` (``num_hidden_layers`` and per-layer arrays
+synced), with the tokenizer. GGUF inputs are written in HF format.
+:func:`~phaseprune.model.portable.make_portable` then adds what transformers 4 needs to read the
+config and tokenizer as transformers 5 does (or records that the export needs transformers 5),
+and ``config.json`` gets a ``phaseprune`` entry naming the base model, its hash and the
+transformers version needed.
 
 The export is checked by reloading it and comparing its last-position logits, on the first
 :data:`CHECK_PROMPTS` evaluation prompts of the run (rebuilt from the run's task settings),
-with the view's. A model card (``README.md``, :mod:`phaseprune.presentation.model_card`) is written last.
+with the view's. A model card (``README.md``, :mod:`phaseprune.presentation.model_card`) is
+written last.
 """
 
 from __future__ import annotations
@@ -97,17 +99,27 @@ def check_prompts(traj: dict, tokenizer, n: int = CHECK_PROMPTS) -> tuple[list[l
     tc = settings["task"]
     extra = {"lm_eval_include": tc["lm_eval_include"]} if tc.get("lm_eval_include") else {}
     try:
-        task = load_task(tc["task"], subjects=tuple(tc["subjects"]) or None,
-                         data_dir=tc["data_dir"], shots=tc["shots"],
-                         limit=settings["calib"] + settings["eval"], **extra)  # fmt: skip
+        task = load_task(
+            tc["task"],
+            subjects=tuple(tc["subjects"]) or None,
+            data_dir=tc["data_dir"],
+            shots=tc["shots"],
+            limit=settings["calib"] + settings["eval"],
+            **extra,
+        )
         index = {it.item_id: i for i, it in enumerate(task.items)}
         wanted = [i for i in traj["eval_items"][:n] if i in index]
         if not wanted:
             raise UsageError("none of the run's evaluation items is in the task now")
         prompts = build_prompts(task)  # every item's, once
-        enc = encode_prompts(tokenizer, [prompts[index[i]] for i in wanted],
-                             task.n_options, family=traj["model"]["family"], chat=tc["chat"],
-                             add_bos=tc["bos"])  # fmt: skip
+        enc = encode_prompts(
+            tokenizer,
+            [prompts[index[i]] for i in wanted],
+            task.n_options,
+            family=traj["model"]["family"],
+            chat=tc["chat"],
+            add_bos=tc["bos"],
+        )
     except (UsageError, OSError, ValueError) as err:
         warnings.warn(
             f"cannot rebuild the run's evaluation prompts ({first_line(err)}): the reload is "
@@ -147,7 +159,7 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
 
     from phaseprune.model.surgery import export_config, plain_checkpoint, without_layers
 
-    traj = load_trajectory(run_dir)
+    traj = load_trajectory(run_dir, rerun=True)  # a --precision fast run is refused
     removed = removed_at(traj, step)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

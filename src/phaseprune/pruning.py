@@ -11,23 +11,23 @@ resumed run ends with the same trajectory as an uninterrupted one (``timing`` as
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from phaseprune import __version__
 from phaseprune.core.collapse import trajectory_collapse
 from phaseprune.core.errors import UsageError
+from phaseprune.core.items import round_robin, subject_groups
 from phaseprune.core.objectives import objective_of
 from phaseprune.core.phases import removal_phase
 from phaseprune.core.progress import stage
 from phaseprune.engine.candidates import final_readout, option_reduce
 from phaseprune.engine.incremental import IncrementalReadout
-from phaseprune.engine.precision import start_rescoring
 from phaseprune.model.distributed import (
     COMMUNICATION,
     barrier,
@@ -39,40 +39,37 @@ from phaseprune.model.distributed import (
 from phaseprune.model.load import (
     cache_budget_bytes,
     default_max_tokens,
-    model_change,
     resolve_model,
 )
 from phaseprune.model.surgery import kept_layers
 from phaseprune.presentation.figures.stamp import stamp_figures
-from phaseprune.runs.config import PHASE_AWARE_ONLY, PruneConfig, spared_builders
-from phaseprune.runs.files import load_candidates, load_trajectory, write_trajectory
+from phaseprune.runs.config import PruneConfig, spared_builders
+from phaseprune.runs.files import write_trajectory
 from phaseprune.runs.lm_eval_scores import StepScorer
 from phaseprune.runs.loading import (
     check_model_config,
     encode_and_load,
     encode_held,
-    fast_copy,
-    subject_groups,
     task_record,
 )
-from phaseprune.runs.outdir import OWN_STORE, check_out_dir, fingerprint, prepare_out_dir
+from phaseprune.runs.outdir import OWN_STORE, check_out_dir, prepare_out_dir
 from phaseprune.runs.records import Readout, Trajectory
+from phaseprune.runs.results import Pruning, as_written, table_as_written
+from phaseprune.runs.resume import LATER_PRUNE_DEFAULTS, Recipe, load_previous, recipe_key
 from phaseprune.runs.score_store import ScoreStore
-from phaseprune.runs.trajectory import candidate_rows, header, readout_record, step_record
+from phaseprune.runs.trajectory import (
+    RunHead,
+    candidate_rows,
+    header,
+    readout_record,
+    step_record,
+)
 from phaseprune.strategies.context import NoCandidate, PruneContext, stored
 from phaseprune.strategies.registry import strategy_function
-from phaseprune.tasks import load_task, round_robin
+from phaseprune.strategies.search import start_rounding, with_rounding
+from phaseprune.tasks import load_task
 
-VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_budget",
-            "score_cache", "lm_eval_tasks", "lm_eval_steps", "lm_eval_limit",
-            "lm_eval_batch_size")  # fmt: skip
-# settings that only decide where a run stops: a resume may change them (extend or cut short)
-STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
-# settings added after runs were made, left out of the fingerprint at these values so those runs
-# resume (phase-aware's: the first version's, its defaults until the head-to-head picked others)
-LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
-LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective"}
-FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}  # phase-aware's, as settings
+__all__ = ["LATER_PRUNE_DEFAULTS", "OnStep", "PruneRun", "run_prune"]  # what callers import
 
 OnStep = Callable[[Trajectory, Readout, bool], None]
 """``on_step(traj, record, resumed)``: see :func:`run_prune`."""
@@ -94,7 +91,7 @@ class PruneRun:
         self.processes = join(cfg.model.device)  # launched by torchrun: each scores a shard
         self.lm_eval = StepScorer(cfg, tokenizer)  # lm-eval missing or a task unknown: fail now
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.out = Path(cfg.out) if cfg.out else None  # None: kept in memory only
         self.started = time.perf_counter()
         tc, mc = cfg.task, cfg.model
         if task is None:
@@ -125,7 +122,6 @@ class PruneRun:
                 model, tokenizer, task, tc, mc, check_layers=self._check_layers
             )
         self.enc = enc
-        self.model16 = fast_copy(self.model, mc)
         gold = np.array([it.answer for it in task.items])
         # calibration and evaluation both spread over every subject, disjoint
         order = round_robin([it.subject for it in task.items])
@@ -172,11 +168,11 @@ class PruneRun:
 
     def _store(self) -> ScoreStore | None:
         """The store for this model, items and settings (``--score-cache``, else the run's own)."""
-        if self.model16 is not None:
-            return None
         ctx, groups = self.ctx, subject_groups([self.task.items[i].subject for i in self.eval])
         info = {k: v for k, v in dataclasses.asdict(self.info).items() if k != "path"}
-        root = self.cfg.score_cache or Path(self.cfg.out) / OWN_STORE
+        root = self.cfg.score_cache or (self.out / OWN_STORE if self.out else None)
+        if root is None:  # a run kept in memory keeps no store of its own
+            return None
         return ScoreStore(root, info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups,
                           self.eval_ids, groups, list(ctx.option_ids), self.max_tokens,
                           self.processes, __version__)  # fmt: skip
@@ -193,73 +189,41 @@ class PruneRun:
             raise UsageError(f"--block-size {cfg.block_size}: the model has {n} layers; use fewer")
 
     def _check_out(self) -> None:
+        if self.out is None:
+            if self.cfg.resume:
+                raise UsageError("resume needs the directory of the run to resume: give out")
+            return
         check_out_dir(self.out, "prune", overwrite=self.cfg.overwrite, resume=self.cfg.resume)
 
     def key(self, **stopping) -> str:
-        """Fingerprint of the trajectory's recipe; ``stopping`` overrides :data:`STOPPING`."""
-        objective = objective_of(self.cfg.strategy, self.cfg.objective)
-        cfg = dataclasses.replace(self.cfg, objective=objective, **stopping)
-        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE
-                    and LATER_PRUNE_DEFAULTS.get(k, ...) != v
-                    and (k not in PHASE_AWARE_ONLY or cfg.strategy == "phase-aware")}  # fmt: skip
-        for section in ("model", "task"):  # settings added later, at their defaults: left out
-            settings[section] = {k: v for k, v in settings[section].items()
-                                 if LATER_DEFAULTS.get(k, ...) != v}  # fmt: skip
-        # the prompts' token hash covers questions and options; the answer key is not in them
+        """Fingerprint of the trajectory's recipe (:func:`~phaseprune.runs.resume.recipe_key`)."""
+        return recipe_key(self.cfg, self.recipe(), **stopping)
+
+    def head(self) -> RunHead:
+        """What the trajectory's header records about this run."""
+        ids = [it.item_id for it in self.task.items]
+        return RunHead(
+            cfg=self.cfg,
+            fingerprint=self.key(),
+            info=dataclasses.asdict(self.info),
+            task=self.record_task,
+            calib_items=[ids[i] for i in self.calib],
+            eval_items=[ids[i] for i in self.eval],
+            calib_gold=self.ctx.calib_gold,
+            eval_gold=self.eval_gold,
+            calib_logits=self.ctx.ref_logits,
+            n_options=self.task.n_options,
+        )
+
+    def recipe(self) -> Recipe:
+        """What the run's numbers depend on besides its settings."""
         answers = [(it.item_id, it.answer) for it in self.task.items]
-        info = dataclasses.asdict(self.info)
-        if info["weights_sha256"] in (None, info["revision"]):  # a GGUF file's hash is its revision
-            del info["weights_sha256"]
-        return fingerprint(settings, info, self.record_task, answers, __version__)
+        return Recipe(dataclasses.asdict(self.info), self.record_task, answers)
 
     def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items."""
         logits = stored(self.ctx, "eval", removed, lambda: self.eval_reader(removed)).numpy()
         return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
-
-
-def _flat(settings: dict) -> dict:
-    """A run's settings with the model and task sections merged in (their names are distinct)."""
-    flat = {}
-    for key, value in settings.items():
-        flat.update(value if isinstance(value, dict) else {key: value})
-    return flat
-
-
-def _differences(run: PruneRun, traj: Trajectory) -> str:
-    """What a trajectory was made with that this run differs in, for the refusal message."""
-    now = _flat(json.loads(json.dumps(dataclasses.asdict(run.cfg))))  # tuples as JSON lists
-    then = _flat(traj["settings"])
-    flags = [f"--{k.replace('_', '-')}" for k, v in now.items()
-             if k not in VOLATILE and k not in STOPPING and then.get(k) != v]  # fmt: skip
-    if flags:
-        return "settings (" + ", ".join(flags) + ")"
-    if traj["phaseprune_version"] != __version__:
-        return f"phaseprune ({traj['phaseprune_version']})"
-    changed = model_change(traj["model"], json.loads(json.dumps(dataclasses.asdict(run.info))))
-    if changed:
-        return changed
-    if traj["task"] != run.record_task:
-        return "items or prompts"
-    return "items: the answer key differs"
-
-
-def _load_previous(run: PruneRun) -> tuple[Trajectory | None, list[dict]]:
-    """The run to resume (None for a fresh one) and its candidate rows of completed steps."""
-    if not (run.cfg.resume and (run.out / "trajectory.json").exists()):
-        return None, []
-
-    def differs(traj: Trajectory) -> str | None:
-        # the same run made with other stopping rules (e.g. a smaller --steps) continues
-        made = {k: traj["settings"].get(k) for k in STOPPING}
-        same = traj["fingerprint"] in (run.key(), run.key(**made))
-        return None if same else _differences(run, traj)
-
-    traj = load_trajectory(run.out, differs=differs)
-    if traj["fingerprint"] != run.key():  # continued under the new stopping rules, recorded
-        traj["fingerprint"] = run.key()
-        traj["settings"] = dataclasses.asdict(run.cfg)
-    return traj, load_candidates(run.out, {s["step"] for s in traj["steps"]})
 
 
 def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
@@ -273,7 +237,7 @@ def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
         traj["timing"]["score_cache"] = run.ctx.store.record()
     if run.processes > 1:
         traj["timing"]["communication_s"] = round(COMMUNICATION["seconds"], 3)
-    if is_main():
+    if is_main() and run.out is not None:
         write_trajectory(run.out, traj, rows)
 
 
@@ -293,8 +257,11 @@ def _should_stop(run: PruneRun, traj: dict, removed: list[int]) -> bool:
 
 def run_prune(
     cfg: PruneConfig, *, on_step: OnStep | None = None, model=None, tokenizer=None, task=None
-) -> Trajectory:
-    """Run (or resume) a pruning run and return its trajectory record.
+) -> Pruning:
+    """Run (or resume) a pruning run and return its records.
+
+    With ``cfg.out`` the run is written there after every step (and resumes from there);
+    with an empty ``cfg.out`` nothing is written anywhere and the records come back in memory.
 
     Args:
         cfg: The run's settings.
@@ -312,7 +279,7 @@ def run_prune(
     for record in [traj["step0"], *traj["steps"]]:
         notify(traj, record, not fresh)
     if traj.get("complete"):
-        return traj
+        return _result(run, traj, rows)
     removed = [k for s in traj["steps"] for k in s["removed_layers"]]
     prev = traj["steps"][-1] if traj["steps"] else traj["step0"]
     strategy = strategy_function(cfg.strategy)
@@ -320,7 +287,7 @@ def run_prune(
         step = len(traj["steps"]) + 1
         with stage(f"step {step}/{cfg.steps}"):
             try:
-                choice = strategy(run.ctx, removed)
+                choice = with_rounding(run.ctx, strategy(run.ctx, removed))
             except NoCandidate as err:
                 warnings.warn(f"stopped after {step - 1} of {cfg.steps} steps: {err}", stacklevel=2)
                 break
@@ -329,14 +296,19 @@ def run_prune(
             removed = [*removed, *choice.layers]
             readout = run.eval_readout(removed)
             readout |= _lm_eval(run, removed, step)
-        record = step_record(run, step, choice, removed, phase, readout)
+        record = step_record(run.info.n_layers, step, choice, removed, phase, readout)
         traj["steps"].append(record)
         rows += candidate_rows(step, choice)
         traj["timing"][f"step_{step}_s"] = round(time.perf_counter() - run.started, 2)
         _write(run, traj, rows)
         notify(traj, record, False)
         prev = record
-    return _finish(run, traj, rows, removed)
+    return _result(run, _finish(run, traj, rows, removed), rows)
+
+
+def _result(run: PruneRun, traj: Trajectory, rows: list[dict]) -> Pruning:
+    """The run's records as a reader of its files gets them (written or not)."""
+    return Pruning(as_written(traj), table_as_written(pd.DataFrame(rows)), run.out)
 
 
 def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
@@ -345,13 +317,14 @@ def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
     A resumed trajectory comes back as it was; a new one with its unpruned readout written.
     """
     cfg = run.cfg
-    traj, rows = on_main(_load_previous, run)  # the run directory may be process 0's alone
+    # the run directory may be process 0's alone
+    traj, rows = on_main(load_previous, run.out, run.cfg, run.key, run.recipe())
     if traj is not None and traj.get("complete"):
         removed = [k for s in traj["steps"] for k in s["removed_layers"]]
         if _should_stop(run, traj, removed):
             return traj, rows, False  # resuming a finished run: nothing to do or rewrite
         traj["complete"] = False  # finished under other stopping rules: extend it
-    if not (traj is not None and cfg.resume) and is_main():  # one process writes the run
+    if not (traj is not None and cfg.resume) and is_main() and run.out is not None:
         prepare_out_dir(run.out, "prune", overwrite=cfg.overwrite)
     # the unpruned calibration answers, by the same code path as every candidate's
     reduce = option_reduce(run.enc.options.ids)
@@ -364,16 +337,12 @@ def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
         groups=run.ctx.calib_groups,
     ))  # fmt: skip
     run.ctx.ref_logits = ref.numpy()
-    if run.model16 is not None:  # the bounds: bfloat16 against float32 on the same items
-        run.ctx.fast = start_rescoring(
-            run.model, run.model16, run.ctx.calib_ids, run.enc.options.ids, run.ctx.calib_groups,
-            run.ctx.calib_gold, run.ctx.ref_logits, max_tokens=run.max_tokens,
-        )  # fmt: skip
+    start_rounding(run.ctx)  # a bfloat16 run: the error each step's choice is checked against
     if traj is None:
         with stage("step 0 (unpruned)"):
             step0 = run.eval_readout([])
             step0 |= _lm_eval(run, [], 0)
-        traj = header(run, step0)
+        traj = header(run.head(), step0)
         _write(run, traj, rows)
         return traj, rows, True
     return traj, rows, False
@@ -390,7 +359,7 @@ def _finish(run: PruneRun, traj: Trajectory, rows: list[dict], removed: list[int
         )
     traj["complete"] = True
     traj["timing"]["total_s"] = round(time.perf_counter() - run.started, 2)
-    if cfg.plots and is_main():
+    if cfg.plots and is_main() and run.out is not None:
         from phaseprune.presentation.figures.png import write_prune_plots
 
         write_prune_plots(traj, run.out / "plots")

@@ -51,22 +51,6 @@ def _analyze_line(summary: dict) -> str:
     )
 
 
-def _precision_line(record: dict) -> str | None:
-    """What ``--precision fast`` did, in one line (None for exact runs)."""
-    if record.get("mode") != "fast":
-        return None
-    if "items_float32" in record:  # analyze
-        return (
-            f"precision fast: {record['items_bfloat16']} items read in bfloat16, "
-            f"{record['items_float32']} in float32 (bound sample and near ties); every pick is "
-            "float32's"
-        )
-    return (
-        "precision fast: candidates scored in bfloat16, every choice float32's "
-        f"(bound {record['bound']:.3g} on option-logit differences)"
-    )
-
-
 def _print_analyze(summary: dict, out: str) -> None:
     print(_analyze_line(summary))
     print(summary["phases"]["statement"])
@@ -76,8 +60,6 @@ def _print_analyze(summary: dict, out: str) -> None:
         summary["transition_layer"],
     ):
         print(tail)
-    if line := _precision_line(summary["precision"]):
-        print(line)
     plots = f", {out}/plots/" if summary["settings"]["plots"] else ""
     print(f"wrote {out}/summary.json, {out}/items.parquet{plots}")
 
@@ -106,8 +88,6 @@ def cmd_prune(cfg: PruneConfig) -> int:
         for record in [traj["step0"], *traj["steps"]]:
             print(step_line(record))
     print(traj["collapse"]["statement"])
-    if line := _precision_line(traj["precision"]):
-        print(line)
     print(f"wrote {cfg.out}/trajectory.json, {cfg.out}/candidates.parquet")
     return 0
 

@@ -17,7 +17,11 @@ from phaseprune.runs.records import Readout, Trajectory
 
 
 def step_line(record: Readout, *, resumed: bool = False) -> str:
-    """``step 3: removed layer 27 (decisive) -> accuracy 61.0%, transition 14 ...``."""
+    """``step 3: removed layer 27 (decisive) -> accuracy 61.0%, transition 14 ...``.
+
+    A step of a bfloat16 run whose runner-up was within rounding says so: float32 might have
+    removed the runner-up instead.
+    """
     outcome = f"accuracy {record['eval_accuracy']:.1%}, transition {record['transition_layer']}"
     if "step" not in record:
         parts = [f"  step 0: unpruned -> {outcome}"]
@@ -26,13 +30,13 @@ def step_line(record: Readout, *, resumed: bool = False) -> str:
             f"  step {record['step']}: removed layer {record['removed_layer']} "
             f"({record['phase_of_removed']}) -> {outcome}"
         ]
-    fast = record.get("precision")
     if record.get("note"):
         parts.append(f"[{record['note']}]")
-    if fast:
+    if (record.get("precision") or {}).get("within_rounding"):
+        rounding = record["precision"]
         parts.append(
-            f"[float32 re-scored {fast['rescored_candidates']} candidates, "
-            f"{fast['rescored_item_passes']} item passes]"
+            f"[decision within {rounding['dtype']} rounding of the runner-up: "
+            f"{rounding['score']} gap {rounding['gap']:.3g} <= bound {rounding['bound']:.3g}]"
         )
     if scores := record.get("lm_eval"):
         parts.append("[lm-eval " + ", ".join(_scores(scores)) + "]")
@@ -67,6 +71,8 @@ def step_event(traj: Trajectory, record: Readout, *, resumed: bool, elapsed_s: f
     }
     if record.get("lm_eval"):
         event["lm_eval"] = record["lm_eval"]
+    if record.get("precision"):  # a bfloat16 run: the step's rounding check
+        event["rounding"] = record["precision"]
     return event
 
 

@@ -3,8 +3,8 @@
 Pure functions of a pruning trajectory; the one place the collapse rule and its sentence live.
 The **collapse step** is the first step whose evaluation accuracy fell below
 ``collapse_fraction`` x the unpruned accuracy: a rule that does not depend on the number of
-evaluation items (an interval's reach does: on 60 items "within chance" fired anywhere below
-about 35%, on 1,000 only near 27%). Separately, ``within_chance_step`` flags the first step
+evaluation items (an interval's reach does: on few items "within chance" fires far above
+chance, on many only near it). Separately, ``within_chance_step`` flags the first step
 whose 95% interval reaches chance (its lower end at or below ``chance``), a statement about
 what these items can tell, not the collapse. A model that starts within chance (never decides)
 cannot collapse: its attribution says so instead of naming a step.
@@ -156,3 +156,19 @@ def trajectory_collapse(traj: Mapping) -> dict:
     return collapse_step(
         s0["eval_accuracy"], s0["eval_accuracy_ci"][0], traj["steps"], traj["chance"], fraction
     )
+
+
+def layers_before_collapse(traj: Mapping) -> dict:
+    """Layers removed before the collapse step (all removed if none), and whether it came.
+
+    Reads the trajectory's stored collapse (provisional for an unfinished run). ``strategy``
+    names the run: its ``label`` where a caller gave one (runs that share a strategy), else
+    its strategy.
+    """
+    step = (traj.get("collapse") or {}).get("step")
+    steps = traj["steps"]
+    upto = (step - 1) if step else len(steps)
+    n = len(steps[upto - 1]["removed_so_far"]) if upto > 0 else 0
+    label = traj.get("label") or traj["strategy"]
+    return {"strategy": label, "removed": n, "collapsed": step is not None,
+            "steps_run": len(steps)}  # fmt: skip

@@ -263,10 +263,15 @@ def head_to_head(
     if baselines is None:
         baselines = [c.label for c in curves if c.strategy not in NOT_BASELINES]
     judged = [ref, *(c for c in curves if c.label in baselines and c is not ref)]
-    return {"reference": reference, "depth": depth, "rows": rows, "pairs": pairs,
-            "paired": all(c.correct is not None for c in curves),
-            "baselines": [c.label for c in judged[1:]],
-            "verdict": verdict(ref, judged, pairs, depth)}  # fmt: skip
+    return {
+        "reference": reference,
+        "depth": depth,
+        "rows": rows,
+        "pairs": pairs,
+        "paired": all(c.correct is not None for c in curves),
+        "baselines": [c.label for c in judged[1:]],
+        "verdict": verdict(ref, judged, pairs, depth),
+    }
 
 
 def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth: int) -> dict:
@@ -300,9 +305,13 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
     def wins_over(c: Curve) -> list[int]:
         pair = next(p for p in pairs if p["against"] == c.label)
         limit = c.collapse_depth if c.collapse_depth is not None else max(c.depths)
-        return [d["depth"] for d in pair["differences"]
-                if d["depth"] < limit + (c.collapse_depth is None) and d["excludes_zero"]
-                and d["difference"] > 0]  # fmt: skip
+        return [
+            d["depth"]
+            for d in pair["differences"]
+            if d["depth"] < limit + (c.collapse_depth is None)
+            and d["excludes_zero"]
+            and d["difference"] > 0
+        ]
 
     best = max(known, key=strength)
     mine, theirs = retention_depth(ref, share), retention_depth(best, share)
@@ -311,9 +320,16 @@ def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth
     supported = deeper and bool(wins)
     # baselines as deep at 90% as the best one, which the area alone put second: the verdict
     # holds against each of them too, or it rests on that tie-break
-    tied = [{"run": c.label, "area": retained_area(c, common), "collapse_depth": c.collapse_depth,
-             "paired_wins_at": wins_over(c)}
-            for c in known if c is not best and retention_depth(c, share) == theirs]  # fmt: skip
+    tied = [
+        {
+            "run": c.label,
+            "area": retained_area(c, common),
+            "collapse_depth": c.collapse_depth,
+            "paired_wins_at": wins_over(c),
+        }
+        for c in known
+        if c is not best and retention_depth(c, share) == theirs
+    ]
     return {
         "supported": supported,
         "best_other": best.label,

@@ -253,3 +253,11 @@ def check_shots_limit(shots: int, limit: int | None) -> None:
         raise UsageError(f"--shots must be 0 or more, got {shots}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be 1 or more, got {limit}; omit it to score every item")
+
+
+def subject_groups(subjects: list[str]) -> list[list[int]]:
+    """Indices of items grouped by subject: each group shares its few-shot prefix."""
+    groups: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        groups.setdefault(subject, []).append(i)
+    return list(groups.values())

@@ -198,9 +198,10 @@ def backward_tokens(model: nn.Module, parts: DecoderParts, budget: int = BACKWAR
     """Padded tokens per Taylor batch whose saved activations stay near ``budget`` bytes.
 
     Autograd keeps, per token, roughly 12 residual-width and 4 MLP-width vectors of every layer
-    and 3 vocabulary-wide float32 vectors (the logits, their log-softmax and its gradient). At
-    4096 tokens that is about 26 GB for Qwen2.5-1.5B (151,936-token vocabulary), which with the
-    weights and their gradients ran out of 24 GB; at this budget it takes one text at a time.
+    and 3 vocabulary-wide float32 vectors (the logits, their log-softmax and its gradient). With
+    a large vocabulary those dominate, and at thousands of tokens per batch they outgrow a GPU
+    that also holds the weights and their gradients; at this budget a 1.5B model with a
+    150k-token vocabulary takes one text at a time.
     Capped at 4096; a text longer than the result still runs, alone.
     """
     width = d_model(model)

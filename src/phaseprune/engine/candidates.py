@@ -17,8 +17,8 @@ then runs only its own tokens on it. The prefix then costs ``L - 1 - p`` layer p
 candidate instead of per item.
 
 Memory: the layer inputs of the items being scored are held while every candidate runs on
-them, ``(L + 1) x padded own tokens x d_model`` values (SmolLM2, 64 five-shot items: about
-0.3 GB in float32; a 7B model with 500 items would need tens of GB). ``cache_budget`` bounds
+them, ``(L + 1) x padded own tokens x d_model`` values: small for a small model on a few
+dozen items, tens of GB for a 7B model on hundreds of few-shot items. ``cache_budget`` bounds
 it: a group's batches are packed into chunks whose cached inputs fit, and each chunk is
 scored by every candidate before the next runs. Chunking costs nothing on the items' own
 tokens; only the shared prefix is recomputed, ``L - 1 - p`` layer passes per candidate per
@@ -170,10 +170,16 @@ def score_removals(
         if shard.items:
             with local_only():
                 local = score_removals(
-                    model, removed, candidates, shard.take(input_ids), reduce,
-                    max_tokens=max_tokens, progress=progress, groups=shard.groups,
+                    model,
+                    removed,
+                    candidates,
+                    shard.take(input_ids),
+                    reduce,
+                    max_tokens=max_tokens,
+                    progress=progress,
+                    groups=shard.groups,
                     cache_budget=cache_budget,
-                )  # fmt: skip
+                )
         return shard.gather(local)
     n_layers = len(model_layers(model))
     kept = kept_layers(n_layers, removed)
@@ -229,9 +235,13 @@ def final_readout(
         if shard.items:
             with local_only():
                 local = final_readout(
-                    model, removed, shard.take(input_ids), reduce, max_tokens=max_tokens,
+                    model,
+                    removed,
+                    shard.take(input_ids),
+                    reduce,
+                    max_tokens=max_tokens,
                     groups=shard.groups,
-                )  # fmt: skip
+                )
         return shard.gather(local)
     rows: list = [None] * len(input_ids)
     with torch.inference_mode(), without_layers(model, removed) as parts:

@@ -186,7 +186,7 @@ def one_thread() -> Iterator[None]:
     """Run torch on one CPU thread inside the block, restoring the thread count after.
 
     The matrices are so small that a second thread costs more in synchronisation than it
-    saves (about 4x slower on a busy 2-core machine), and one thread keeps the order of float
+    saves (much more on a busy machine), and one thread keeps the order of float
     reductions, hence the trained weights, independent of the machine's core count.
     """
     before = torch.get_num_threads()

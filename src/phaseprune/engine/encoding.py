@@ -127,3 +127,18 @@ def encode_prompts(
             raise UsageError("--bos was requested but the tokenizer has no BOS token; use --no-bos")
         ids = [[bos, *row] for row in ids]
     return EncodedPrompts(ids, options, add_bos, chat)
+
+
+def check_context(task, input_ids: list[list[int]], window: int | None) -> None:
+    """Refuse prompts (plus the answer letter) longer than the model's context window."""
+    if window is None:
+        return
+    long = [(it.item_id, len(ids)) for it, ids in zip(task.items, input_ids, strict=True)
+            if len(ids) + 1 > window]  # fmt: skip
+    if long:
+        shown = ", ".join(f"{item} ({n} tokens)" for item, n in long[:5])
+        more = f" and {len(long) - 5} more" if len(long) > 5 else ""
+        raise UsageError(
+            f"{len(long)} prompts do not fit the model's context of {window} tokens: {shown}"
+            f"{more}; use fewer --shots or drop those items"
+        )

@@ -10,14 +10,14 @@ Removing late layers (``last``, block influence, Decisive-Phase layers) then cos
 layer passes instead of a full pass; the first readout, or one after layers came back, is a
 full pass.
 
-The readout is :func:`~phaseprune.engine.readout.read_options`'s, taken from the cache: index ``l`` is
-the input of layer ``l`` (the embeddings for 0, the output of layer ``l - 1`` after), the last
-index the last layer's output, each through the final norm and the option rows at the last
-real position. The batches are read_options' batches, so the values are the same (tested
+The readout is :func:`~phaseprune.engine.readout.read_options`'s, taken from the cache: index
+``l`` is the input of layer ``l`` (the embeddings for 0, the output of layer ``l - 1`` after),
+the last index the last layer's output, each through the final norm and the option rows at the
+last real position. The batches are read_options' batches, so the values are the same (tested
 against it, bit for bit on CPU).
 
-Memory: ``(L + 1) x padded own tokens x d_model`` values for all items at once (Qwen2.5-1.5B,
-60 zero-shot MMLU items: about 1 GB in float32). Past ``cache_budget`` it keeps nothing and
+Memory: ``(L + 1) x padded own tokens x d_model`` values for all items at once, growing with
+the model's depth and width and the items' length. Past ``cache_budget`` it keeps nothing and
 runs a plain :func:`~phaseprune.engine.readout.read_options` per call.
 """
 
@@ -43,8 +43,8 @@ from phaseprune.engine.layer_cache import (
     tokens_budget,
 )
 from phaseprune.engine.readout import read_options
-from phaseprune.model.load import hold_loaded
 from phaseprune.model.distributed import item_shard, local_only
+from phaseprune.model.load import hold_loaded
 from phaseprune.model.surgery import kept_layers, without_layers
 
 
@@ -197,8 +197,9 @@ class IncrementalReadout:
         return out
 
     def _key(self) -> str:
-        digest = hashlib.sha256(repr((self.ids, self.option_ids, self.groups,
-                                      self.max_tokens)).encode())  # fmt: skip
+        digest = hashlib.sha256(
+            repr((self.ids, self.option_ids, self.groups, self.max_tokens)).encode()
+        )
         return f"{id(self.model)}:{digest.hexdigest()}"
 
     def _shared(self) -> list[_Group] | None:

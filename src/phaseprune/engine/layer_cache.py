@@ -1,8 +1,8 @@
 """Layer-input caches: run a model once keeping every layer's input, then resume from any layer.
 
-The re-run engine that candidate scoring (:mod:`phaseprune.engine.candidates`) and the readout after
-each pruning step (:mod:`phaseprune.engine.incremental`) share. Removing decoder layer ``k`` leaves the
-residual stream before ``k`` unchanged, so a model run once with :func:`run_batch` (every
+The re-run engine that candidate scoring (:mod:`phaseprune.engine.candidates`) and the readout
+after each pruning step (:mod:`phaseprune.engine.incremental`) share. Removing decoder layer ``k``
+leaves the residual stream before ``k`` unchanged, so a model run once with :func:`run_batch` (every
 layer's input kept in a :class:`CachedBatch`) can be continued from layer ``p``'s input by
 :func:`resume`: the layers before ``p`` are replaced by
 :class:`~phaseprune.model.arch.CachedLayer` stand-ins that return the cached input, and only the

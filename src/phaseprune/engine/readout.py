@@ -188,10 +188,14 @@ def read_options(
 
             with local_only():
                 local = read_options(
-                    parts, shard.take(input_ids), option_ids, max_tokens=max_tokens,
-                    progress=progress, groups=shard.groups,
+                    parts,
+                    shard.take(input_ids),
+                    option_ids,
+                    max_tokens=max_tokens,
+                    progress=progress,
+                    groups=shard.groups,
                     on_batch=None if on_batch is None else local_batch,
-                )  # fmt: skip
+                )
         return shard.gather(local)
     ids_t = torch.tensor(list(option_ids), device=parts.unembed.weight.device)
     n_readout = len(parts.layers) + 1

@@ -23,7 +23,8 @@ decoder-layer calling convention (:func:`layer_input`, :func:`layer_output`), wh
 read a BOS token (:func:`default_add_bos`), the residual width (:func:`d_model`), and the two
 hook contexts the engines build on: :func:`capture_layer_inputs` ("record what enters each
 layer") and :func:`stand_in_layers` ("run these stand-ins in place of those layers").
-Edits of a model (layer removal, re-indexing, export configs) are in :mod:`phaseprune.model.surgery`.
+Edits of a model (layer removal, re-indexing, export configs) are in
+:mod:`phaseprune.model.surgery`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Two facts decide a CPU run's speed: bfloat16 matrix units (AMX, AVX512-BF16), which torch
 drives through oneDNN (without them bfloat16 is emulated and slower than float32), and free
 cores: the affinity mask and a cgroup quota cap them, and other processes' load shares them.
-Oversubscribing is costly: two 2-thread torch processes on 2 cores slowed candidate scoring 7x
-(10.9 -> 1.5 candidates/s, measured here), hence :func:`busy_cores` and :func:`busy_warning`.
+Oversubscribing is costly: torch threads that wait on each other for a shared core slow every
+forward several-fold (see docs/dtypes-and-threads.md), hence :func:`busy_cores` and
+:func:`busy_warning`.
 """
 
 from __future__ import annotations
@@ -147,3 +148,16 @@ def describe(plan: ThreadPlan) -> str:
     """One short line for logs, e.g. ``"2 threads (cores available), bfloat16 units: amx_bf16"``."""
     units = plan.bf16 or "none (emulated, slower than float32)"
     return f"{plan.threads} threads ({plan.source}), bfloat16 units: {units}"
+
+
+def use_cores(*, check_busy: bool) -> None:
+    """Give torch one thread per core this process may use (``OMP_NUM_THREADS`` wins).
+
+    With ``check_busy``, warn when other processes already keep those cores busy: torch
+    processes sharing cores slow each other several times over (docs/benchmarks.md).
+    """
+    plan = plan_threads()
+    apply_threads(plan)
+    message = busy_warning(plan, busy_cores()) if check_busy else None
+    if message:
+        warnings.warn(message, stacklevel=3)

@@ -11,9 +11,10 @@ Every process holds the whole model and runs the same run. The item-wise work, t
 costly part, is split: :func:`item_shard` gives each process a share of the items balanced by
 token count, a few-shot subject group kept whole where the balance allows (its shared prefix
 then runs on one process only). :func:`phaseprune.engine.readout.read_options`,
-:func:`phaseprune.engine.candidates.score_removals`, :func:`phaseprune.engine.candidates.final_readout` and
-:class:`phaseprune.engine.incremental.IncrementalReadout` run on the process's shard and gather every
-process's per-item rows (:meth:`Shard.gather`), so each process holds the same full arrays,
+:func:`phaseprune.engine.candidates.score_removals`,
+:func:`phaseprune.engine.candidates.final_readout` and
+:class:`phaseprune.engine.incremental.IncrementalReadout` run on the process's shard and gather
+every process's per-item rows (:meth:`Shard.gather`), so each process holds the same full arrays,
 reaches the same decisions from the same numbers, and process 0 alone writes the run.
 Work that is not per item (the one-shot hidden-state rankings, lm-eval's scores) runs whole on
 every process, or on process 0 and is broadcast. Collectives time out after

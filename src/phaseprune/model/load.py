@@ -17,11 +17,10 @@ of a hub model's snapshot, and n_layers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import dataclasses
 import importlib.util
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +145,8 @@ def pick_device(device: str) -> str:
 def default_max_tokens(device: str) -> int:
     """Padded tokens per forward batch: 512 on CPU, 16384 on GPUs.
 
-    On CPU small batches keep activations in cache: scoring SmolLM2 candidates took 11.5 s at
-    512 against 19.4 s at 8192 for the same work (and length-sorted small batches pad less).
+    On CPU small batches keep activations in cache, so the same work runs faster in batches of
+    512 than of 8192 (and length-sorted small batches pad less); see docs/benchmarks.md.
     """
     return 512 if pick_device(device).startswith("cpu") else 16384
 
@@ -327,9 +326,15 @@ def load_model(
     parts = decoder_parts(model)  # raises UsageError for unsupported families
     weights, revision = _identity(spec, model.config)
     info = model_info(
-        model, parts, name=spec.name, path=spec.path, dtype=dtype, gguf_file=spec.gguf_file,
-        revision=revision, weights_sha256=weights,
-    )  # fmt: skip
+        model,
+        parts,
+        name=spec.name,
+        path=spec.path,
+        dtype=dtype,
+        gguf_file=spec.gguf_file,
+        revision=revision,
+        weights_sha256=weights,
+    )
     if _HELD is not None:
         _HELD[key] = (model, info)
     return model, info

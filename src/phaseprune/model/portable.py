@@ -6,8 +6,8 @@ transformers 5 writes two things that transformers 4.57 misreads (checked by
 * RoPE settings live only under ``rope_parameters`` (``{"rope_theta": 100000.0, "rope_type":
   "default"}``). transformers 4 reads ``rope_theta`` (GPT-NeoX: ``rotary_emb_base`` and
   ``rotary_pct``; Gemma-3's sliding layers: ``rope_local_base_freq``) and ``rope_scaling`` at
-  the top level, so without them it silently falls back to its defaults: SmolLM2 loaded with
-  ``rope_theta`` 10000 instead of 100000 and its logits moved by up to 1.85.
+  the top level, so without them it silently falls back to its defaults (``rope_theta``
+  10000 for a model trained with 100000), and the model's logits change.
 * ``tokenizer_config.json`` names the class ``TokenizersBackend``, which transformers 4 does
   not have, so ``AutoTokenizer`` fails. ``PreTrainedTokenizerFast`` is the same class in
   transformers 5 (an alias) and the fast tokenizer over ``tokenizer.json`` in transformers 4.
@@ -134,8 +134,11 @@ def make_portable(out_dir: str | Path, metadata: dict[str, Any]) -> Portability:
     reasons += portable_tokenizer(out_dir)
     requires = ">=5.0" if reasons else f">={CHECKED_TRANSFORMERS_4}"
     config.update(written)
-    config["phaseprune"] = {**metadata, "requires_transformers": requires,
-                            "transformers_4_fields": sorted(written)}  # fmt: skip
+    config["phaseprune"] = {
+        **metadata,
+        "requires_transformers": requires,
+        "transformers_4_fields": sorted(written),
+    }
     if reasons:
         config["phaseprune"]["transformers_4_cannot_read"] = reasons
     _write(out_dir / "config.json", config)

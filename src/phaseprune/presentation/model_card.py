@@ -120,12 +120,16 @@ def model_card(traj: dict, export: dict, out_dir: str) -> str:
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if lm_tasks is None:
-        note = ("The run's task is a user file, which lm-evaluation-harness has no task for: "
-                "replace YOUR_TASK with one.")  # fmt: skip
+        note = (
+            "The run's task is a user file, which lm-evaluation-harness has no task for: "
+            "replace YOUR_TASK with one."
+        )
     else:
-        note = ("lm-evaluation-harness builds its own prompts and, outside MMLU, scores "
-                "answer texts rather than letters, so its accuracy can differ from the numbers "
-                "above.")  # fmt: skip
+        note = (
+            "lm-evaluation-harness builds its own prompts and, outside MMLU, scores "
+            "answer texts rather than letters, so its accuracy can differ from the numbers "
+            "above."
+        )
     command = lm_eval_command(out_dir, task, model["dtype"], scored)
     n = len(export["removed_layers"])
     return f"""{_yaml_header(export.get("base_hub_id"))}

@@ -119,13 +119,6 @@ class ModelConfig:
         parse=parse_device,
     )
     trust_remote_code: bool = _doc("Allow the checkpoint's own modelling code.", False)
-    precision: str = _doc(
-        "exact: every forward in --dtype. fast: a bfloat16 copy runs the forwards and float32 "
-        "re-scores every near tie, so picks and chosen layers equal float32's (needs --dtype "
-        "float32 and a CPU with bfloat16 units, else runs exact and says so).",
-        "exact",
-        choices=("exact", "fast"),
-    )
 
 
 @config
@@ -330,13 +323,6 @@ class DemoConfig:
         "Comma-separated strategies to compare.",
         ("iterative", "phase-aware", "block-influence", "last"),
         choices=strategy_names,
-    )
-    precision: str = _doc(
-        "exact or fast (as in analyze). exact by default: with iterative's accuracy objective "
-        "on a model at chance, nearly every candidate is a near tie that fast re-scores in "
-        "float32, so fast would be slower.",
-        "exact",
-        choices=("exact", "fast"),
     )
     decider: bool = _doc(
         "Also tell the story on a model that decides: a 6-layer Llama trained here in seconds on "

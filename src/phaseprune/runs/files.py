@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from phaseprune.runs import outdir as runio
 from phaseprune.core.errors import UsageError
+from phaseprune.runs import outdir as runio
 from phaseprune.runs.records import (
     EXACT,
     RECORD_FILES,
@@ -45,7 +45,8 @@ class RunRecord:
     kind: RunKind
     """``"analyze"`` (``summary.json``) or ``"prune"`` (``trajectory.json``)."""
     record: dict
-    """The :class:`~phaseprune.runs.records.Summary` or :class:`~phaseprune.runs.records.Trajectory`."""
+    """The :class:`~phaseprune.runs.records.Summary` or
+    :class:`~phaseprune.runs.records.Trajectory`."""
 
     @property
     def complete(self) -> bool:
@@ -67,7 +68,7 @@ def _read_json(path: Path) -> dict:
 def _upgrade(kind: RunKind, record: dict) -> None:
     """Bring a record written by an older phaseprune of the same schema up to date.
 
-    Records before ``--precision`` were all exact. Models before weight hashing have
+    Records before ``--precision`` (since removed) were all exact. Models before weight hashing have
     ``weights_sha256`` None (unknown), or for a GGUF file its revision (its sha256 already).
     Trajectories of unfinished runs did not store their provisional collapse before the
     run-record module; it is the collapse of the completed steps. A record too damaged for
@@ -263,7 +264,10 @@ def load_summary(run_dir: str | Path) -> Summary:
 
 
 def load_trajectory(
-    run_dir: str | Path, *, differs: Callable[[Trajectory], str | None] | None = None
+    run_dir: str | Path,
+    *,
+    differs: Callable[[Trajectory], str | None] | None = None,
+    rerun: bool = False,
 ) -> Trajectory:
     """The checked ``trajectory.json`` of a prune run.
 
@@ -272,8 +276,16 @@ def load_trajectory(
         differs: for a resume, what in the record differs from the run about to continue it
             (settings, model, items; None when its fingerprint matches); a record that differs
             is refused, naming that.
+        rerun: the caller runs the run's model again (as a resume does, and ``export``): a
+            run made with ``--precision fast`` is refused (its numbers still load without).
     """
     traj = load_run(run_dir, "prune").record
+    if (rerun or differs is not None) and traj["precision"].get("mode") == "fast":
+        raise UsageError(
+            f"{Path(run_dir) / 'trajectory.json'} was made with --precision fast, which "
+            "phaseprune no longer has: start a new run (--overwrite or another --out), or use "
+            f"the phaseprune that made it ({traj['phaseprune_version']})"
+        )
     why = differs(traj) if differs is not None else None
     if why:
         raise UsageError(

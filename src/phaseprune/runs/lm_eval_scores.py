@@ -82,9 +82,12 @@ def score_view(
     with without_layers(model, removed), _global_rng_kept(), lm_eval_quiet(), bars:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         results = evaluator.simple_evaluate(
-            model=lm, tasks=task_specs(tasks), limit=limit, task_manager=manager,
+            model=lm,
+            tasks=task_specs(tasks),
+            limit=limit,
+            task_manager=manager,
             log_samples=False,
-        )  # fmt: skip
+        )
     n_samples = results.get("n-samples", {})
     return {
         name: _task_scores(metrics, n_samples.get(name, {}).get("effective"))
@@ -162,9 +165,16 @@ class StepScorer:
             return {}
         if not self.wanted(step):
             return {"lm_eval": None}
-        scores = score_view(model, self.tokenizer(), self.tasks, removed, limit=self.limit,
-                            batch_size=self.batch_size, include=self.include,
-                            progress=self.progress)  # fmt: skip
+        scores = score_view(
+            model,
+            self.tokenizer(),
+            self.tasks,
+            removed,
+            limit=self.limit,
+            batch_size=self.batch_size,
+            include=self.include,
+            progress=self.progress,
+        )
         return {"lm_eval": scores}
 
     def tokenizer(self):

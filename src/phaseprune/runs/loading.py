@@ -12,13 +12,14 @@ import warnings
 
 import numpy as np
 
-from phaseprune.model.arch import context_window
-from phaseprune.runs.config import ModelConfig, TaskConfig
-from phaseprune.model.distributed import local_device
-from phaseprune.engine.encoding import encode_prompts
 from phaseprune.core.errors import UsageError
-from phaseprune.model.load import load_model, load_tokenizer, with_revision
 from phaseprune.core.prompts import build_prompts
+from phaseprune.engine.encoding import check_context, encode_prompts
+from phaseprune.model.arch import context_window
+from phaseprune.model.distributed import local_device
+from phaseprune.model.cpu import use_cores
+from phaseprune.model.load import load_model, load_tokenizer, with_revision
+from phaseprune.runs.config import ModelConfig, TaskConfig
 
 
 def _tokens_hash(input_ids: list[list[int]]) -> str:
@@ -27,14 +28,6 @@ def _tokens_hash(input_ids: list[list[int]]) -> str:
         digest.update(np.asarray(row, dtype=np.int64).tobytes())
         digest.update(b"|")
     return digest.hexdigest()
-
-
-def subject_groups(subjects: list[str]) -> list[list[int]]:
-    """Indices of items grouped by subject: each group shares its few-shot prefix."""
-    groups: dict[str, list[int]] = {}
-    for i, subject in enumerate(subjects):
-        groups.setdefault(subject, []).append(i)
-    return list(groups.values())
 
 
 def task_record(task, enc, limit: int | None) -> dict:
@@ -79,7 +72,7 @@ def encode_and_load(
         use_cores(check_busy=progress)
     model, info = load_model(
         spec,
-        dtype="float32" if mc.precision == "fast" else mc.dtype,
+        dtype=mc.dtype,
         device=local_device(mc.device),  # launched: cuda is this process's own GPU
         trust_remote_code=mc.trust_remote_code,
         progress=progress,
@@ -88,11 +81,10 @@ def encode_and_load(
 
 
 def check_model_config(mc: ModelConfig) -> None:
-    """Refuse a device or dtype this machine or mode cannot run, before any file is read.
+    """Refuse a device this machine cannot run, before any file is read.
 
     The field checks have already refused malformed values (``--device tpu``); this one knows
-    the machine: ``cuda`` without a visible GPU, a GPU index past the last one, and ``--dtype``
-    other than float32 with ``--precision fast``.
+    the machine: ``cuda`` without a visible GPU, or a GPU index past the last one.
     """
     import torch
 
@@ -107,11 +99,6 @@ def check_model_config(mc: ModelConfig) -> None:
             raise UsageError(
                 f"--device {mc.device}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}"
             )
-    if mc.precision == "fast" and mc.dtype not in (None, "float32"):
-        raise UsageError(
-            f"--precision fast decides in float32 and runs a bfloat16 copy: drop --dtype "
-            f"{mc.dtype}, or keep it with --precision exact"
-        )
 
 
 def encode_held(model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, check_layers=None):
@@ -156,54 +143,3 @@ def _encode(tokenizer, config, task, tc: TaskConfig):
     )
     check_context(task, enc.input_ids, context_window(config))
     return enc
-
-
-def use_cores(*, check_busy: bool) -> None:
-    """Give torch one thread per core this process may use (``OMP_NUM_THREADS`` wins).
-
-    With ``check_busy``, warn when other processes already keep those cores busy: two
-    2-thread torch processes on 2 cores slowed candidate scoring from 10.9 to 1.5 per second.
-    """
-    from phaseprune.model.cpu import apply_threads, busy_cores, busy_warning, plan_threads
-
-    plan = plan_threads()
-    apply_threads(plan)
-    message = busy_warning(plan, busy_cores()) if check_busy else None
-    if message:
-        warnings.warn(message, stacklevel=3)
-
-
-def fast_copy(model, mc: ModelConfig):
-    """The bfloat16 copy that ``--precision fast`` runs, or None (exact).
-
-    A CPU without bfloat16 matrix units would run bfloat16 slower than float32: the run then
-    stays exact and a warning says so (the record says ``mode: exact``).
-    """
-    if mc.precision != "fast":
-        return None
-    from phaseprune.model.cpu import bf16_units
-    from phaseprune.engine.precision import bfloat16_copy
-
-    if mc.device.startswith("cpu") and bf16_units() is None:
-        warnings.warn(
-            "--precision fast: this CPU has no bfloat16 matrix units (AMX or avx512_bf16), "
-            "where bfloat16 runs slower than float32; running exact float32",
-            stacklevel=2,
-        )
-        return None
-    return bfloat16_copy(model)
-
-
-def check_context(task, input_ids: list[list[int]], window: int | None) -> None:
-    """Refuse prompts (plus the answer letter) longer than the model's context window."""
-    if window is None:
-        return
-    long = [(it.item_id, len(ids)) for it, ids in zip(task.items, input_ids, strict=True)
-            if len(ids) + 1 > window]  # fmt: skip
-    if long:
-        shown = ", ".join(f"{item} ({n} tokens)" for item, n in long[:5])
-        more = f" and {len(long) - 5} more" if len(long) > 5 else ""
-        raise UsageError(
-            f"{len(long)} prompts do not fit the model's context of {window} tokens: {shown}"
-            f"{more}; use fewer --shots or drop those items"
-        )

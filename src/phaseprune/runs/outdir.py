@@ -114,16 +114,21 @@ def fingerprint(*parts) -> str:
 
 
 class PartialReadout:
-    """Option logits computed so far, saved so an interrupted run can continue."""
+    """Option logits computed so far, saved so an interrupted run can continue.
 
-    def __init__(self, out: Path, key: str, shape: tuple[int, int, int], *, save: bool = True):
-        self.path = out / "partial" / "readout.npz"
+    ``out`` None keeps them in memory only (a run that writes no directory).
+    """
+
+    def __init__(
+        self, out: Path | None, key: str, shape: tuple[int, int, int], *, save: bool = True
+    ):
+        self.path = None if out is None else out / "partial" / "readout.npz"
         self.key = key
-        self.save = save  # False: keep batches in memory only (a process that does not write)
+        self.save = save and out is not None  # False: in memory only (e.g. not process 0)
         self.logits = np.zeros(shape, dtype=np.float32)
         self.done = np.zeros(shape[0], dtype=bool)
         self.exact = np.ones(shape[0], dtype=bool)  # rows read in the model's own dtype
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             try:
                 with np.load(self.path) as saved:
                     if str(saved["key"]) == key and saved["logits"].shape == shape:
@@ -143,7 +148,7 @@ class PartialReadout:
         self.logits[items] = logits
         self.done[items] = True
         self.exact[items] = exact
-        if not self.save:
+        if not (self.save and self.path is not None):
             return
         import io
 
@@ -153,4 +158,5 @@ class PartialReadout:
 
     def clear(self) -> None:
         """Remove the partial file once the run is complete."""
-        shutil.rmtree(self.path.parent, ignore_errors=True)
+        if self.path is not None:
+            shutil.rmtree(self.path.parent, ignore_errors=True)

@@ -4,9 +4,9 @@ An ``analyze`` run writes :class:`Summary` (``summary.json``) and ``items.parque
 run writes :class:`Trajectory` (``trajectory.json``: settings, the unpruned readout, one
 :class:`Step` per removal and the :class:`Collapse`) and ``candidates.parquet``. The records are
 JSON objects, typed here as ``TypedDict`` so that every reader and writer names the same keys;
-:mod:`phaseprune.runs.outdir` is the one loader (schema version, kind, required keys, fingerprint) and
-the one writer. The schema is documented in ``docs/schema.md``; bump :data:`SCHEMA_VERSION` or
-:data:`TRAJECTORY_SCHEMA` on any change that renames or removes a key.
+:mod:`phaseprune.runs.files` is the one loader (schema version, kind, required keys,
+fingerprint) and the one writer. The schema is documented in ``docs/schema.md``; bump
+:data:`SCHEMA_VERSION` or :data:`TRAJECTORY_SCHEMA` on any change that renames or removes a key.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import pandas as pd
 
+from phaseprune.core.items import LETTERS
 from phaseprune.core.metrics import ItemMetrics, LayerStats, option_frequency, wilson_interval
 from phaseprune.core.phases import PhaseResult
-from phaseprune.core.items import LETTERS
 
 SCHEMA_VERSION = 1  # summary.json of analyze runs
 TRAJECTORY_SCHEMA = 1  # trajectory.json of prune runs
 RunKind = Literal["analyze", "prune"]
 EXACT = {"mode": "exact"}
-"""The precision record of a run computed in its model's dtype throughout."""
+"""The precision record of a run computed in its model's dtype throughout (every run since
+``--precision fast`` was removed; runs made with it say ``"mode": "fast"``)."""
 
 
 class LayerRecord(TypedDict):
@@ -102,7 +103,9 @@ class Step(Readout):
     note: str | None
     calib_phases: dict[str, Any] | None
     precision: dict[str, Any] | None
-    """``--precision fast``: the step's bound and float32 re-scorings (None: exact)."""
+    """A bfloat16 or float16 run: whether the choice was within rounding of the runner-up
+    (``dtype``, ``error``, ``score``, ``gap``, ``bound``, ``within_rounding``; docs/schema.md).
+    None in float32 (a run made with ``--precision fast``: its bound and float32 re-scorings)."""
 
 
 class Collapse(TypedDict):
@@ -154,7 +157,8 @@ class Trajectory(EvalGold):
     timing: dict[str, float]
     collapse: Collapse
     precision: dict[str, Any]
-    """How the run computed: ``mode`` exact or fast, and the fast mode's measured bound."""
+    """How the run computed: ``mode`` exact (a run made with ``--precision fast``: fast, and
+    that mode's measured bound)."""
 
 
 class Summary(TypedDict):
@@ -179,7 +183,8 @@ class Summary(TypedDict):
     timing: dict[str, float]
     settings: dict[str, Any]
     precision: dict[str, Any]
-    """How the readout was computed: ``mode`` exact or fast (bound, items per precision)."""
+    """How the readout was computed: ``mode`` exact (a run made with ``--precision fast``:
+    fast, its bound and items per precision)."""
 
 
 RECORD_TYPES: dict[RunKind, type] = {"analyze": Summary, "prune": Trajectory}
@@ -205,6 +210,18 @@ def phases_record(phases: PhaseResult, n_layers: int) -> PhasesRecord:
     }
 
 
+def settings_record(cfg) -> dict[str, Any]:
+    """A record's ``settings``: the config's fields, with ``model.precision`` ``"exact"``.
+
+    ``--precision`` is gone and every run computes in its ``--dtype`` throughout, as runs
+    made with ``--precision exact`` did: their settings and fingerprints stay as they were,
+    so those runs resume and readers of the field keep working.
+    """
+    settings = dataclasses.asdict(cfg)
+    settings["model"]["precision"] = "exact"
+    return settings
+
+
 def build_summary(
     *,
     model: dict,
@@ -217,7 +234,6 @@ def build_summary(
     settings: dict,
     version: str,
     created: str,
-    precision: dict | None = None,
 ) -> Summary:
     """Assemble ``summary.json``; the model's own accuracy is the last readout layer's."""
     n_options = task["n_options"]
@@ -245,7 +261,7 @@ def build_summary(
         "phases": phases_record(phases, n_layers),
         "timing": timing,
         "settings": settings,
-        "precision": precision or dict(EXACT),
+        "precision": dict(EXACT),
     }
 
 
@@ -259,7 +275,7 @@ def items_table(
 ) -> pd.DataFrame:
     """One row per item and readout layer (``items.parquet``).
 
-    ``precision`` names the dtype each item's logits were read in (``--precision fast``).
+    ``precision`` names the dtype each item's logits were read in.
     """
     n_items, n_readout, n_options = option_logits.shape
     letters = np.array(list(LETTERS[:n_options]))

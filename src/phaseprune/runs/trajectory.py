@@ -1,14 +1,15 @@
 """The records of a pruning run: its header, each step's record and candidate rows.
 
-Built from a run in progress (:class:`phaseprune.pruning.PruneRun`, read through its attributes:
-``cfg``, ``info``, ``task``, ``ctx``, ``calib``, ``eval``, ``record_task``, ``key()``); the
-types are :mod:`phaseprune.runs.records`' and docs/schema.md describes every key.
+Built from plain values: the header from a :class:`RunHead` that ``prune``'s runner fills, a
+step from its :class:`~phaseprune.strategies.context.Choice` and readout. The types are
+:mod:`phaseprune.runs.records`' and docs/schema.md describes every key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from phaseprune import __version__
 from phaseprune.core.metrics import item_metrics, layer_stats, wilson_interval
 from phaseprune.core.objectives import candidate_metrics
 from phaseprune.core.phases import detect_phases
+from phaseprune.model.surgery import kept_layers
 from phaseprune.runs.records import (
     EXACT,
     TRAJECTORY_SCHEMA,
@@ -24,9 +26,9 @@ from phaseprune.runs.records import (
     Trajectory,
     layer_record,
     phases_record,
+    settings_record,
 )
 from phaseprune.strategies.context import runner_up
-from phaseprune.model.surgery import kept_layers
 
 
 def readout_record(logits: np.ndarray, gold: np.ndarray, n_options: int, cfg) -> Readout:
@@ -50,43 +52,66 @@ def readout_record(logits: np.ndarray, gold: np.ndarray, n_options: int, cfg) ->
     return record
 
 
-def header(run, step0: Readout) -> Trajectory:
+@dataclasses.dataclass(frozen=True)
+class RunHead:
+    """What a new trajectory's header records about its run (made by ``prune``'s runner)."""
+
+    cfg: Any
+    """The run's :class:`~phaseprune.runs.config.PruneConfig`."""
+    fingerprint: str
+    """The recipe's fingerprint (:func:`~phaseprune.runs.resume.recipe_key`)."""
+    info: dict
+    """The model's identity (``ModelInfo`` as a dict)."""
+    task: dict
+    """The items and how they were tokenised (``trajectory["task"]``)."""
+    calib_items: list[str]
+    """Calibration item ids, in the order they are scored."""
+    eval_items: list[str]
+    """Evaluation item ids, in the order they are read."""
+    calib_gold: np.ndarray
+    """(n_calib,) gold option index per calibration item."""
+    eval_gold: np.ndarray
+    """(n_eval,) gold option index per evaluation item."""
+    calib_logits: np.ndarray
+    """(n_calib, n_options) the unpruned model's final option logits on the calibration items."""
+    n_options: int
+    """Options per item."""
+
+
+def header(head: RunHead, step0: Readout) -> Trajectory:
     """A new trajectory record: the run's identity, items and unpruned readout, no steps yet."""
-    cfg = run.cfg
-    items = [it.item_id for it in run.task.items]
+    cfg = head.cfg
     return {
         "schema_version": TRAJECTORY_SCHEMA,
         "kind": "prune",
         "phaseprune_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": run.key(),
-        "model": dataclasses.asdict(run.info),
-        "task": run.record_task,
+        "fingerprint": head.fingerprint,
+        "model": head.info,
+        "task": head.task,
         "strategy": cfg.strategy,
         "objective": cfg.objective,
-        "settings": dataclasses.asdict(cfg),
-        "calib_items": [items[i] for i in run.calib],
-        "eval_items": [items[i] for i in run.eval],
-        "eval_gold": [int(g) for g in run.eval_gold],
-        "calib_gold": [int(g) for g in run.ctx.calib_gold],
-        "calib_picks": [int(p) for p in np.asarray(run.ctx.ref_logits).argmax(-1)],
-        "chance": 1.0 / run.task.n_options,
-        "n_layers": run.info.n_layers,
+        "settings": settings_record(cfg),
+        "calib_items": list(head.calib_items),
+        "eval_items": list(head.eval_items),
+        "eval_gold": [int(g) for g in head.eval_gold],
+        "calib_gold": [int(g) for g in head.calib_gold],
+        "calib_picks": [int(p) for p in np.asarray(head.calib_logits).argmax(-1)],
+        "chance": 1.0 / head.n_options,
+        "n_layers": head.info["n_layers"],
         # the unpruned model on the calibration items, as candidates are scored there
-        "calib_step0": candidate_metrics(
-            run.ctx.ref_logits, run.ctx.calib_gold, run.ctx.ref_logits
-        ),
+        "calib_step0": candidate_metrics(head.calib_logits, head.calib_gold, head.calib_logits),
         "step0": step0,
         "steps": [],
         "complete": False,
         "timing": {},
         "collapse": None,  # set by _write before anything is written
-        "precision": run.ctx.fast.run_record() if run.ctx.fast else dict(EXACT),
+        "precision": dict(EXACT),
     }
 
 
 def step_record(
-    run, step: int, choice, removed: list[int], phase_of_removed: str, readout: Readout
+    n_layers: int, step: int, choice, removed: list[int], phase_of_removed: str, readout: Readout
 ) -> Step:
     """The record of one step: what was removed, why, and the readout after it."""
     best = choice.scores[choice.layers[0]]
@@ -95,7 +120,7 @@ def step_record(
         "removed_layer": choice.layers[0] if len(choice.layers) == 1 else list(choice.layers),
         "removed_layers": list(choice.layers),
         "removed_so_far": list(removed),
-        "remaining_layers": kept_layers(run.info.n_layers, removed),
+        "remaining_layers": kept_layers(n_layers, removed),
         "phase_of_removed": phase_of_removed,
         "calib_score": best["score"],
         "calib_metrics": {k: v for k, v in best.items() if k not in ("score", "picks")},

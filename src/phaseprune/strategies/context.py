@@ -18,7 +18,6 @@ import torch
 
 from phaseprune.core.progress import stage
 from phaseprune.engine.incremental import IncrementalReadout
-from phaseprune.engine.precision import Rescoring
 from phaseprune.model.distributed import sharding
 from phaseprune.model.surgery import kept_layers
 
@@ -86,9 +85,10 @@ class PruneContext:
     """Show progress bars."""
     store: Any = None
     """``--score-cache``: a :class:`phaseprune.runs.score_store.ScoreStore` (a later layer, so not
-    imported here), keeping logits of pruned models on disk by removed set (exact runs)."""
-    fast: Rescoring | None = None
-    """``--precision fast``: candidates run in this bfloat16 copy, float32 decides near ties."""
+    imported here), keeping logits of pruned models on disk by removed set."""
+    rounding: float | None = None
+    """A bfloat16 or float16 run: its rounding error measured at step 0
+    (:func:`~phaseprune.engine.rounding.measure_rounding`); None in float32."""
     cache: StrategyCache = field(default_factory=StrategyCache)
     """What strategies computed at earlier steps."""
 
@@ -120,8 +120,12 @@ class Choice:
     """A fallback or other rule the user must know about."""
     calib_phases: dict | None = None
     """Phase-aware: the calibration phases the choice was based on."""
+    logits: dict[int, np.ndarray] | None = None
+    """Objective-scored strategies: each candidate's ``(n_calib, n_options)`` final option
+    logits, for the rounding check of a half-precision run."""
     precision: dict | None = None
-    """``--precision fast``: the bound and the float32 re-scorings behind the choice."""
+    """A bfloat16 or float16 run: whether the choice was within rounding of the runner-up
+    (:func:`~phaseprune.core.rounding.rounding_check`); None in float32."""
 
 
 def stored(ctx: PruneContext, kind: str, removed, compute, candidate: int | None = None):

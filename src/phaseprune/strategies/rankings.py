@@ -81,7 +81,7 @@ def _mean_nll(values: torch.Tensor) -> float:
 
 
 def _scan(ctx, removed, todo, input_ids, reduce, on_scored, groups=None) -> dict:
-    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch, memory and progress."""
+    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch and memory."""
     return score_removals(
         ctx.model,
         removed,

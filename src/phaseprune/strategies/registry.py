@@ -92,6 +92,8 @@ def strategy_function(name: str) -> Callable:
 def markdown_table() -> str:
     """The README's strategy table."""
     rows = ["| strategy | kind | reads | rule |", "|---|---|---|---|"]
-    rows += [f"| `{s.name}` | {s.kind} | {s.reads}{' + gradients' if s.gradients else ''} "
-             f"| {s.rule} |" for s in STRATEGIES.values()]  # fmt: skip
+    rows += [
+        f"| `{s.name}` | {s.kind} | {s.reads}{' + gradients' if s.gradients else ''} | {s.rule} |"
+        for s in STRATEGIES.values()
+    ]
     return "\n".join(rows)

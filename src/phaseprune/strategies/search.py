@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from phaseprune.core.metrics import item_metrics
 from phaseprune.core.objectives import best_candidate, candidate_metrics, objective_key
 from phaseprune.core.phases import PhaseResult, detect_phases, tail_cut_index
+from phaseprune.core.rounding import rounding_check
 from phaseprune.engine import baselines
 from phaseprune.engine.candidates import option_reduce, score_removals
 from phaseprune.engine.incremental import IncrementalReadout
-from phaseprune.engine.precision import score_removals_fast
+from phaseprune.engine.rounding import measure_rounding, model_dtype
 from phaseprune.model.surgery import kept_layers, without_layers
 from phaseprune.strategies.context import (
     Choice,
@@ -38,17 +39,14 @@ OBJECTIVE_CRITERIA = {
 
 
 def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int]) -> Choice:
-    """Score each candidate removal by the objective on the calibration items; keep the best.
+    """Score each candidate removal by the objective on the calibration items; keep the best."""
 
-    With ``ctx.fast`` the candidates run in bfloat16 and float32 re-scores whatever could
-    change the choice (:func:`~phaseprune.engine.precision.score_removals_fast`).
-    """
-
-    def score(model, removed, candidates, ids, groups, on_scored=None):
+    def score(todo, on_scored, items):
+        ids, groups = item_subset(ctx.calib_ids, ctx.calib_groups, items)
         return score_removals(
-            model,
+            ctx.model,
             removed,
-            candidates,
+            todo,
             ids,
             option_reduce(ctx.option_ids),
             max_tokens=ctx.max_tokens,
@@ -58,40 +56,53 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
             on_scored=on_scored,
         )
 
-    if ctx.fast is None:  # each candidate kept in the score store (if any) once scored
-        # the decision builders' scan is step 1's: its candidates come back from the store
-        logits = stored_removals(
-            ctx,
-            "candidates",
-            removed,
-            candidates,
-            lambda todo, keep, items: score(
-                ctx.model, removed, todo, *item_subset(ctx.calib_ids, ctx.calib_groups, items), keep
-            ),
-            parts=ctx.calib_groups,
-        )
-    else:
-        logits = score_removals_fast(
-            score,
-            ctx.model,
-            ctx.fast,
-            removed,
-            candidates,
-            ctx.calib_ids,
-            ctx.calib_groups,
-            objective=ctx.objective,
-            gold=ctx.calib_gold,
-            ref_logits=ctx.ref_logits,
-        )
+    # each candidate kept in the score store (if any) once scored; the decision builders'
+    # scan is step 1's: its candidates come back from the store
+    scored = stored_removals(ctx, "candidates", removed, candidates, score, parts=ctx.calib_groups)
+    logits = {k: v.numpy() for k, v in scored.items()}
     scores, keys = {}, {}
     for k, value in logits.items():
-        metrics = candidate_metrics(value.numpy(), ctx.calib_gold, ctx.ref_logits)
+        metrics = candidate_metrics(value, ctx.calib_gold, ctx.ref_logits)
         keys[k] = objective_key(ctx.objective, metrics)
         # each calibration item's pick without k: paired intervals per removal (evidence)
-        scores[k] = {**metrics, "score": keys[k][0], "picks": value.numpy().argmax(-1).tolist()}
+        scores[k] = {**metrics, "score": keys[k][0], "picks": value.argmax(-1).tolist()}
     criterion = Criterion(OBJECTIVE_CRITERIA[ctx.objective], "max")
-    precision = None if ctx.fast is None else ctx.fast.record()
-    return Choice((best_candidate(keys),), scores, criterion, precision=precision)
+    return Choice((best_candidate(keys),), scores, criterion, logits=logits)
+
+
+def start_rounding(ctx: PruneContext) -> None:
+    """Set ``ctx.rounding``: the unpruned model's rounding error (None in float32)."""
+    ctx.rounding = measure_rounding(
+        ctx.model, ctx.calib_ids, ctx.option_ids, ctx.calib_groups, max_tokens=ctx.max_tokens
+    )
+
+
+def with_rounding(ctx: PruneContext, choice: Choice) -> Choice:
+    """``choice`` with its rounding check in a half-precision run (float32: as it is).
+
+    An objective-scored choice is checked against the best other candidate by the objective's
+    key (:func:`~phaseprune.core.rounding.rounding_check`); a choice by another rule (a
+    ranking, the Decisive tail, block influence) has no option logits to compare and says so
+    with ``within_rounding`` None, as does a step with a single candidate.
+    """
+    if ctx.rounding is None:
+        return choice
+    dtype = str(model_dtype(ctx.model)).removeprefix("torch.")
+    unchecked = dict.fromkeys(("score", "gap", "bound", "within_rounding"))
+    record = {"dtype": dtype, "error": round(ctx.rounding, 6), **unchecked}
+    chosen, logits = choice.layers[0], choice.logits or {}
+    others = {k: objective_key(ctx.objective, choice.scores[k]) for k in logits if k != chosen}
+    if others:
+        runner = logits[best_candidate(others)]
+        record |= rounding_check(
+            ctx.objective,
+            logits[chosen],
+            runner,
+            ctx.calib_gold,
+            ctx.ref_logits,
+            ctx.rounding,
+        )
+    return dataclasses.replace(choice, precision=record)
 
 
 def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:

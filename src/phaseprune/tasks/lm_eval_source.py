@@ -223,8 +223,10 @@ def _exemplars(
             dev[subject], scored[subject] = items[:shots], items[shots:]
             excluded += [ex.item_id for ex in dev[subject]]
         elif shots:
-            dev[subject] = [_item(task, subject, f"{subject}/{fewshot_split}/{i}", d, True)
-                            for i, d in _first(task.fewshot_docs(), shots)]  # fmt: skip
+            dev[subject] = [
+                _item(task, subject, f"{subject}/{fewshot_split}/{i}", d, True)
+                for i, d in _first(task.fewshot_docs(), shots)
+            ]
         else:
             dev[subject] = []
     return dev, excluded

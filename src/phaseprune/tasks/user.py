@@ -178,9 +178,12 @@ def _builder_records(builder: str, path: Path) -> Iterator[tuple[int, dict[str, 
     except Exception as err:  # datasets raises many kinds (ArrowInvalid, DatasetGenerationError)
         raise UsageError(
             f"{path}: cannot read it as {builder} ({first_line(err.__cause__ or err)}); "
-            + ("write a JSON list of objects or one object a line" if builder == "json"
-               else "write it with pandas.DataFrame.to_parquet or pyarrow")
-        ) from err  # fmt: skip
+            + (
+                "write a JSON list of objects or one object a line"
+                if builder == "json"
+                else "write it with pandas.DataFrame.to_parquet or pyarrow"
+            )
+        ) from err
     return _lower_keys(rows)
 
 

@@ -84,8 +84,10 @@ class ReadoutCurves(NamedTuple):
 
 
 def _spans(phases: dict, x: np.ndarray) -> tuple[PhaseSpan, ...]:
-    spans = [("Silent Phase", SILENT_COLOR, phases["silent"]),
-             ("Decisive Phase", DECISIVE_COLOR, phases.get("decisive"))]  # fmt: skip
+    spans = [
+        ("Silent Phase", SILENT_COLOR, phases["silent"]),
+        ("Decisive Phase", DECISIVE_COLOR, phases.get("decisive")),
+    ]
     return tuple(
         PhaseSpan(name, color, float(x[span[0]]) - 0.5, float(x[span[1]]) + 0.5)
         for name, color, span in spans
@@ -93,8 +95,13 @@ def _spans(phases: dict, x: np.ndarray) -> tuple[PhaseSpan, ...]:
     )
 
 
-def readout_curves(layers: list[dict], phases: dict, transition: int | None, chance: float,
-                   x: Sequence[int] | None = None) -> ReadoutCurves:  # fmt: skip
+def readout_curves(
+    layers: list[dict],
+    phases: dict,
+    transition: int | None,
+    chance: float,
+    x: Sequence[int] | None = None,
+) -> ReadoutCurves:
     """Shape a ``layers`` record (with its ``phases``) into curves.
 
     Args:
@@ -107,19 +114,25 @@ def readout_curves(layers: list[dict], phases: dict, transition: int | None, cha
     layer = np.array([r["layer"] for r in layers])
     xs = layer if x is None else np.asarray(x)
     return ReadoutCurves(
-        layer, xs, np.array([r["margin_mean"] for r in layers]),
+        layer,
+        xs,
+        np.array([r["margin_mean"] for r in layers]),
         np.array([r["margin_ci"] for r in layers], dtype=float).reshape(-1, 2),
         np.array([r["accuracy"] for r in layers]),
         np.array([r["accuracy_ci"] for r in layers], dtype=float).reshape(-1, 2),
-        tuple(readout_phase(transition, int(i)) for i in layer), _spans(phases, xs),
-        transition, None if transition is None else float(xs[transition]), chance,
-    )  # fmt: skip
+        tuple(readout_phase(transition, int(i)) for i in layer),
+        _spans(phases, xs),
+        transition,
+        None if transition is None else float(xs[transition]),
+        chance,
+    )
 
 
 def summary_curves(summary: dict) -> ReadoutCurves:
     """The curves of an analyze run's ``summary.json``."""
-    return readout_curves(summary["layers"], summary["phases"], summary["transition_layer"],
-                          summary["chance"])  # fmt: skip
+    return readout_curves(
+        summary["layers"], summary["phases"], summary["transition_layer"], summary["chance"]
+    )
 
 
 def _steps(traj: dict) -> list[dict]:
@@ -130,10 +143,15 @@ def step_curves(traj: dict) -> list[ReadoutCurves]:
     """The curves after every step of a pruning run (step 0 first), x = original layer."""
     n = traj["n_layers"]
     return [
-        readout_curves(s["layers"], s["phases"], s["transition_layer"], traj["chance"],
-                       [0] + [k + 1 for k in s.get("remaining_layers", range(n))])
+        readout_curves(
+            s["layers"],
+            s["phases"],
+            s["transition_layer"],
+            traj["chance"],
+            [0] + [k + 1 for k in s.get("remaining_layers", range(n))],
+        )
         for s in _steps(traj)
-    ]  # fmt: skip
+    ]
 
 
 class OptionGrid(NamedTuple):
@@ -151,20 +169,23 @@ class OptionGrid(NamedTuple):
     """Transition readout index, or None."""
 
 
-def option_grid(layers: list[dict], letters: Sequence[str], gold: dict | None,
-                transition: int | None) -> OptionGrid:  # fmt: skip
+def option_grid(
+    layers: list[dict], letters: Sequence[str], gold: dict | None, transition: int | None
+) -> OptionGrid:
     """Shape the ``option_frequency`` of each readout (and the gold distribution) into a grid."""
     shares = np.array([[r["option_frequency"][c] for c in letters] for r in layers])
     gold_shares = None if gold is None else np.array([gold.get(c, 0.0) for c in letters])
-    return OptionGrid(tuple(letters), np.array([r["layer"] for r in layers]), shares,
-                      gold_shares, transition)  # fmt: skip
+    return OptionGrid(
+        tuple(letters), np.array([r["layer"] for r in layers]), shares, gold_shares, transition
+    )
 
 
 def summary_option_grid(summary: dict) -> OptionGrid:
     """An analyze run's Option Frequency beside its gold letters."""
     letters = summary["task"].get("letters") or list(summary["gold_frequency"])
-    return option_grid(summary["layers"], letters, summary["gold_frequency"],
-                       summary["transition_layer"])  # fmt: skip
+    return option_grid(
+        summary["layers"], letters, summary["gold_frequency"], summary["transition_layer"]
+    )
 
 
 def step0_option_grid(traj: dict) -> OptionGrid:
@@ -217,21 +238,26 @@ def accuracy_run(traj: dict, label: str, color: str) -> AccuracyRun:
     """One run's accuracy points; the collapse is read from its ``collapse`` record only."""
     steps = _steps(traj)
     return AccuracyRun(
-        label, color, np.array([0] + [len(s["removed_so_far"]) for s in traj["steps"]]),
+        label,
+        color,
+        np.array([0] + [len(s["removed_so_far"]) for s in traj["steps"]]),
         np.array([s["eval_accuracy"] for s in steps]),
         np.array([s["eval_accuracy_ci"] for s in steps], dtype=float).reshape(-1, 2),
         tuple(s.get("step", 0) for s in steps),
         ("none (unpruned)", *(layers_text(s["removed_layer"]) for s in traj["steps"])),
         ("", *(s["phase_of_removed"] for s in traj["steps"])),
-        (traj.get("collapse") or {}).get("step"), traj["chance"],
-    )  # fmt: skip
+        (traj.get("collapse") or {}).get("step"),
+        traj["chance"],
+    )
 
 
 def accuracy_runs(trajs: Sequence[dict], labels: Sequence[str] | None = None) -> list[AccuracyRun]:
     """Every run's points in its palette colour; labels default to the strategies."""
     labels = labels or [t["strategy"] for t in trajs]
-    return [accuracy_run(t, label, PALETTE[i % len(PALETTE)])
-            for i, (t, label) in enumerate(zip(trajs, labels, strict=True))]  # fmt: skip
+    return [
+        accuracy_run(t, label, PALETTE[i % len(PALETTE)])
+        for i, (t, label) in enumerate(zip(trajs, labels, strict=True))
+    ]
 
 
 class MarginGrid(NamedTuple):
@@ -289,6 +315,7 @@ class OptionSteps(NamedTuple):
 def option_steps(traj: dict) -> OptionSteps:
     """Final-layer Option Frequency of every step of a pruning run."""
     letters = tuple(traj["task"]["letters"])
-    shares = np.array([[s["layers"][-1]["option_frequency"][c] for c in letters]
-                       for s in _steps(traj)])  # fmt: skip
+    shares = np.array(
+        [[s["layers"][-1]["option_frequency"][c] for c in letters] for s in _steps(traj)]
+    )
     return OptionSteps(letters, shares, step_ticks(traj))

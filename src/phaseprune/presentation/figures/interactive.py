@@ -49,37 +49,78 @@ def base_layout(fig: go.Figure, height: int, **kw) -> go.Figure:
 def phase_shapes(curves: ReadoutCurves) -> list[dict]:
     """Shaded Silent / Decisive phases and the transition line, in the x units of ``curves``."""
     shapes = [
-        {"type": "rect", "xref": "x", "yref": "paper", "x0": span.x0, "x1": span.x1, "y0": 0,
-         "y1": 1, "fillcolor": span.color, "opacity": 0.6, "line": {"width": 0},
-         "layer": "below", "name": span.name, "showlegend": True}
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": span.x0,
+            "x1": span.x1,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": span.color,
+            "opacity": 0.6,
+            "line": {"width": 0},
+            "layer": "below",
+            "name": span.name,
+            "showlegend": True,
+        }
         for span in curves.spans
-    ]  # fmt: skip
+    ]
     if curves.transition is not None:
         x = curves.transition_x
-        shapes.append({
-            "type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
-            "showlegend": True, "name": f"transition (readout layer {curves.transition})",
-            "line": {"color": TRANSITION_COLOR, "dash": "dash", "width": 2},
-        })  # fmt: skip
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": x,
+                "x1": x,
+                "y0": 0,
+                "y1": 1,
+                "showlegend": True,
+                "name": f"transition (readout layer {curves.transition})",
+                "line": {"color": TRANSITION_COLOR, "dash": "dash", "width": 2},
+            }
+        )
     return shapes
 
 
 def band_traces(
-    xs: Sequence[float], mean: Sequence[float], ci: Sequence[Sequence[float]], *, color: str,
-    name: str, band_name: str, hover: str, customdata: list, fill: str,
-) -> list[go.Scatter]:  # fmt: skip
+    xs: Sequence[float],
+    mean: Sequence[float],
+    ci: Sequence[Sequence[float]],
+    *,
+    color: str,
+    name: str,
+    band_name: str,
+    hover: str,
+    customdata: list,
+    fill: str,
+) -> list[go.Scatter]:
     """A line with markers and its interval as a filled band (one legend entry each)."""
     xs = [float(x) for x in xs]
     lo = [float(c[0]) for c in ci]
     hi = [float(c[1]) for c in ci]
     band = go.Scatter(
-        x=[*xs, *xs[::-1]], y=[*hi, *lo[::-1]], mode="lines", fill="toself", fillcolor=fill,
-        line={"width": 0}, hoverinfo="skip", name=band_name,
-    )  # fmt: skip
+        x=[*xs, *xs[::-1]],
+        y=[*hi, *lo[::-1]],
+        mode="lines",
+        fill="toself",
+        fillcolor=fill,
+        line={"width": 0},
+        hoverinfo="skip",
+        name=band_name,
+    )
     line = go.Scatter(
-        x=xs, y=[float(v) for v in mean], mode="lines+markers", marker={"size": 6}, name=name,
-        line={"color": color, "width": 2}, customdata=customdata, hovertemplate=hover,
-    )  # fmt: skip
+        x=xs,
+        y=[float(v) for v in mean],
+        mode="lines+markers",
+        marker={"size": 6},
+        name=name,
+        line={"color": color, "width": 2},
+        customdata=customdata,
+        hovertemplate=hover,
+    )
     return [band, line]
 
 
@@ -92,14 +133,23 @@ MARGIN_HOVER = (
 
 def margin_traces(curves: ReadoutCurves) -> list[go.Scatter]:
     """Mean Decision Margin and its bootstrap band at the curves' x positions."""
-    custom = [[int(i), float(lo), float(hi), float(acc), phase] for i, (lo, hi), acc, phase
-              in zip(curves.layer, curves.margin_ci, curves.accuracy, curves.phase,
-                     strict=True)]  # fmt: skip
+    custom = [
+        [int(i), float(lo), float(hi), float(acc), phase]
+        for i, (lo, hi), acc, phase in zip(
+            curves.layer, curves.margin_ci, curves.accuracy, curves.phase, strict=True
+        )
+    ]
     return band_traces(
-        curves.x, curves.margin, curves.margin_ci, color=MARGIN_COLOR, name="mean Decision Margin",
-        band_name="95% bootstrap CI", hover=MARGIN_HOVER, customdata=custom,
+        curves.x,
+        curves.margin,
+        curves.margin_ci,
+        color=MARGIN_COLOR,
+        name="mean Decision Margin",
+        band_name="95% bootstrap CI",
+        hover=MARGIN_HOVER,
+        customdata=custom,
         fill=rgba(MARGIN_COLOR, 0.25),
-    )  # fmt: skip
+    )
 
 
 def margin_figure(curves: ReadoutCurves) -> go.Figure:
@@ -118,18 +168,30 @@ def layer_accuracy_figure(curves: ReadoutCurves) -> go.Figure:
         [float(lo), float(hi), phase]
         for (lo, hi), phase in zip(curves.accuracy_ci, curves.phase, strict=True)
     ]
-    hover = ("readout layer %{x}<br>accuracy %{y:.1%} (95% CI %{customdata[0]:.1%}–"
-             "%{customdata[1]:.1%})<br>%{customdata[2]} phase<extra></extra>")  # fmt: skip
+    hover = (
+        "readout layer %{x}<br>accuracy %{y:.1%} (95% CI %{customdata[0]:.1%}–"
+        "%{customdata[1]:.1%})<br>%{customdata[2]} phase<extra></extra>"
+    )
     traces = band_traces(
-        curves.x, curves.accuracy, curves.accuracy_ci, color=ACCURACY_COLOR,
-        name="layer accuracy", band_name="95% Wilson interval", hover=hover, customdata=custom,
+        curves.x,
+        curves.accuracy,
+        curves.accuracy_ci,
+        color=ACCURACY_COLOR,
+        name="layer accuracy",
+        band_name="95% Wilson interval",
+        hover=hover,
+        customdata=custom,
         fill=rgba(ACCURACY_COLOR, 0.18),
-    )  # fmt: skip
+    )
     first, last, chance = float(curves.x[0]), float(curves.x[-1]), curves.chance
     chance_line = go.Scatter(
-        x=[first - 0.5, last + 0.5], y=[chance, chance], mode="lines", hoverinfo="skip",
-        line={"color": "black", "dash": "dot", "width": 1.5}, name=f"chance ({chance:.0%})",
-    )  # fmt: skip
+        x=[first - 0.5, last + 0.5],
+        y=[chance, chance],
+        mode="lines",
+        hoverinfo="skip",
+        line={"color": "black", "dash": "dot", "width": 1.5},
+        name=f"chance ({chance:.0%})",
+    )
     fig = go.Figure([*traces, chance_line])
     base_layout(fig, 380, shapes=phase_shapes(curves))
     fig.update_xaxes(title=READOUT_AXIS, range=[-0.6, last + 0.6])
@@ -140,36 +202,60 @@ def layer_accuracy_figure(curves: ReadoutCurves) -> go.Figure:
 def _gold_strip(grid: OptionGrid) -> go.Heatmap:
     shares = [float(s) for s in grid.gold]
     return go.Heatmap(
-        x=["gold"], y=list(grid.letters), z=[[s] for s in shares], zmin=0, zmax=1,
-        colorscale="Viridis", showscale=False, text=[[f"{s:.0%}"] for s in shares],
-        texttemplate="%{text}", hovertemplate="gold %{y}: %{z:.1%} of items<extra></extra>",
+        x=["gold"],
+        y=list(grid.letters),
+        z=[[s] for s in shares],
+        zmin=0,
+        zmax=1,
+        colorscale="Viridis",
+        showscale=False,
+        text=[[f"{s:.0%}"] for s in shares],
+        texttemplate="%{text}",
+        hovertemplate="gold %{y}: %{z:.1%} of items<extra></extra>",
         name="gold letters",
-    )  # fmt: skip
+    )
 
 
 def option_frequency_figure(grid: OptionGrid) -> go.Figure:
     """Heatmap of pick shares (letters x readout layers) beside the gold letters' shares."""
     gold = grid.gold is not None
     fig = make_subplots(
-        rows=1, cols=2 if gold else 1, shared_yaxes=True, horizontal_spacing=0.015,
+        rows=1,
+        cols=2 if gold else 1,
+        shared_yaxes=True,
+        horizontal_spacing=0.015,
         column_widths=[0.92, 0.08] if gold else [1.0],
-    )  # fmt: skip
+    )
     fig.add_trace(
         go.Heatmap(
-            x=grid.layer.tolist(), y=list(grid.letters), z=grid.shares.T.tolist(), zmin=0,
-            zmax=1, colorscale="Viridis", colorbar={**SHARE_BAR, "len": 1.0},
+            x=grid.layer.tolist(),
+            y=list(grid.letters),
+            z=grid.shares.T.tolist(),
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            colorbar={**SHARE_BAR, "len": 1.0},
             hovertemplate="readout layer %{x}<br>picks %{y}: %{z:.1%} of items<extra></extra>",
             name="option frequency",
         ),
-        row=1, col=1,
-    )  # fmt: skip
+        row=1,
+        col=1,
+    )
     if gold:
         fig.add_trace(_gold_strip(grid), row=1, col=2)
     t = grid.transition
     if t is not None:
         fig.add_vline(x=t - 0.5, line={"color": "white", "dash": "dash", "width": 2}, row=1, col=1)
-        fig.add_annotation(x=t - 0.5, xref="x", y=1, yref="paper", showarrow=False,
-                           text=f"transition {t}", xanchor="left", yanchor="bottom")  # fmt: skip
+        fig.add_annotation(
+            x=t - 0.5,
+            xref="x",
+            y=1,
+            yref="paper",
+            showarrow=False,
+            text=f"transition {t}",
+            xanchor="left",
+            yanchor="bottom",
+        )
     base_layout(fig, 90 + 42 * len(grid.letters) + 70, showlegend=False)
     fig.update_layout(margin={"t": 30})
     fig.update_xaxes(title=READOUT_AXIS, row=1, col=1)

@@ -59,17 +59,27 @@ def analyze_title(summary: dict) -> str:
     )
 
 
-def _curve_axes(curves: ReadoutCurves, y: np.ndarray, ci: np.ndarray, color: str,
-                alpha: float, labels: tuple[str, str]):  # fmt: skip
+def _curve_axes(
+    curves: ReadoutCurves,
+    y: np.ndarray,
+    ci: np.ndarray,
+    color: str,
+    alpha: float,
+    labels: tuple[str, str],
+):
     """Phases shaded, transition dashed, then ``y`` with its band; returns ``(fig, ax)``."""
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for span in curves.spans:
         ax.axvspan(span.x0, span.x1, color=span.color, alpha=0.6, lw=0, label=span.name)
     if curves.transition is not None:
-        ax.axvline(curves.transition_x, color=TRANSITION_COLOR, ls="--", lw=1.2,
-                   label=f"transition (layer {curves.transition})")  # fmt: skip
-    ax.fill_between(curves.x, ci[:, 0], ci[:, 1], color=color, alpha=alpha, lw=0,
-                    label=labels[0])  # fmt: skip
+        ax.axvline(
+            curves.transition_x,
+            color=TRANSITION_COLOR,
+            ls="--",
+            lw=1.2,
+            label=f"transition (layer {curves.transition})",
+        )
+    ax.fill_between(curves.x, ci[:, 0], ci[:, 1], color=color, alpha=alpha, lw=0, label=labels[0])
     ax.plot(curves.x, y, color=color, marker="o", ms=3, label=labels[1])
     ax.set_xlabel(READOUT_AXIS)
     return fig, ax
@@ -84,8 +94,14 @@ def _finish(fig: Figure, ax, title: str) -> Figure:
 
 def margin_figure(curves: ReadoutCurves, title: str) -> Figure:
     """Mean Decision Margin with its band, phases shaded."""
-    fig, ax = _curve_axes(curves, curves.margin, curves.margin_ci, MARGIN_COLOR, 0.25,
-                          ("95% bootstrap CI", "mean Decision Margin"))  # fmt: skip
+    fig, ax = _curve_axes(
+        curves,
+        curves.margin,
+        curves.margin_ci,
+        MARGIN_COLOR,
+        0.25,
+        ("95% bootstrap CI", "mean Decision Margin"),
+    )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("correct − best wrong (logits)")
     return _finish(fig, ax, title)
@@ -93,8 +109,14 @@ def margin_figure(curves: ReadoutCurves, title: str) -> Figure:
 
 def accuracy_figure(curves: ReadoutCurves, title: str) -> Figure:
     """Layer accuracy with its interval against chance."""
-    fig, ax = _curve_axes(curves, curves.accuracy, curves.accuracy_ci, ACCURACY_COLOR, 0.2,
-                          ("95% Wilson interval", "layer accuracy"))  # fmt: skip
+    fig, ax = _curve_axes(
+        curves,
+        curves.accuracy,
+        curves.accuracy_ci,
+        ACCURACY_COLOR,
+        0.2,
+        ("95% Wilson interval", "layer accuracy"),
+    )
     ax.axhline(curves.chance, color="black", ls=":", lw=1, label=f"chance ({curves.chance:.0%})")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy of the layer's pick")
@@ -106,15 +128,25 @@ def option_frequency_figure(grid: OptionGrid, title: str) -> Figure:
     k, n_rows = len(grid.letters), len(grid.layer)
     gold = grid.gold if grid.gold is not None else np.full(k, np.nan)
     fig, (ax, axg) = plt.subplots(
-        2, 1, figsize=(max(4.5, 0.7 * k + 2.5), max(4.0, 0.17 * n_rows + 2.0)),
-        gridspec_kw={"height_ratios": [n_rows, 1.6]}, sharex=True,
-    )  # fmt: skip
+        2,
+        1,
+        figsize=(max(4.5, 0.7 * k + 2.5), max(4.0, 0.17 * n_rows + 2.0)),
+        gridspec_kw={"height_ratios": [n_rows, 1.6]},
+        sharex=True,
+    )
     im = ax.imshow(grid.shares, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
     ax.set_ylabel("readout layer")
     if grid.transition is not None:
         ax.axhline(grid.transition - 0.5, color="white", ls="--", lw=1.2)
-        ax.text(k - 0.5, grid.transition - 0.5, " transition", color="white", va="bottom",
-                ha="right", fontsize=7)  # fmt: skip
+        ax.text(
+            k - 0.5,
+            grid.transition - 0.5,
+            " transition",
+            color="white",
+            va="bottom",
+            ha="right",
+            fontsize=7,
+        )
     ax.set_title(f"Option Frequency by layer\n{title}", fontsize=8)
     axg.imshow(gold[None, :], aspect="auto", cmap="viridis", vmin=0, vmax=1)
     for i, share in enumerate(gold):
@@ -132,11 +164,19 @@ def accuracy_vs_removed(runs: Sequence[AccuracyRun], title: str) -> Figure:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for run in runs:
         ax.plot(run.n_removed, run.accuracy, color=run.color, marker="o", ms=3, label=run.label)
-        ax.fill_between(run.n_removed, run.ci[:, 0], run.ci[:, 1], color=run.color, alpha=0.15,
-                        lw=0)  # fmt: skip
+        ax.fill_between(
+            run.n_removed, run.ci[:, 0], run.ci[:, 1], color=run.color, alpha=0.15, lw=0
+        )
         if run.collapse is not None:
-            ax.scatter([run.n_removed[run.collapse]], [run.accuracy[run.collapse]], s=90,
-                       facecolors="none", edgecolors=run.color, linewidths=2, zorder=5)  # fmt: skip
+            ax.scatter(
+                [run.n_removed[run.collapse]],
+                [run.accuracy[run.collapse]],
+                s=90,
+                facecolors="none",
+                edgecolors=run.color,
+                linewidths=2,
+                zorder=5,
+            )
     ax.axhline(runs[0].chance, color="black", ls=":", lw=1, label="chance")
     ax.set_ylim(0, 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -156,13 +196,22 @@ def margin_heatmap(grid: MarginGrid, title: str) -> Figure:
     """Layers x steps heatmap of the mean Decision Margin, transition starred."""
     n_rows, n_cols = grid.margin.shape
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * n_cols + 3), max(4, 0.16 * n_rows + 1.5)))
-    im = ax.imshow(grid.margin, aspect="auto", origin="lower", cmap="RdBu", vmin=-grid.vmax,
-                   vmax=grid.vmax)  # fmt: skip
+    im = ax.imshow(
+        grid.margin, aspect="auto", origin="lower", cmap="RdBu", vmin=-grid.vmax, vmax=grid.vmax
+    )
     ax.set_xticks(range(n_cols), _step_tick_labels(grid.ticks), rotation=90, fontsize=7)
     ax.set_xlabel("step (label: layer removed at that step)")
     ax.set_ylabel("readout at the output of original layer (0 = embeddings)")
-    ax.plot(grid.transition_col, grid.transition_row, ls="none", marker="*", color="gold", ms=9,
-            mec="black", mew=0.5)  # fmt: skip
+    ax.plot(
+        grid.transition_col,
+        grid.transition_row,
+        ls="none",
+        marker="*",
+        color="gold",
+        ms=9,
+        mec="black",
+        mew=0.5,
+    )
     fig.colorbar(im, ax=ax, label="mean Decision Margin (logits); ★ transition")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -191,20 +240,24 @@ def _prune_title(traj: dict) -> str:
 
 FIGURES: dict[str, Callable[[dict], Figure]] = {
     "margin.png": lambda s: margin_figure(data.summary_curves(s), analyze_title(s)),
-    "option_frequency.png": lambda s: option_frequency_figure(data.summary_option_grid(s),
-                                                              analyze_title(s)),
+    "option_frequency.png": lambda s: option_frequency_figure(
+        data.summary_option_grid(s), analyze_title(s)
+    ),
     "accuracy.png": lambda s: accuracy_figure(data.summary_curves(s), analyze_title(s)),
-}  # fmt: skip
+}
 """The PNGs of an analyze run: file name -> figure of its ``summary.json``."""
 
 PRUNE_FIGURES: dict[str, Callable[[dict], Figure]] = {
-    "accuracy_vs_removed.png": lambda t: accuracy_vs_removed(data.accuracy_runs([t]),
-                                                             _prune_title(t)),
+    "accuracy_vs_removed.png": lambda t: accuracy_vs_removed(
+        data.accuracy_runs([t]), _prune_title(t)
+    ),
     "margin_heatmap.png": lambda t: margin_heatmap(
-        data.margin_grid(t), f"{model_label(t['model'])} · {t['strategy']}"),
+        data.margin_grid(t), f"{model_label(t['model'])} · {t['strategy']}"
+    ),
     "option_frequency_steps.png": lambda t: option_frequency_steps(
-        data.option_steps(t), f"Option Frequency per step · {t['strategy']}"),
-}  # fmt: skip
+        data.option_steps(t), f"Option Frequency per step · {t['strategy']}"
+    ),
+}
 """The PNGs of a pruning run: file name -> figure of its ``trajectory.json``."""
 
 
@@ -217,8 +270,9 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _write_all(record: dict, figures: dict[str, Callable[[dict], Figure]],
-               out_dir: str | Path) -> list[Path]:  # fmt: skip
+def _write_all(
+    record: dict, figures: dict[str, Callable[[dict], Figure]], out_dir: str | Path
+) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return [_save(make(record), out / name) for name, make in figures.items()]
@@ -237,5 +291,6 @@ def write_prune_plots(traj: dict, out_dir: str | Path) -> list[Path]:
 def write_compare_plot(trajs: Sequence[dict], labels: Sequence[str], path: str | Path) -> Path:
     """All runs' accuracy vs layers removed on one PNG."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return _save(accuracy_vs_removed(data.accuracy_runs(trajs, labels), _prune_title(trajs[0])),
-                 Path(path))  # fmt: skip
+    return _save(
+        accuracy_vs_removed(data.accuracy_runs(trajs, labels), _prune_title(trajs[0])), Path(path)
+    )

@@ -26,8 +26,11 @@ from phaseprune.presentation.report import static, tables
 from phaseprune.presentation.report.load import Run, load_runs
 from phaseprune.runs.outdir import atomic_write_bytes
 
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
-                 "toImageButtonOptions": {"format": "png", "scale": 2}}  # fmt: skip
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "responsive": True,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+}
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,10 @@ class Report:
     """Interactive figures in the page."""
 
 
-def _block(fig: go.Figure, div_id: str, title: str, caption: str, png: Path | None,
-           html_dir: Path) -> FigureBlock:  # fmt: skip
-    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                      config=PLOTLY_CONFIG)  # fmt: skip
+def _block(
+    fig: go.Figure, div_id: str, title: str, caption: str, png: Path | None, html_dir: Path
+) -> FigureBlock:
+    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG)
     rel = png.relative_to(html_dir).as_posix() if png is not None else None
     return FigureBlock(div_id, title, caption, Markup(div), rel)
 
@@ -108,9 +111,11 @@ def _subtitle(record: dict) -> str:
     task = record["task"]
     subjects = ", ".join(task.get("subjects", [])[:3])
     more = "…" if len(task.get("subjects", [])) > 3 else ""
-    return (f"{record['model']['name']} · {task['name']}"
-            f"{f' ({subjects}{more})' if subjects else ''} · {task.get('shots', 0)}-shot · "
-            f"{record['n_layers']} layers")  # fmt: skip
+    return (
+        f"{record['model']['name']} · {task['name']}"
+        f"{f' ({subjects}{more})' if subjects else ''} · {task.get('shots', 0)}-shot · "
+        f"{record['n_layers']} layers"
+    )
 
 
 def analyze_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
@@ -118,25 +123,45 @@ def analyze_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Sectio
     s = run.record
     curves = data.summary_curves(s)
     blocks = [
-        _block(readout_figs.margin_figure(curves), f"{sid}-margin",
-               "Decision Margin by layer",
-               "Mean of correct − best wrong option logit at each readout layer, with its 95% "
-               "bootstrap band; Silent Phase grey, Decisive Phase green, transition dashed.",
-               png_dir / "margin.png", html_dir),
-        _block(readout_figs.option_frequency_figure(data.summary_option_grid(s)),
-               f"{sid}-option-frequency", "Option Frequency by layer",
-               "Share of items whose pick at each layer is each letter; the column on the right "
-               "is the gold letters' distribution. A Silent Phase piles its picks on one letter.",
-               png_dir / "option_frequency.png", html_dir),
-        _block(readout_figs.layer_accuracy_figure(curves), f"{sid}-accuracy", "Accuracy by layer",
-               "Accuracy of each layer's pick with its 95% Wilson interval, against chance.",
-               png_dir / "accuracy.png", html_dir),
-    ]  # fmt: skip
+        _block(
+            readout_figs.margin_figure(curves),
+            f"{sid}-margin",
+            "Decision Margin by layer",
+            "Mean of correct − best wrong option logit at each readout layer, with its 95% "
+            "bootstrap band; Silent Phase grey, Decisive Phase green, transition dashed.",
+            png_dir / "margin.png",
+            html_dir,
+        ),
+        _block(
+            readout_figs.option_frequency_figure(data.summary_option_grid(s)),
+            f"{sid}-option-frequency",
+            "Option Frequency by layer",
+            "Share of items whose pick at each layer is each letter; the column on the right "
+            "is the gold letters' distribution. A Silent Phase piles its picks on one letter.",
+            png_dir / "option_frequency.png",
+            html_dir,
+        ),
+        _block(
+            readout_figs.layer_accuracy_figure(curves),
+            f"{sid}-accuracy",
+            "Accuracy by layer",
+            "Accuracy of each layer's pick with its 95% Wilson interval, against chance.",
+            png_dir / "accuracy.png",
+            html_dir,
+        ),
+    ]
     return Section(
-        sid, "analyze", f"Analyze run {run.name}", _subtitle(s), run.warnings,
-        cards=tables.analyze_cards(s), statement=s["phases"]["statement"], figures=blocks,
-        settings=tables.settings(run), layer_rows=tables.layer_rows(s["layers"], s["phases"]),
-    )  # fmt: skip
+        sid,
+        "analyze",
+        f"Analyze run {run.name}",
+        _subtitle(s),
+        run.warnings,
+        cards=tables.analyze_cards(s),
+        statement=s["phases"]["statement"],
+        figures=blocks,
+        settings=tables.settings(run),
+        layer_rows=tables.layer_rows(s["layers"], s["phases"]),
+    )
 
 
 def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
@@ -145,57 +170,97 @@ def prune_section(run: Run, sid: str, png_dir: Path, html_dir: Path) -> Section:
     s0 = traj["step0"]
     label = tables.run_label(run)
     blocks = [
-        _block(prune_figs.accuracy_vs_removed(data.accuracy_runs([traj], [label])),
-               f"{sid}-accuracy", "Accuracy vs layers removed",
-               "Evaluation accuracy after each removal with its 95% Wilson interval; dotted: "
-               "chance; circled: the collapse step. Hover a point for the layer removed.",
-               png_dir / "accuracy_vs_removed.png", html_dir),
-        _block(prune_figs.margin_heatmap(data.margin_grid(traj)), f"{sid}-margin-heatmap",
-               "Decision Margin, layers × steps",
-               "Mean margin read after each original layer (rows) at each step (columns); "
-               "removed layers are grey, ★ marks the transition layer; −L2 under a step: layer 2 "
-               "was removed at that step.",
-               png_dir / "margin_heatmap.png", html_dir),
-        _block(prune_figs.stepped_margin_figure(data.step_curves(traj), data.step_ticks(traj)),
-               f"{sid}-margin-steps",
-               "Decision Margin by layer, step by step",
-               "The unpruned model's margin curve and phases; the slider shows any later step "
-               "(x: the original layer the readout follows).", None, html_dir),
-        _block(readout_figs.option_frequency_figure(data.step0_option_grid(traj)),
-               f"{sid}-option-frequency", "Option Frequency by layer (unpruned)",
-               "Share of evaluation items picked per letter at each layer of the unpruned "
-               "model (trajectory.json records no gold-letter distribution; an analyze run "
-               "of the same items shows it).", None, html_dir),
-        _block(prune_figs.option_frequency_steps(data.option_steps(traj)), f"{sid}-option-steps",
-               "Final-layer picks per step",
-               "Share of evaluation items the pruned model's output picks per letter.",
-               png_dir / "option_frequency_steps.png", html_dir),
-    ]  # fmt: skip
+        _block(
+            prune_figs.accuracy_vs_removed(data.accuracy_runs([traj], [label])),
+            f"{sid}-accuracy",
+            "Accuracy vs layers removed",
+            "Evaluation accuracy after each removal with its 95% Wilson interval; dotted: "
+            "chance; circled: the collapse step. Hover a point for the layer removed.",
+            png_dir / "accuracy_vs_removed.png",
+            html_dir,
+        ),
+        _block(
+            prune_figs.margin_heatmap(data.margin_grid(traj)),
+            f"{sid}-margin-heatmap",
+            "Decision Margin, layers × steps",
+            "Mean margin read after each original layer (rows) at each step (columns); "
+            "removed layers are grey, ★ marks the transition layer; −L2 under a step: layer 2 "
+            "was removed at that step.",
+            png_dir / "margin_heatmap.png",
+            html_dir,
+        ),
+        _block(
+            prune_figs.stepped_margin_figure(data.step_curves(traj), data.step_ticks(traj)),
+            f"{sid}-margin-steps",
+            "Decision Margin by layer, step by step",
+            "The unpruned model's margin curve and phases; the slider shows any later step "
+            "(x: the original layer the readout follows).",
+            None,
+            html_dir,
+        ),
+        _block(
+            readout_figs.option_frequency_figure(data.step0_option_grid(traj)),
+            f"{sid}-option-frequency",
+            "Option Frequency by layer (unpruned)",
+            "Share of evaluation items picked per letter at each layer of the unpruned "
+            "model (trajectory.json records no gold-letter distribution; an analyze run "
+            "of the same items shows it).",
+            None,
+            html_dir,
+        ),
+        _block(
+            prune_figs.option_frequency_steps(data.option_steps(traj)),
+            f"{sid}-option-steps",
+            "Final-layer picks per step",
+            "Share of evaluation items the pruned model's output picks per letter.",
+            png_dir / "option_frequency_steps.png",
+            html_dir,
+        ),
+    ]
     return Section(
-        sid, "prune", f"Pruning run {run.name} · {traj['strategy']}", _subtitle(traj),
-        run.warnings, cards=tables.prune_cards(traj), statement=s0["phases"]["statement"],
+        sid,
+        "prune",
+        f"Pruning run {run.name} · {traj['strategy']}",
+        _subtitle(traj),
+        run.warnings,
+        cards=tables.prune_cards(traj),
+        statement=s0["phases"]["statement"],
         collapse=tables.prune_collapse_text(traj),
-        collapsed=traj["collapse"]["step"] is not None, figures=blocks,
-        settings=tables.settings(run), layer_rows=tables.layer_rows(s0["layers"], s0["phases"]),
-        step_rows=tables.step_rows(traj), lm_eval_columns=tables.lm_eval_columns(traj),
-    )  # fmt: skip
+        collapsed=traj["collapse"]["step"] is not None,
+        figures=blocks,
+        settings=tables.settings(run),
+        layer_rows=tables.layer_rows(s0["layers"], s0["phases"]),
+        step_rows=tables.step_rows(traj),
+        lm_eval_columns=tables.lm_eval_columns(traj),
+    )
 
 
 def compare_section(runs: list[Run], png: Path, html_dir: Path) -> Section:
     """All pruning runs on one accuracy plot and one table."""
     labels = [tables.run_label(r) for r in runs]
     fig = prune_figs.accuracy_vs_removed(data.accuracy_runs([r.record for r in runs], labels))
-    block = _block(fig, "compare-accuracy", "Accuracy vs layers removed, all strategies",
-                   "One line per run with its 95% interval (click a legend entry to hide it); "
-                   "circled: each run's collapse step.", png, html_dir)  # fmt: skip
+    block = _block(
+        fig,
+        "compare-accuracy",
+        "Accuracy vs layers removed, all strategies",
+        "One line per run with its 95% interval (click a legend entry to hide it); "
+        "circled: each run's collapse step.",
+        png,
+        html_dir,
+    )
     first = runs[0].record
-    incomplete = [f"{r.name} is incomplete: its collapse is provisional." for r in runs
-                  if not r.complete]  # fmt: skip
+    incomplete = [
+        f"{r.name} is incomplete: its collapse is provisional." for r in runs if not r.complete
+    ]
     return Section(
-        "compare", "compare", f"Comparison of {len(runs)} pruning runs",
+        "compare",
+        "compare",
+        f"Comparison of {len(runs)} pruning runs",
         f"{_subtitle(first)} · {len(first['eval_items'])} evaluation items",
-        tuple(incomplete), figures=[block], compare_rows=tables.compare_rows(runs),
-    )  # fmt: skip
+        tuple(incomplete),
+        figures=[block],
+        compare_rows=tables.compare_rows(runs),
+    )
 
 
 def output_paths(runs: list[Run], out: str | Path | None) -> tuple[Path, Path]:
@@ -241,8 +306,13 @@ def _page_title(runs: list[Run]) -> str:
 
 def render(title: str, sections: list[Section], files_dir: Path, html_dir: Path) -> str:
     """The page as a string (Jinja2, autoescaped)."""
-    env = Environment(loader=PackageLoader("phaseprune.presentation.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    env = Environment(
+        loader=PackageLoader("phaseprune.presentation.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env.get_template("report.html.j2").render(
         title=title,
         sections=sections,

@@ -1,10 +1,11 @@
-"""Static PNGs beside the HTML, drawn by the matplotlib figures of :mod:`phaseprune.presentation.figures.png`.
+"""Static PNGs beside the HTML, drawn by the matplotlib figures.
 
-The report's interactive figures need its inlined JavaScript; the PNGs are for slides, papers
-and viewers without it. They are the same figures ``analyze`` and ``prune`` write into
-``plots/``. They are copied from ``plots/`` when its stamp
-(:func:`~phaseprune.presentation.figures.stamp.figure_source`) says they were drawn from this very record, and
-drawn here otherwise (a ``--no-plots`` run, a record changed since, another version).
+The figures are :mod:`phaseprune.presentation.figures.png`'s. The report's interactive figures
+need its inlined JavaScript; the PNGs are for slides, papers and viewers without it. They are
+the same figures ``analyze`` and ``prune`` write into ``plots/``. They are copied from
+``plots/`` when its stamp (:func:`~phaseprune.presentation.figures.stamp.figure_source`) says
+they were drawn from this very record, and drawn here otherwise (a ``--no-plots`` run, a record
+changed since, another version).
 """
 
 from __future__ import annotations

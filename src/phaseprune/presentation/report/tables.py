@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from phaseprune import __version__
-from phaseprune.core.collapse import collapse_statement
-from phaseprune.core.evidence import layers_before_collapse
+from phaseprune.core.collapse import collapse_statement, layers_before_collapse
 from phaseprune.core.phases import readout_phase
 from phaseprune.presentation.report.load import Run
 from phaseprune.presentation.report.text import (
@@ -134,7 +133,7 @@ def layer_rows(layers: list[dict], phases: dict) -> list[LayerRow]:
                 pct_ci(r["accuracy_ci"]),
                 f"{top} ({pct(r['option_frequency'][top])})",
                 num(r["pick_entropy"]),
-            )  # fmt: skip
+            )
         )
     return rows
 
@@ -148,17 +147,33 @@ def _transition_detail(layer: int | None, ci: list[int] | None, n_layers: int) -
 def analyze_cards(summary: dict) -> list[Card]:
     """Accuracy, transition, p(no transition) of an analyze run."""
     return [
-        Card("headline-accuracy", "accuracy", pct(summary["accuracy"]),
-             f"95% CI {pct_ci(summary['accuracy_ci'])} · chance {pct(summary['chance'])}"),
-        Card("headline-transition", "transition layer",
-             "none" if summary["transition_layer"] is None else str(summary["transition_layer"]),
-             _transition_detail(summary["transition_layer"], summary["transition_ci"],
-                                summary["n_layers"])),
-        Card("headline-p-no-transition", "p(no transition)", pct(summary["p_no_transition"]),
-             "share of bootstrap resamples without one"),
-        Card("headline-items", "items", str(summary["task"]["n_items"]),
-             f"{summary['task']['shots']}-shot · {summary['task']['n_options']} options"),
-    ]  # fmt: skip
+        Card(
+            "headline-accuracy",
+            "accuracy",
+            pct(summary["accuracy"]),
+            f"95% CI {pct_ci(summary['accuracy_ci'])} · chance {pct(summary['chance'])}",
+        ),
+        Card(
+            "headline-transition",
+            "transition layer",
+            "none" if summary["transition_layer"] is None else str(summary["transition_layer"]),
+            _transition_detail(
+                summary["transition_layer"], summary["transition_ci"], summary["n_layers"]
+            ),
+        ),
+        Card(
+            "headline-p-no-transition",
+            "p(no transition)",
+            pct(summary["p_no_transition"]),
+            "share of bootstrap resamples without one",
+        ),
+        Card(
+            "headline-items",
+            "items",
+            str(summary["task"]["n_items"]),
+            f"{summary['task']['shots']}-shot · {summary['task']['n_options']} options",
+        ),
+    ]
 
 
 def prune_collapse_text(traj: dict) -> str:
@@ -180,16 +195,31 @@ def prune_cards(traj: dict) -> list[Card]:
     last = steps[-1] if steps else s0
     n_removed = len(steps[-1]["removed_so_far"]) if steps else 0
     return [
-        Card("headline-accuracy", "unpruned accuracy", pct(s0["eval_accuracy"]),
-             f"95% CI {pct_ci(s0['eval_accuracy_ci'])} · chance {pct(traj['chance'])}"),
-        Card("headline-transition", "unpruned transition layer",
-             "none" if s0["transition_layer"] is None else str(s0["transition_layer"]),
-             _transition_detail(s0["transition_layer"], s0["transition_ci"], traj["n_layers"])),
-        Card("headline-last-accuracy", f"accuracy after {n_removed} removed",
-             pct(last["eval_accuracy"]), f"95% CI {pct_ci(last['eval_accuracy_ci'])}"),
-        Card("headline-items", "evaluation items", str(len(traj["eval_items"])),
-             f"{len(traj.get('calib_items', []))} calibration items choose the layers"),
-    ]  # fmt: skip
+        Card(
+            "headline-accuracy",
+            "unpruned accuracy",
+            pct(s0["eval_accuracy"]),
+            f"95% CI {pct_ci(s0['eval_accuracy_ci'])} · chance {pct(traj['chance'])}",
+        ),
+        Card(
+            "headline-transition",
+            "unpruned transition layer",
+            "none" if s0["transition_layer"] is None else str(s0["transition_layer"]),
+            _transition_detail(s0["transition_layer"], s0["transition_ci"], traj["n_layers"]),
+        ),
+        Card(
+            "headline-last-accuracy",
+            f"accuracy after {n_removed} removed",
+            pct(last["eval_accuracy"]),
+            f"95% CI {pct_ci(last['eval_accuracy_ci'])}",
+        ),
+        Card(
+            "headline-items",
+            "evaluation items",
+            str(len(traj["eval_items"])),
+            f"{len(traj.get('calib_items', []))} calibration items choose the layers",
+        ),
+    ]
 
 
 def step_rows(traj: dict) -> list[StepRow]:
@@ -197,13 +227,21 @@ def step_rows(traj: dict) -> list[StepRow]:
     c_step = traj["collapse"]["step"]
     tasks = _lm_eval_tasks(traj)
     return [
-        StepRow(s["step"], layers_text(s["removed_layer"]), s["phase_of_removed"],
-                len(s["removed_so_far"]), pct(s["eval_accuracy"]), pct_ci(s["eval_accuracy_ci"]),
-                transition_text(s["transition_layer"], s["transition_ci"]),
-                num(s.get("calib_score"), 3), s.get("note") or "", s["step"] == c_step,
-                tuple(_lm_eval_cell(s.get("lm_eval"), t) for t in tasks))
+        StepRow(
+            s["step"],
+            layers_text(s["removed_layer"]),
+            s["phase_of_removed"],
+            len(s["removed_so_far"]),
+            pct(s["eval_accuracy"]),
+            pct_ci(s["eval_accuracy_ci"]),
+            transition_text(s["transition_layer"], s["transition_ci"]),
+            num(s.get("calib_score"), 3),
+            s.get("note") or "",
+            s["step"] == c_step,
+            tuple(_lm_eval_cell(s.get("lm_eval"), t) for t in tasks),
+        )
         for s in traj["steps"]
-    ]  # fmt: skip
+    ]
 
 
 def _lm_eval_tasks(traj: dict) -> list[str]:
@@ -230,14 +268,16 @@ def _lm_eval_cell(scores: dict | None, task: str) -> str:
 def lm_eval_columns(traj: dict) -> list[str]:
     """Headers of the step table's lm-eval columns, with the unpruned model's scores."""
     step0 = traj["step0"].get("lm_eval")
-    return [f"lm-eval {t} acc · acc_norm (unpruned {_lm_eval_cell(step0, t)})"
-            for t in _lm_eval_tasks(traj)]  # fmt: skip
+    return [
+        f"lm-eval {t} acc · acc_norm (unpruned {_lm_eval_cell(step0, t)})"
+        for t in _lm_eval_tasks(traj)
+    ]
 
 
 def removable_before_collapse(traj: dict) -> int:
     """Layers removed before the collapse step (all removed layers when nothing collapsed).
 
-    :func:`phaseprune.core.evidence.layers_before_collapse` (provisional for an unfinished run).
+    :func:`phaseprune.core.collapse.layers_before_collapse` (provisional for an unfinished run).
     """
     return layers_before_collapse(traj)["removed"]
 
@@ -251,8 +291,9 @@ def compare_rows(runs: list[Run]) -> list[CompareRow]:
         last = traj["steps"][-1] if traj["steps"] else traj["step0"]
         collapse = (
             f"step {c['step']}: {layers_text(c['removed_layer'])} ({c['phase_of_removed']})"
-            if c.get("step") else "none"
-        )  # fmt: skip
+            if c.get("step")
+            else "none"
+        )
         rows.append(
             CompareRow(
                 run_label(run),
@@ -263,7 +304,7 @@ def compare_rows(runs: list[Run]) -> list[CompareRow]:
                 removable_before_collapse(traj),
                 collapse + ("" if run.complete else " (incomplete run)"),
                 ", ".join(str(s["removed_layer"]) for s in traj["steps"]) or "none",
-            )  # fmt: skip
+            )
         )
     return rows
 
@@ -321,13 +362,15 @@ def settings(run: Run) -> list[tuple[str, list[Setting]]]:
         run_rows += [
             _setting("strategy", rec["strategy"]),
             _setting("objective", rec["objective"]),
-            _setting("calibration / evaluation items",
-                     f"{len(rec.get('calib_items', []))} / {len(rec['eval_items'])}"),
+            _setting(
+                "calibration / evaluation items",
+                f"{len(rec.get('calib_items', []))} / {len(rec['eval_items'])}",
+            ),
             _setting("steps done / asked", f"{len(rec['steps'])} / {cfg.get('steps')}"),
             _setting("protected layers", cfg.get("protect")),
             _setting("collapse fraction", cfg["collapse_fraction"]),
             _setting("complete", rec["complete"]),
-        ]  # fmt: skip
+        ]
     cfg = rec.get("settings", {})
     run_rows += [
         _setting("bootstrap resamples / seed", f"{cfg.get('n_boot')} / {cfg.get('seed')}"),
@@ -335,5 +378,5 @@ def settings(run: Run) -> list[tuple[str, list[Setting]]]:
         _setting("report by phaseprune", __version__),
         _setting("created", rec.get("created")),
         _setting("time (s)", rec.get("timing", {}).get("total_s")),
-    ]  # fmt: skip
+    ]
     return [("Model", model_rows), ("Task", task_rows), ("Run", run_rows)]

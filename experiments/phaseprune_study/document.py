@@ -1,10 +1,9 @@
-"""The document half of experiments/findings.py: numbers from finished runs, docs/findings.md.
+"""The study's document: numbers from finished runs, docs/findings.md.
 
-``findings.py`` runs the stages; this module reads what they left (in ``runs/findings/`` or,
-from other machines, ``experiments/records/``), extracts every number the document uses
-(:mod:`phaseprune.core.evidence`, :mod:`phaseprune.core.headtohead`) and renders
-experiments/findings.md.j2. Imported by ``findings.py --doc-only`` and by the tests, with
-experiments/ on ``sys.path``.
+The stages (:mod:`phaseprune_study.stages`) run the plans; this module reads what they left (in
+``runs/findings/`` or, from other machines, ``experiments/records/``), extracts every number the
+document uses (:mod:`phaseprune_study.claims`, :mod:`phaseprune.core.headtohead`) and renders
+experiments/findings.md.j2.
 """
 
 from __future__ import annotations
@@ -15,12 +14,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from findings import RECORDS, _restore, _steps_done
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from plans import PLANS, ROOT, Plan
 
 from phaseprune import __version__
-from phaseprune.core.evidence import (
+from phaseprune.presentation.report import build_report
+from phaseprune.runs.files import load_candidates, load_summary, load_trajectory
+from phaseprune_study.claims import (
     THRESHOLDS,
     claims,
     largest_changes,
@@ -28,8 +27,12 @@ from phaseprune.core.evidence import (
     run_label,
     single_removals,
 )
-from phaseprune.presentation.report import build_report
-from phaseprune.runs.files import load_candidates, load_summary, load_trajectory
+from phaseprune_study.plans import PLANS, ROOT, Plan
+from phaseprune_study.records import committed as committed_records
+from phaseprune_study.records import restore, steps_done
+
+TEMPLATE = ROOT / "experiments" / "findings.md.j2"
+"""The document's template (beside the package, in the study's folder)."""
 
 DOC_FIGURES = ("{analyze}/margin", "{analyze}/option_frequency", "compare")
 """The report's figures the document shows (the others stay in the report); ``{analyze}``: the
@@ -44,8 +47,8 @@ def h2h_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
     runs = {}
     for label in plan.h2h:
         out = run_root / f"h2h-{label}"
-        _restore(plan, f"h2h-{label}", out)
-        if _steps_done(out):
+        restore(plan, f"h2h-{label}", out)
+        if steps_done(out):
             runs[label] = load_trajectory(out)
     return runs
 
@@ -129,14 +132,14 @@ def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict |
     """Phase-aware's first cut (``--decisive tail``) judged on the analyze run's items.
 
     What the tail rule does on all the readout's items, what it does on random calibration
-    sets of the plan's size (and twice and four times it; :mod:`phaseprune.core.calibration_size`),
+    sets of the plan's size (and twice and four times it; :mod:`phaseprune_study.calibration_size`),
     and what the reference run's own calibration items made it do. None when the reference
     does not cut the tail or the analyze run's per-item table is absent.
     """
     import pandas as pd
 
-    from phaseprune.core.calibration_size import readout_arrays, tail_cut_draws
     from phaseprune.core.phases import best_shorter_readout, tail_cut_index
+    from phaseprune_study.calibration_size import readout_arrays, tail_cut_draws
 
     if plan.h2h.get(plan.reference, {}).get("decisive") != "tail":
         return None
@@ -206,7 +209,7 @@ def advice(h: dict) -> dict:
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     """Build the report, copy its figures into docs, and extract every number the doc uses."""
     for stage in (plan.analyze_stage, plan.other_stage, "single-removals"):
-        _restore(plan, stage, run_root / stage)
+        restore(plan, stage, run_root / stage)
     analyze = run_root / plan.analyze_stage
     committed = docs_root / plan.name / "numbers.json"
     if not (analyze / "summary.json").exists():
@@ -221,7 +224,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     else:
         prunes = [run_root / f"prune-{s}" for s in plan.strategies]
         # unfinished runs are shown up to their last step (and marked so); resumed next run
-        prunes = [p for p in prunes if _steps_done(p)]
+        prunes = [p for p in prunes if steps_done(p)]
         # an unfinished run's stored collapse is provisional, up to its last completed step
         trajs = [load_trajectory(p) for p in prunes]
     runs = [analyze, *prunes]
@@ -294,7 +297,7 @@ def device_checks(plan: Plan, runs: dict[str, dict]) -> list[dict]:
     both devices to stand in one head-to-head.
     """
     rows = []
-    folder = RECORDS / plan.name / "device-check"
+    folder = committed_records(plan, "device-check")
     for d in sorted(folder.glob("h2h-*")) if folder.is_dir() else []:
         label = d.name.removeprefix("h2h-")
         main = runs.get(label)
@@ -358,7 +361,7 @@ def _slim(numbers: dict) -> dict:
 def render(all_numbers: dict[str, dict | None], path: Path) -> None:
     """docs/findings.md from the template and every model's numbers."""
     env = Environment(
-        loader=FileSystemLoader(Path(__file__).parent),
+        loader=FileSystemLoader(TEMPLATE.parent),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -370,7 +373,7 @@ def render(all_numbers: dict[str, dict | None], path: Path) -> None:
     env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:.{d}f}"
     env.filters["verdict"] = lambda v: {True: "supported", False: "not supported",
                                         None: "not testable here"}[v]  # fmt: skip
-    text = env.get_template("findings.md.j2").render(
+    text = env.get_template(TEMPLATE.name).render(
         models=all_numbers, plans=PLANS, thresholds=THRESHOLDS, version=__version__
     )
     path.write_text(text)

@@ -1,9 +1,10 @@
-"""What experiments/findings.py runs: one :class:`Plan` per model or setting, in :data:`PLANS`.
+"""What the study runs: one :class:`Plan` per model or setting, in :data:`PLANS`.
 
 The plans are the experiment's design (items, strategies, the head-to-head's runs and the
-ablation of phase-aware's variants); ``findings.py`` runs their stages and ``findings_doc.py``
-renders the document from them. Changing a plan's items or a run's settings changes the runs'
-fingerprints, so finished runs are not resumed under the new plan: add a run instead.
+ablation of phase-aware's variants); :mod:`phaseprune_study.stages` runs their stages and
+:mod:`phaseprune_study.document` renders the document from them. Changing a plan's items or a
+run's settings changes the runs' fingerprints, so finished runs are not resumed under the new
+plan: add a run instead.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phaseprune.pruning import FIRST_VERSION
+from phaseprune.runs.resume import LATER_PRUNE_DEFAULTS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository: experiments/phaseprune_study/ is two folders below it."""
 SHARED_MODELS = ROOT.parent / "shared" / "models"
 # the five subjects of ../shared/models/README.md's accuracy table
 SUBJECTS = (
@@ -83,9 +85,11 @@ class Plan:
         return f"analyze-{other}"
 
 
-# phase-aware's first version (its defaults before the head-to-head, the values old runs'
-# fingerprints leave out, and the accuracy objective, its default until the ablation): the
-# plans' `strategies` runs keep it, so their records resume (pruning.FIRST_VERSION)
+FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}
+"""Phase-aware's first version as settings: its defaults before the head-to-head (the values
+old runs' fingerprints leave out, ``pruning.LATER_PRUNE_DEFAULTS``) and the accuracy objective,
+its default until the ablation. The plans' ``strategies`` runs keep it, so their records
+resume."""
 
 HEAD_TO_HEAD = {
     # cheapest and most telling first, so a partial run already answers most; phase-aware's

@@ -4,7 +4,8 @@
 Silent-Phase layers collapses accuracy at once, (d) phase-aware pruning removes more layers
 before collapse than the baselines. Each function returns the measured quantities; the
 verdicts apply stated thresholds to them (:data:`THRESHOLDS`), so a reader can disagree with a
-threshold and still use the numbers.
+threshold and still use the numbers. (d) counts removals before collapse with the library's
+:func:`phaseprune.core.collapse.layers_before_collapse`, as ``compare`` and ``report`` do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from phaseprune.core.collapse import layers_before_collapse
 from phaseprune.core.headtohead import NOT_BASELINES, paired_interval
 
 THRESHOLDS = {
@@ -213,19 +215,6 @@ def single_removals(
             1 for r in per_layer if r["phase"] == phase and r.get("delta_ci", [0, 0])[1] < 0
         )
     return out
-
-
-def layers_before_collapse(traj: Mapping) -> dict:
-    """(d) Layers removed before the collapse step (all removed if none), and whether it came.
-
-    Reads the trajectory's stored collapse (provisional for an unfinished run).
-    """
-    step = (traj.get("collapse") or {}).get("step")
-    steps = traj["steps"]
-    upto = (step - 1) if step else len(steps)
-    n = len(steps[upto - 1]["removed_so_far"]) if upto > 0 else 0
-    return {"strategy": run_label(traj), "removed": n, "collapsed": step is not None,
-            "steps_run": len(steps)}  # fmt: skip
 
 
 def claims(
