@@ -6,11 +6,13 @@
 
 Two sides, each in its own child process (so each peak RSS is its own) on the same model
 file and the same calibration items, each reporting the layers it removed: ``phaseprune``
-(float32) and ``naive`` (a plain full forward per candidate, float32). ``--sides`` picks which
-run. Model loading is excluded from the wall times. The last line printed is one JSON object:
-wall seconds of each side, the speedup (naive / phaseprune), whether naive's decisions are
-identical to phaseprune's (``identical_decisions``), peak memory of each, and phaseprune's
-measured GFLOP/s against a FLOP lower bound.
+(float32), ``naive`` (a plain full forward per candidate, float32) and ``bfloat16``
+(phaseprune's search on the model cast to bfloat16, as ``--dtype bfloat16`` runs it).
+``--sides`` picks which run. Model loading is excluded from the wall times. The last line
+printed is one JSON object: wall seconds of each side, the speedup (naive / phaseprune),
+whether naive's decisions are identical to phaseprune's (``identical_decisions``; for the
+bfloat16 side ``bfloat16_speedup`` and ``bfloat16_identical_decisions``), peak memory of each,
+and phaseprune's measured GFLOP/s against a FLOP lower bound.
 
 FLOP lower bound, per step with L remaining layers, P = 2 x (parameters of one decoder layer):
 one pass over all calibration tokens to cache every layer's input, then for the candidate at
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("phaseprune", "naive")
+SIDES = ("phaseprune", "naive", "bfloat16")
 
 
 def _setup(args):
@@ -98,6 +100,10 @@ def flop_lower_bound(task, enc, model, n_layers: int, steps: int, prefix_tokens:
 def child(args) -> dict:
     """Run one side and return its record."""
     task, enc, model, info, gold, prefix_tokens = _setup(args)
+    if args.which == "bfloat16":
+        import torch
+
+        model.to(torch.bfloat16)
     start = time.perf_counter()
     if args.which == "naive":
         sys.path.insert(0, str(HERE))
@@ -223,6 +229,17 @@ def summary(args, results: dict) -> dict:
             "first_differing_step": first,
             "removed_naive": naive["removed"],
             "naive_peak_mb": naive["peak_mb"],
+        }
+    if "bfloat16" in results:
+        bf16 = results["bfloat16"]
+        first = _first_difference(ours["removed"], bf16["removed"])
+        out |= {
+            "bfloat16_wall_s": bf16["wall_s"],
+            "bfloat16_speedup": round(ours["wall_s"] / bf16["wall_s"], 2),
+            "bfloat16_identical_decisions": first is None,
+            "bfloat16_first_differing_step": first,
+            "removed_bfloat16": bf16["removed"],
+            "bfloat16_peak_mb": bf16["peak_mb"],
         }
     return out
 

@@ -30,6 +30,7 @@ from phaseprune.runs.loading import (
     check_model_config,
     encode_and_load,
     encode_held,
+    task_of,
     task_record,
 )
 from phaseprune.runs.outdir import (
@@ -40,7 +41,6 @@ from phaseprune.runs.outdir import (
 )
 from phaseprune.runs.records import Summary, build_summary, items_table, settings_record
 from phaseprune.runs.results import Analysis, as_written, table_as_written
-from phaseprune.tasks import load_task
 
 
 def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) -> Analysis:
@@ -57,14 +57,7 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
     check_model_config(mc)
     processes = join(mc.device)  # launched by torchrun / accelerate: each reads a shard
     if task is None:
-        task = load_task(
-            tc.task,
-            subjects=tc.subjects or None,
-            data_dir=tc.data_dir,
-            shots=tc.shots,
-            limit=tc.limit,
-            lm_eval_include=tc.lm_eval_include,
-        )
+        task = task_of(tc, limit=tc.limit)
     spec = resolve_model(mc.model) if model is None else None
     if out is not None:
         check_out_dir(out, "analyze", overwrite=cfg.overwrite)

@@ -50,6 +50,7 @@ from phaseprune.runs.loading import (
     check_model_config,
     encode_and_load,
     encode_held,
+    task_of,
     task_record,
 )
 from phaseprune.runs.outdir import OWN_STORE, check_out_dir, prepare_out_dir
@@ -67,7 +68,6 @@ from phaseprune.runs.trajectory import (
 from phaseprune.strategies.context import NoCandidate, PruneContext, stored
 from phaseprune.strategies.registry import strategy_function
 from phaseprune.strategies.search import start_rounding, with_rounding
-from phaseprune.tasks import load_task
 
 __all__ = ["LATER_PRUNE_DEFAULTS", "OnStep", "PruneRun", "run_prune"]  # what callers import
 
@@ -95,14 +95,7 @@ class PruneRun:
         self.started = time.perf_counter()
         tc, mc = cfg.task, cfg.model
         if task is None:
-            task = load_task(
-                tc.task,
-                subjects=tc.subjects or None,
-                data_dir=tc.data_dir,
-                shots=tc.shots,
-                limit=cfg.calib + cfg.eval,
-                lm_eval_include=tc.lm_eval_include,
-            )
+            task = task_of(tc, limit=cfg.calib + cfg.eval)
         if len(task.items) < cfg.calib + cfg.eval:
             raise UsageError(
                 f"{tc.task} has {len(task.items)} items; --calib {cfg.calib} + --eval {cfg.eval} "

@@ -215,9 +215,8 @@ class PruneConfig:
     guard: int = _doc(
         "phase-aware: also spare this many layers before the transition layer.", 1, minimum=0
     )
-    # the defaults are the head-to-head's best variant on Qwen2.5-Coder-1.5B (docs/findings.md:
-    # 90% of the accuracy kept to 5 removals, the transition-only variant 3, every baseline
-    # 1); `--decisive objective --after-decisive block-influence --spare 0` is the first version
+    # the defaults are the head-to-head's best variant (docs/findings.md, docs/strategies.md);
+    # `--decisive objective --after-decisive block-influence --spare 0` is the first version
     spare: int | None = _doc(
         "phase-aware: spare the N decision builders, the layers whose removal alone from the "
         "unpruned model scores worst by --objective on the calibration items (one scan of every "
@@ -265,7 +264,7 @@ class PruneConfig:
     score_cache: str | None = _doc(
         "Folder where the option logits of every pruned model this run reads are kept by "
         "removed set, and read back by any later run on the same model, items and settings "
-        "(other strategies, a resume); exact runs only. The results do not change. Default: "
+        "(other strategies, a resume). The results do not change. Default: "
         "the run's own OUT/score-cache (a resume reads what an interrupted scan finished).",
         None,
         shown="OUT/score-cache",

@@ -20,6 +20,7 @@ from phaseprune.model.distributed import local_device
 from phaseprune.model.cpu import use_cores
 from phaseprune.model.load import load_model, load_tokenizer, with_revision
 from phaseprune.runs.config import ModelConfig, TaskConfig
+from phaseprune.tasks import load_task
 
 
 def _tokens_hash(input_ids: list[list[int]]) -> str:
@@ -28,6 +29,18 @@ def _tokens_hash(input_ids: list[list[int]]) -> str:
         digest.update(np.asarray(row, dtype=np.int64).tobytes())
         digest.update(b"|")
     return digest.hexdigest()
+
+
+def task_of(tc: TaskConfig, *, limit: int | None):
+    """The :class:`~phaseprune.tasks.TaskData` a run's task settings name (``limit`` items)."""
+    return load_task(
+        tc.task,
+        subjects=tc.subjects or None,
+        data_dir=tc.data_dir,
+        shots=tc.shots,
+        limit=limit,
+        lm_eval_include=tc.lm_eval_include,
+    )
 
 
 def task_record(task, enc, limit: int | None) -> dict:

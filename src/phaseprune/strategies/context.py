@@ -145,8 +145,8 @@ def stored_removals(ctx: PruneContext, kind: str, removed, candidates, score, pa
     resumed run scores only the rest. ``parts`` (the calibration items' subject groups) scans
     one group after another and keeps each candidate's values on each group as they finish:
     the scan of grouped items finishes its candidates only at the last group, so without parts
-    an interrupted step of a few-shot setting loses everything (MMLU logit-js on
-    Qwen2.5-Coder-1.5B here: 26 minutes a step). Each group runs exactly as inside the whole
+    an interrupted step of a few-shot setting loses everything (tens of minutes a step for a
+    1.5B model on a CPU). Each group runs exactly as inside the whole
     scan, so the values are the same. Without a store, ``score(candidates, None, None)``.
     """
     if ctx.store is None:

@@ -150,8 +150,8 @@ def decision_builders(ctx: PruneContext) -> list[int]:
 
     One scan of every layer on the calibration items by the objective (what an iterative step
     1 computes), done once per run and kept; protected layers are not scanned (never removed
-    anyway). On Qwen2.5-Coder-1.5B these are the layers that build the decision: removing one
-    of them alone costs the most calibration accuracy or destroys the transition.
+    anyway). These are the layers that build the decision: removing one of them alone costs
+    the most calibration accuracy or destroys the transition (docs/findings.md).
     """
     if ctx.cache.builders is None:
         free = [k for k in range(ctx.n_layers) if k not in ctx.protect]
@@ -274,13 +274,10 @@ def tail_cut(ctx: PruneContext, readout, t: int, kept: list[int], record: dict) 
     The cut kept is the strongest decision that loses no calibration accuracy: among the
     Decisive readout indices (``t`` .. ``n``) whose calibration accuracy is at least the
     unpruned model's, the one with the largest mean margin, ties to the deeper cut; protected
-    layers bound it. (Accuracy alone on a few dozen items moves by one item between readouts:
-    on Qwen2.5-Coder-1.5B's 32 calibration items it ranks readout 27 first, 75.0% against
-    71.9% at 23-26 and 68.8% for the whole model, while the 200 analyze items give readout 24
-    the best accuracy, 66.0% against 65.5%, and three times the whole model's margin.)
-    Decision builders are not spared here: they are judged alone (on Qwen layer 26 costs 16.7
-    points alone, because layer 27 reads it, while cutting 24-27 together costs nothing), a
-    cut as a whole.
+    layers bound it. (Accuracy alone on a few dozen items moves by one item between readouts,
+    so it ranks cuts by noise; the margin separates them.) Decision builders are not spared
+    here: a layer that is costly to remove alone can be free to cut together with the layers
+    that read it, so a cut is judged as a whole (docs/strategies.md).
 
     While the best cut lies before the last readout index, the last layer goes (one per step;
     the readouts before the cut and the unpruned accuracy do not change, so the next step finds
