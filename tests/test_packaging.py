@@ -111,3 +111,23 @@ def test_the_wheel_holds_every_module_and_the_report_templates(tmp_path):
     assert "phaseprune/presentation/report/templates/report.html.j2" in source
     assert shipped == source
     assert "phaseprune = phaseprune.cli:main" in scripts
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A source file that .gitignore matches never reaches a clone (a `runs/` pattern once hid
+    `src/phaseprune/runs/*.py` created after the move, and CI's clean clone lacked them)."""
+    root = ROOT
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [
+        str(p.relative_to(root))
+        for d in ("src", "tests", "experiments", "benchmarks")
+        for p in (root / d).rglob("*")
+        if p.suffix in (".py", ".j2", ".toml")
+        and "__pycache__" not in p.parts
+        and ".egg-info" not in str(p)
+    ]
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", *sources], cwd=root, capture_output=True, text=True
+    )
+    assert done.stdout.split() == []
