@@ -8,8 +8,7 @@ import stat
 import pytest
 import torch
 
-import phaseprune.analysis as analyze_module
-import phaseprune.pruning as prune_module
+import phaseprune.runs.loading as loading_module
 from phaseprune.cli import main
 from phaseprune.runs.outdir import atomic_write_bytes, atomic_write_json
 
@@ -51,8 +50,7 @@ def test_cuda_without_a_gpu_is_refused_before_anything_loads(
     def nothing_may_load(*args, **kwargs):
         raise AssertionError("the task was read before the device was checked")
 
-    monkeypatch.setattr(analyze_module, "load_task", nothing_may_load)
-    monkeypatch.setattr(prune_module, "load_task", nothing_may_load)
+    monkeypatch.setattr(loading_module, "load_task", nothing_may_load)  # what both read through
     code = main([command, "--device", device, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2
