@@ -325,8 +325,9 @@ class DemoConfig:
     )
     decider: bool = _doc(
         "Also tell the story on a model that decides: a 6-layer Llama trained here in seconds on "
-        "a synthetic multiple-choice task (phaseprune.engine.decider), analyzed and pruned by the same "
-        "strategies, with the head-to-head of phase-aware against the rest (OUT/decider/).",
+        "a synthetic multiple-choice task (phaseprune.engine.decider), analyzed and pruned by "
+        "the same strategies, with the head-to-head of phase-aware against the rest "
+        "(OUT/decider/).",
         False,
     )
     overwrite: bool = _doc("Start again instead of resuming a previous demo in --out.", False)

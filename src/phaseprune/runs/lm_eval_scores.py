@@ -1,8 +1,8 @@
 """``prune --lm-eval-tasks``: lm-evaluation-harness scores of the pruned view, beside phaseprune's.
 
 At the chosen steps (``--lm-eval-steps``, every step and the unpruned model by default) the
-model without the removed layers (:func:`phaseprune.model.surgery.without_layers`, no weights copied,
-no export) is wrapped in lm-eval's ``HFLM`` and scored with ``simple_evaluate`` on the named
+model without the removed layers (:func:`phaseprune.model.surgery.without_layers`, no weights
+copied, no export) is wrapped in lm-eval's ``HFLM`` and scored with ``simple_evaluate`` on the named
 tasks, as ``lm_eval --model hf`` scores the exported checkpoint loaded in the same dtype and
 device (lm-eval's own prompts, few-shot settings, ``--lm-eval-limit`` first docs and batch
 size). Each task's
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from phaseprune.runs.config import PruneConfig
 from phaseprune.core.errors import UsageError
 from phaseprune.model.surgery import without_layers
+from phaseprune.runs.config import PruneConfig
 from phaseprune.tasks.lm_eval_source import (
     build_tasks,
     lm_eval_quiet,

@@ -8,7 +8,6 @@ unsupported family fails in seconds.
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 import numpy as np
 
@@ -16,8 +15,8 @@ from phaseprune.core.errors import UsageError
 from phaseprune.core.prompts import build_prompts
 from phaseprune.engine.encoding import check_context, encode_prompts
 from phaseprune.model.arch import context_window
-from phaseprune.model.distributed import local_device
 from phaseprune.model.cpu import use_cores
+from phaseprune.model.distributed import local_device
 from phaseprune.model.load import load_model, load_tokenizer, with_revision
 from phaseprune.runs.config import ModelConfig, TaskConfig
 from phaseprune.tasks import load_task

@@ -127,15 +127,12 @@ class PartialReadout:
         self.save = save and out is not None  # False: in memory only (e.g. not process 0)
         self.logits = np.zeros(shape, dtype=np.float32)
         self.done = np.zeros(shape[0], dtype=bool)
-        self.exact = np.ones(shape[0], dtype=bool)  # rows read in the model's own dtype
         if self.path is not None and self.path.exists():
             try:
                 with np.load(self.path) as saved:
                     if str(saved["key"]) == key and saved["logits"].shape == shape:
                         self.logits[:] = saved["logits"]
                         self.done[:] = saved["done"]
-                        if "exact" in saved:
-                            self.exact[:] = saved["exact"]
             except (OSError, ValueError, KeyError, EOFError) as err:  # damaged: start over
                 warnings.warn(
                     f"{self.path} is damaged ({type(err).__name__}); recomputing every item",
@@ -143,17 +140,16 @@ class PartialReadout:
                 )
                 self.logits[:], self.done[:] = 0.0, False
 
-    def update(self, items: list[int], logits: np.ndarray, exact: bool = True) -> None:
-        """Record a batch (``exact``: read in the model's dtype, not bfloat16) and save."""
+    def update(self, items: list[int], logits: np.ndarray) -> None:
+        """Record a batch and save."""
         self.logits[items] = logits
         self.done[items] = True
-        self.exact[items] = exact
         if not (self.save and self.path is not None):
             return
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, key=np.array(self.key), logits=self.logits, done=self.done, exact=self.exact)
+        np.savez(buf, key=np.array(self.key), logits=self.logits, done=self.done)
         atomic_write_bytes(self.path, buf.getvalue())
 
     def clear(self) -> None:
