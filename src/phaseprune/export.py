@@ -30,6 +30,7 @@ from phaseprune import __version__
 from phaseprune.core.errors import UsageError, first_line
 from phaseprune.core.prompts import build_prompts
 from phaseprune.engine.encoding import encode_prompts
+from phaseprune.model.healing import check_model, healed
 from phaseprune.model.load import (
     ModelSpec,
     load_model,
@@ -40,6 +41,7 @@ from phaseprune.model.load import (
 )
 from phaseprune.model.portable import make_portable
 from phaseprune.presentation.model_card import model_card
+from phaseprune.runs.heal_run import maps_at
 from phaseprune.runs.files import load_trajectory
 from phaseprune.tasks import load_task
 
@@ -169,7 +171,9 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
     model, info = load_model(spec, dtype=traj["model"]["dtype"], progress=False)
     check_identity(traj, dataclasses.asdict(info), spec.path)
     prompts, items = check_prompts(traj, tokenizer)
-    with without_layers(model, removed), plain_checkpoint(model):
+    maps = maps_at(Path(run_dir), traj["steps"][:step])  # a healed run's maps, else none
+    modules = check_model(model) if maps else {}
+    with healed(modules, maps), without_layers(model, removed), plain_checkpoint(model):
         expected = _last_logits(model, prompts)
         model.config = export_config(model, ())  # the view's config, already edited
         model.config.__dict__.pop("quantization_config", None)
@@ -184,6 +188,7 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
         "base_hub_id": None if spec.local else spec.name,
         "step": step,
         "removed_layers": removed,
+        "healed_layers": sorted(maps),
         "num_hidden_layers": reloaded.config.num_hidden_layers,
         "max_abs_logit_diff": diff,
         "check_prompts": len(prompts),

@@ -44,7 +44,9 @@ from phaseprune.model.load import (
 from phaseprune.model.surgery import kept_layers
 from phaseprune.presentation.figures.stamp import stamp_figures
 from phaseprune.runs.config import PruneConfig, spared_builders
+from phaseprune.engine.healing import LinearHealer
 from phaseprune.runs.files import write_trajectory
+from phaseprune.runs.heal_run import heal_data, judged, replay, save_map, unhealed_record
 from phaseprune.runs.lm_eval_scores import StepScorer
 from phaseprune.runs.loading import (
     check_model_config,
@@ -94,8 +96,9 @@ class PruneRun:
         self.out = Path(cfg.out) if cfg.out else None  # None: kept in memory only
         self.started = time.perf_counter()
         tc, mc = cfg.task, cfg.model
+        extra = cfg.heal_items if cfg.heal != "none" else 0
         if task is None:
-            task = task_of(tc, limit=cfg.calib + cfg.eval)
+            task = task_of(tc, limit=cfg.calib + cfg.eval + extra)
         if len(task.items) < cfg.calib + cfg.eval:
             raise UsageError(
                 f"{tc.task} has {len(task.items)} items; --calib {cfg.calib} + --eval {cfg.eval} "
@@ -120,6 +123,7 @@ class PruneRun:
         order = round_robin([it.subject for it in task.items])
         self.calib = sorted(order[: cfg.calib])
         self.eval = sorted(order[cfg.calib : cfg.calib + cfg.eval])
+        self.extra = sorted(order[cfg.calib + cfg.eval : cfg.calib + cfg.eval + extra])
         self.eval_ids = [enc.input_ids[i] for i in self.eval]
         self.eval_gold = gold[self.eval]
         # plain calibration text: the prompt followed by its gold letter's (verified) token
@@ -147,17 +151,27 @@ class PruneRun:
             progress=not cfg.quiet,
             calib_groups=subject_groups([task.items[i].subject for i in self.calib]),
         )
+        self.healer = None
+        if cfg.heal == "linear":  # the model holds the current maps from here on
+            data = heal_data(task, enc.input_ids, self.calib, self.extra)
+            self.healer = LinearHealer(self.model, data, max_tokens=self.max_tokens)
+            self.ctx.heal, self.ctx.heal_when = self.healer, cfg.heal_when
         self.ctx.store = self._store()
+
         # the evaluation readout after each removal recomputes only the layers after it
-        self.eval_reader = IncrementalReadout(
-            self.model,
-            self.eval_ids,
-            enc.options.ids,
-            groups=subject_groups([task.items[i].subject for i in self.eval]),
-            max_tokens=self.max_tokens,
-            cache_budget=cache_budget,
-            progress=not cfg.quiet,
-        )
+        def reader(progress: bool) -> IncrementalReadout:
+            return IncrementalReadout(
+                self.model,
+                self.eval_ids,
+                enc.options.ids,
+                groups=subject_groups([task.items[i].subject for i in self.eval]),
+                max_tokens=self.max_tokens,
+                cache_budget=cache_budget,
+                progress=progress,
+            )
+
+        self.eval_reader = reader(not cfg.quiet)
+        self.unhealed_reader = reader(False) if self.healer is not None else None
 
     def _store(self) -> ScoreStore | None:
         """The store for this model, items and settings (``--score-cache``, else the run's own)."""
@@ -166,9 +180,13 @@ class PruneRun:
         root = self.cfg.score_cache or (self.out / OWN_STORE if self.out else None)
         if root is None:  # a run kept in memory keeps no store of its own
             return None
+        # a healed model depends on the heal settings and on the order of removal
+        heal = None if self.healer is None else (self.cfg.heal, self.cfg.heal_when,
+                                                 self.healer.data.record())  # fmt: skip
         return ScoreStore(root, info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups,
                           self.eval_ids, groups, list(ctx.option_ids), self.max_tokens,
-                          self.processes, __version__)  # fmt: skip
+                          self.processes, __version__, *([heal] if heal else []),
+                          ordered=heal is not None)  # fmt: skip
 
     def _check_layers(self, n: int) -> None:
         """Refuse settings the model's depth makes impossible (before the weights load)."""
@@ -206,6 +224,7 @@ class PruneRun:
             eval_gold=self.eval_gold,
             calib_logits=self.ctx.ref_logits,
             n_options=self.task.n_options,
+            heal_data=None if self.healer is None else self.healer.data.record(),
         )
 
     def recipe(self) -> Recipe:
@@ -214,9 +233,36 @@ class PruneRun:
         return Recipe(dataclasses.asdict(self.info), self.record_task, answers)
 
     def eval_readout(self, removed) -> dict:
-        """Full decision readout of the model without ``removed`` on the evaluation items."""
+        """Full decision readout of the model without ``removed`` on the evaluation items.
+
+        Healed, also the readout of the same removals without any map (``unhealed``).
+        """
         logits = stored(self.ctx, "eval", removed, lambda: self.eval_reader(removed)).numpy()
-        return readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
+        record = readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
+        if self.healer is None or not removed:
+            return record
+        with self.healer.original():
+            plain = stored(
+                self.ctx, "eval-unhealed", removed, lambda: self.unhealed_reader(removed)
+            ).numpy()
+        plain = readout_record(plain, self.eval_gold, self.task.n_options, self.cfg)
+        return record | {"unhealed": unhealed_record(plain)}
+
+    def heal_step(self, step: int, removed: list[int], layers: tuple[int, ...]) -> dict | None:
+        """Fit (or take the search's) map for removing ``layers``, fold it in, keep it on disk."""
+        if self.healer is None:
+            return None
+        key = layers[0] if len(layers) == 1 else tuple(layers)
+        fit = self.ctx.cache.heal_fits.get((tuple(removed), key))
+        self.ctx.cache.heal_fits.clear()
+        with stage("heal"):
+            if fit is None:
+                fit = self.healer.fit(removed, [key])[key]
+            fit = judged(self.ctx, [*removed, *layers], fit)
+        self.healer.apply([*removed, *layers], fit)
+        if is_main():
+            save_map(self.out, step, fit)
+        return fit.record
 
 
 def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
@@ -267,6 +313,15 @@ def run_prune(
         task: A :class:`~phaseprune.tasks.TaskData`, instead of loading ``cfg.task.task``.
     """
     run = PruneRun(cfg, model=model, tokenizer=tokenizer, task=task)
+    try:
+        return _run(run, on_step)
+    finally:
+        if run.healer is not None:
+            run.healer.close()  # the caller's model gets its own weights back
+
+
+def _run(run: PruneRun, on_step: OnStep | None) -> Pruning:
+    cfg = run.cfg
     traj, rows, fresh = _start(run)
     notify = on_step or (lambda traj, record, resumed: None)
     for record in [traj["step0"], *traj["steps"]]:
@@ -286,9 +341,12 @@ def run_prune(
                 break
             position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
             phase = removal_phase(prev["transition_layer"], position)
+            heal = run.heal_step(step, removed, choice.layers)
             removed = [*removed, *choice.layers]
             readout = run.eval_readout(removed)
             readout |= _lm_eval(run, removed, step)
+            if heal is not None:
+                readout["heal"] = heal
         record = step_record(run.info.n_layers, step, choice, removed, phase, readout)
         traj["steps"].append(record)
         rows += candidate_rows(step, choice)
@@ -331,6 +389,8 @@ def _start(run: PruneRun) -> tuple[Trajectory, list[dict], bool]:
     ))  # fmt: skip
     run.ctx.ref_logits = ref.numpy()
     start_rounding(run.ctx)  # a bfloat16 run: the error each step's choice is checked against
+    if traj is not None and run.healer is not None:
+        replay(run.healer, run.out, traj["steps"])  # the maps of the completed steps
     if traj is None:
         with stage("step 0 (unpruned)"):
             step0 = run.eval_readout([])

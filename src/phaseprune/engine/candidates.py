@@ -29,6 +29,7 @@ extra chunk. Peak memory is then about the budget plus one batch's activations
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -51,6 +52,9 @@ from phaseprune.model.surgery import kept_layers, without_layers
 Reduce = Callable[
     [DecoderParts, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 ]
+# heal(k) -> (first changed original layer, context in which the model is candidate k's healed
+# model): scoring a candidate healed (--heal-when search) resumes from that layer, not from k.
+Heal = Callable[[int], tuple[int, AbstractContextManager]]
 
 
 def option_reduce(option_ids: Sequence[int]) -> Reduce:
@@ -85,7 +89,7 @@ def budget_chunks(batches, lengths, tokens_budget: int | None) -> list[list[list
 
 
 def _score_group(
-    model, removed, candidates, position, rows, group, share, reduce, limits, tick, out
+    model, removed, candidates, position, rows, group, share, reduce, limits, tick, out, heal
 ):
     """Score every candidate on one group of items (sharing its token prefix if ``share``).
 
@@ -102,13 +106,16 @@ def _score_group(
         with without_layers(model, removed) as parts:
             run = [run_batch(parts, prefix, rows, group, sub) for sub in chunk]
         for k in candidates:
-            _score_candidate(model, removed, k, position[k], prefix, run, reduce, out)
+            first, healed = heal(k) if heal is not None else (k, nullcontext())
+            with healed:
+                _score_candidate(model, removed, k, position[first], prefix, run, reduce, out)
             tick(k, sum(len(b.items) for b in run))
         del run
 
 
 def _score_candidate(model, removed, k, p, prefix: SharedPrefix, run, reduce, out) -> None:
-    """Score candidate ``k`` (at position ``p`` of the current model) on the batches ``run``."""
+    """Score candidate ``k`` on the batches ``run``, resuming at position ``p`` of the current
+    model (``k``'s, or an earlier healed layer's: layers before ``p`` are unchanged)."""
     with without_layers(model, [*removed, k]) as parts:
         last = p == len(parts.layers)  # k was the last layer: the output is k's input
         cand = resume_prefix(parts, p, prefix) if prefix.n and not last else prefix
@@ -136,6 +143,7 @@ def score_removals(
     groups: Sequence[Sequence[int]] | None = None,
     cache_budget: int | None = None,
     on_scored: Callable[[int, torch.Tensor], None] | None = None,
+    heal: Heal | None = None,
 ) -> dict[int, torch.Tensor]:
     """Reduce the final hidden states of "model without ``removed`` and ``k``" for each ``k``.
 
@@ -160,6 +168,7 @@ def score_removals(
             one chunk of items (zero-shot items within ``cache_budget``) candidates finish one
             by one; with several groups or chunks they finish in the last. Not called when
             launched as several processes (each holds a shard until the gather).
+        heal: scores each candidate healed (:data:`Heal`); None scores it as removed.
 
     Returns:
         ``{k: (n_items, ...)}`` in item order (every item's, on every process, when launched
@@ -179,6 +188,7 @@ def score_removals(
                     progress=progress,
                     groups=shard.groups,
                     cache_budget=cache_budget,
+                    heal=heal,
                 )
         return shard.gather(local)
     n_layers = len(model_layers(model))
@@ -211,6 +221,7 @@ def score_removals(
             limits,
             tick,
             out,
+            heal,
         )
     bar.close()
     return {k: torch.stack(rows) for k, rows in out.items()}

@@ -44,6 +44,7 @@ from phaseprune.engine.layer_cache import (
 )
 from phaseprune.engine.readout import read_options
 from phaseprune.model.distributed import item_shard, local_only
+from phaseprune.model.healing import heal_tags
 from phaseprune.model.load import hold_loaded
 from phaseprune.model.surgery import kept_layers, without_layers
 
@@ -120,6 +121,7 @@ class IncrementalReadout:
         self.cache_budget = cache_budget
         self.progress = progress
         self.removed: frozenset[int] | None = None
+        self.tags: list[int] = []  # which layers held a healing map when the state was made
         self.state: list[_Group] = []
         self.full_passes = 0  # how many calls ran every layer (for tests and benchmarks)
 
@@ -149,11 +151,11 @@ class IncrementalReadout:
         The next call resumes from the set before the probe: a probe of a superset of it costs
         only the layers after the newly removed ones, and leaves the cache as it was.
         """
-        saved = (self.removed, self.state, self.full_passes)
+        saved = (self.removed, self.state, self.full_passes, self.tags)
         try:
             return self(removed)
         finally:
-            self.removed, self.state, self.full_passes = saved
+            self.removed, self.state, self.full_passes, self.tags = saved
 
     @torch.inference_mode()
     def _call(self, removed: Sequence[int]) -> torch.Tensor:
@@ -171,30 +173,43 @@ class IncrementalReadout:
                     progress=self.progress,
                     groups=self.groups,
                 )
+        tags = heal_tags(self.model)
         stale = self.removed is None or not self.removed <= new
         if stale and new and _UNPRUNED is not None:
             # shared by every run of this process: the unpruned state first (once), then resume
-            if self._shared() is None and self._fits(n_layers):
+            if self._shared() is None and self._fits(n_layers) and not any(tags):
                 self._call(())
             if (shared := self._shared()) is not None:
                 self.removed, self.state, stale = frozenset(), shared, False
+                self.tags = [0] * n_layers
         bar = progress_bar(len(self.ids), "readout", enabled=self.progress)
         with without_layers(self.model, sorted(new)) as parts:
             if stale:
                 self.state = self._full(parts, bar)
                 self.full_passes += 1
-                if not new:
+                if not new and not any(tags):
                     self._share()
-            elif new != self.removed:
-                kept = kept_layers(n_layers, sorted(self.removed))
-                start = min(kept.index(k) for k in new - self.removed)
+            elif (start := self._start(n_layers, new, tags)) is not None:
                 self.state = [self._advance(parts, g, start, bar) for g in self.state]
             else:
                 bar.update(len(self.ids))
-            self.removed = new
+            self.removed, self.tags = new, tags
             out = self._read(parts)
         bar.close()
         return out
+
+    def _start(self, n_layers: int, new: frozenset[int], tags: list[int]) -> int | None:
+        """The first position of the model without ``new`` that differs from the cached one.
+
+        A newly removed layer changes everything from its position on; so does a kept layer
+        that holds another healing map than when the state was made
+        (:func:`~phaseprune.model.healing.heal_tags`). None: nothing changed.
+        """
+        kept = kept_layers(n_layers, sorted(self.removed))
+        changed = [kept.index(k) for k in new - self.removed]
+        now = kept_layers(n_layers, sorted(new))
+        changed += [p for p, k in enumerate(now) if tags[k] != self.tags[k]]
+        return min(changed) if changed else None
 
     def _key(self) -> str:
         digest = hashlib.sha256(

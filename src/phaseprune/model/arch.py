@@ -24,7 +24,8 @@ read a BOS token (:func:`default_add_bos`), the residual width (:func:`d_model`)
 hook contexts the engines build on: :func:`capture_layer_inputs` ("record what enters each
 layer") and :func:`stand_in_layers` ("run these stand-ins in place of those layers").
 Edits of a model (layer removal, re-indexing, export configs) are in
-:mod:`phaseprune.model.surgery`.
+:mod:`phaseprune.model.surgery`; healing folds a linear map into the module
+:func:`mlp_out_projection` names (:mod:`phaseprune.model.healing`).
 """
 
 from __future__ import annotations
@@ -348,3 +349,55 @@ def stand_in_layers(parts: DecoderParts, stand_ins: Sequence[nn.Module]) -> Iter
     finally:
         for i, layer in enumerate(originals):
             parts.layers[i] = layer
+
+
+# The module whose output a decoder layer adds to the residual stream as its MLP's contribution
+# (dotted path inside a layer), as transformers 5.24 builds each family. Llama-like, GPT-NeoX
+# and Falcon use nn.Linear; GPT-2 its transposed Conv1D (weight (in, out)). GPT-NeoX's and
+# Falcon's parallel residual add it next to the attention output: still a plain sum.
+_MLP_OUT: dict[str, str] = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo"),
+                    "mlp.down_proj"),
+    "gpt2": "mlp.c_proj",
+    "gpt_neox": "mlp.dense_4h_to_h",
+    "falcon": "mlp.dense_4h_to_h",
+    "opt": "fc2",
+}  # fmt: skip
+
+# Families whose layer normalises the MLP's output before adding it, so a linear map on the
+# output projection does not act linearly on the residual stream.
+_NORM_AFTER_MLP = {
+    "gemma2": "post_feedforward_layernorm",
+    "gemma3_text": "post_feedforward_layernorm",
+    "olmo2": "post_feedforward_layernorm",
+}
+
+
+def check_healable(model: nn.Module) -> None:
+    """Refuse, in one line, a model whose layers a linear map cannot be folded into.
+
+    A map ``T`` folded into the MLP's output projection acts on the residual stream only if
+    the layer adds that projection's output as it is: not true behind a post-MLP norm
+    (Gemma-2/3, OLMo-2) or in OPT's post-LN layout (``do_layer_norm_before=False``).
+    """
+    family = decoder_parts(model).family
+    norm = _NORM_AFTER_MLP.get(family)
+    if family == "opt" and not getattr(model.config, "do_layer_norm_before", True):
+        norm = "final_layer_norm (post-LN)"
+    if norm is not None:
+        raise UsageError(
+            f"--heal linear cannot heal {family}: its layers normalise the MLP output "
+            f"({norm}) before adding it to the residual stream, so a linear map folded into "
+            "the output projection is not linear there; prune without --heal"
+        )
+
+
+def mlp_out_projection(layer: nn.Module, family: str) -> nn.Module:
+    """The module whose output is the layer's MLP contribution to the residual stream.
+
+    An ``nn.Linear`` (weight ``(d_model, d_ff)``) or, for GPT-2, a ``Conv1D`` (weight
+    ``(d_ff, d_model)``); see :mod:`phaseprune.model.healing` for the fold of each.
+    """
+    if family not in _MLP_OUT:
+        raise UsageError(f"--heal linear cannot heal {family}: it has no single MLP output")
+    return layer.get_submodule(_MLP_OUT[family])

@@ -72,6 +72,20 @@ def _checked_on(export: dict) -> str:
     return "on the prompt 'Answer:' only (the run's evaluation prompts could not be rebuilt)"
 
 
+def _healed(traj: dict, export: dict) -> str:
+    """How the export was healed, and on what data (``--heal linear``)."""
+    layers = export.get("healed_layers") or []
+    if traj["settings"].get("heal", "none") == "none":
+        return "no"
+    data = traj.get("heal_data") or {}
+    on = (f"{data.get('prompts')} task prompts ({data.get('calib_items')} calibration items and "
+          f"{data.get('extra_items')} others; no evaluation item)")  # fmt: skip
+    if not layers:
+        return f"linear maps tried, none kept; fitted on {on}"
+    return (f"a least-squares linear map folded into the MLP output projection of original "
+            f"layer(s) {layers}, fitted on {on}")  # fmt: skip
+
+
 def _yaml_header(hub_id: str | None) -> str:
     """Hugging Face card metadata; ``base_model`` only for hub ids (it must name one)."""
     lines = ["---", "library_name: transformers", "tags:", "- phaseprune", "- layer-pruning"]
@@ -102,6 +116,7 @@ def model_card(traj: dict, export: dict, out_dir: str) -> str:
         ("base weights", _identity(model)),
         ("removed layers", f"{export['removed_layers'] or 'none'} (0-based, original indices)"),
         ("layers left", str(export["num_hidden_layers"])),
+        ("healed", _healed(traj, export)),
         ("strategy", f"`{traj['strategy']}` (objective `{traj['objective']}`)"),
         ("step", f"{step} of {len(traj['steps'])}"),
         ("task", f"{task['task']} (subjects: {subjects}; {task.get('shots', 0)}-shot)"),

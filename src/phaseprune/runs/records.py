@@ -85,7 +85,19 @@ class Readout(LmEvalPart, ItemOutcomes):
     layers: list[LayerRecord]
 
 
-class Step(Readout):
+class Healing(TypedDict, total=False):
+    """A step of a ``--heal linear`` run (absent without healing)."""
+
+    heal: dict[str, Any]
+    """The step's map: ``layer`` it is folded into, ``boundary`` it matches, ``ridge`` (None:
+    no map), token counts, held-out errors unhealed and healed, ``judged`` (the calibration
+    objective healed and unhealed, ``kept``), ``map_sha256`` of ``heal/step_NNN.npy``."""
+    unhealed: dict[str, Any]
+    """The evaluation readout of the same removals without any map (accuracy and interval,
+    transition, mean margin, picks)."""
+
+
+class Step(Readout, Healing):
     """One removal: what was removed and why, then the readout of the pruned model."""
 
     step: int
@@ -133,7 +145,15 @@ class EvalGold(TypedDict, total=False):
     are the same items' picks without each candidate)."""
 
 
-class Trajectory(EvalGold):
+class HealData(TypedDict, total=False):
+    """What a ``--heal linear`` run fits its maps on (absent without healing)."""
+
+    heal_data: dict[str, Any]
+    """``kind``, ``prompts``, ``held_out_prompts``, ``calib_items``, ``extra_items`` and their
+    ids, ``tokens_sha256``."""
+
+
+class Trajectory(EvalGold, HealData):
     """``trajectory.json``; ``collapse`` is provisional while ``complete`` is false."""
 
     schema_version: int

@@ -17,7 +17,7 @@ from pathlib import Path
 from phaseprune import __version__
 from phaseprune.core.objectives import objective_of
 from phaseprune.model.load import model_change
-from phaseprune.runs.config import PHASE_AWARE_ONLY, PruneConfig
+from phaseprune.runs.config import HEAL_ONLY, PHASE_AWARE_ONLY, PruneConfig
 from phaseprune.runs.files import load_candidates, load_trajectory
 from phaseprune.runs.outdir import fingerprint
 from phaseprune.runs.records import Trajectory, settings_record
@@ -31,7 +31,8 @@ STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made, left out of the fingerprint at these
 values so those runs resume."""
-LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective"}
+LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective",
+                        "heal": "none"}  # fmt: skip
 """phase-aware's settings added later, left out at their first version's values (its defaults
 until the head-to-head picked others), so runs of that version resume."""
 
@@ -58,6 +59,7 @@ def recipe_key(cfg: PruneConfig, recipe: Recipe, **stopping) -> str:
         if k not in VOLATILE
         and LATER_PRUNE_DEFAULTS.get(k, ...) != v
         and (k not in PHASE_AWARE_ONLY or cfg.strategy == "phase-aware")
+        and (k not in HEAL_ONLY or cfg.heal != "none")
     }
     for section in ("model", "task"):  # settings added later, at their defaults: left out
         settings[section] = {

@@ -43,14 +43,15 @@ from phaseprune.runs.outdir import atomic_write_bytes, fingerprint
 class ScoreStore:
     """One folder of cached option logits for one model, item set and setting digest."""
 
-    def __init__(self, root: str | Path, *key_parts):
+    def __init__(self, root: str | Path, *key_parts, ordered: bool = False):
         self.key = fingerprint(*key_parts)[:24]
+        self.ordered = ordered  # healed models: the order of removal changes the model
         self.root = Path(root) / self.key
         self.hits = 0
         self.misses = 0
 
     def _path(self, kind: str, removed: Iterable[int], candidate: int | None = None) -> Path:
-        name = "-".join(str(k) for k in sorted(removed)) or "none"
+        name = "-".join(str(k) for k in (removed if self.ordered else sorted(removed))) or "none"
         leaf = name if candidate is None else f"{name}+{candidate}"
         return self.root / kind / f"{leaf}.npy"
 

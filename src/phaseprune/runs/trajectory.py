@@ -76,6 +76,8 @@ class RunHead:
     """(n_calib, n_options) the unpruned model's final option logits on the calibration items."""
     n_options: int
     """Options per item."""
+    heal_data: dict | None = None
+    """``--heal linear``: what the maps are fitted on (``HealData.record``)."""
 
 
 def header(head: RunHead, step0: Readout) -> Trajectory:
@@ -107,6 +109,7 @@ def header(head: RunHead, step0: Readout) -> Trajectory:
         "timing": {},
         "collapse": None,  # set by _write before anything is written
         "precision": dict(EXACT),
+        **({"heal_data": head.heal_data} if head.heal_data is not None else {}),
     }
 
 

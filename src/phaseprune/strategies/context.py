@@ -10,6 +10,7 @@ unpruned model (kept in :class:`StrategyCache`) and then walk down that ranking.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +38,9 @@ class StrategyCache:
     """Phase-aware with ``spare``: each layer's objective score removed alone (the scan)."""
     reference_logprobs: torch.Tensor | None = None
     """logit-js: ``(n_calib, vocab)`` last-token log-probabilities of the unpruned model."""
+    heal_fits: dict = field(default_factory=dict)
+    """``--heal-when search``: ``(removed, candidate) -> HealFit`` of the candidates scored
+    healed, so the chosen one's map is not fitted twice."""
 
 
 @dataclass
@@ -89,6 +93,12 @@ class PruneContext:
     rounding: float | None = None
     """A bfloat16 or float16 run: its rounding error measured at step 0
     (:func:`~phaseprune.engine.rounding.measure_rounding`); None in float32."""
+    heal: Any = None
+    """``--heal linear``: the run's :class:`~phaseprune.engine.healing.LinearHealer`, whose
+    current maps the model holds; None without healing."""
+    heal_when: str = "after"
+    """``search``: every candidate is scored with its own fitted map; ``after``: candidates are
+    scored removed, and only the chosen one is healed."""
     cache: StrategyCache = field(default_factory=StrategyCache)
     """What strategies computed at earlier steps."""
 
@@ -126,6 +136,29 @@ class Choice:
     precision: dict | None = None
     """A bfloat16 or float16 run: whether the choice was within rounding of the runner-up
     (:func:`~phaseprune.core.rounding.rounding_check`); None in float32."""
+
+
+def unhealed(ctx: PruneContext):
+    """Context: the model with its own weights (what is defined on the unpruned model)."""
+    return nullcontext() if ctx.heal is None else ctx.heal.original()
+
+
+def heal_hook(ctx: PruneContext, removed: Sequence[int], todo: Sequence[int]):
+    """``score_removals``'s ``heal``: each candidate scored with its own map (search mode).
+
+    None without healing or with ``--heal-when after``. The fits are kept in
+    ``ctx.cache.heal_fits`` for the step's chosen candidate.
+    """
+    if ctx.heal is None or ctx.heal_when != "search" or not todo:
+        return None
+    fits = ctx.heal.fit(removed, list(todo))
+    for k, fit in fits.items():
+        ctx.cache.heal_fits[(tuple(removed), k)] = fit
+
+    def heal(k):
+        return min(k, fits[k].site.layer), ctx.heal.trying(fits[k])
+
+    return heal
 
 
 def stored(ctx: PruneContext, kind: str, removed, compute, candidate: int | None = None):
@@ -239,7 +272,8 @@ def one_shot(
 ) -> dict[int, float]:
     """The ranking ``name``, computed on first use and kept for the run."""
     if name not in ctx.cache.rankings:
-        ctx.cache.rankings[name] = compute()
+        with unhealed(ctx):  # a resumed healed run holds its maps already
+            ctx.cache.rankings[name] = compute()
     return ctx.cache.rankings[name]
 
 

@@ -23,11 +23,13 @@ from phaseprune.strategies.context import (
     Choice,
     Criterion,
     PruneContext,
+    heal_hook,
     item_subset,
     no_candidate,
     one_shot,
     remaining,
     stored_removals,
+    unhealed,
     walk,
 )
 
@@ -81,7 +83,8 @@ def _mean_nll(values: torch.Tensor) -> float:
 
 
 def _scan(ctx, removed, todo, input_ids, reduce, on_scored, groups=None) -> dict:
-    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch and memory."""
+    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch and memory
+    (each candidate healed with ``--heal-when search``)."""
     return score_removals(
         ctx.model,
         removed,
@@ -93,6 +96,7 @@ def _scan(ctx, removed, todo, input_ids, reduce, on_scored, groups=None) -> dict
         progress=ctx.progress,
         groups=groups,
         on_scored=on_scored,
+        heal=heal_hook(ctx, removed, todo),
     )
 
 
@@ -170,14 +174,15 @@ def logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
 def _logit_js(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     if ctx.cache.reference_logprobs is None:
-        ctx.cache.reference_logprobs = final_readout(
-            ctx.model,
-            (),
-            ctx.calib_ids,
-            _logprob_reduce,
-            max_tokens=ctx.max_tokens,
-            groups=ctx.calib_groups,
-        )
+        with unhealed(ctx):
+            ctx.cache.reference_logprobs = final_readout(
+                ctx.model,
+                (),
+                ctx.calib_ids,
+                _logprob_reduce,
+                max_tokens=ctx.max_tokens,
+                groups=ctx.calib_groups,
+            )
     ref = ctx.cache.reference_logprobs
     candidates = remaining(ctx, removed)
     if not candidates:

@@ -23,11 +23,13 @@ from phaseprune.strategies.context import (
     Choice,
     Criterion,
     PruneContext,
+    heal_hook,
     item_subset,
     no_candidate,
     remaining,
     stored,
     stored_removals,
+    unhealed,
 )
 
 OBJECTIVE_CRITERIA = {
@@ -43,6 +45,7 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
 
     def score(todo, on_scored, items):
         ids, groups = item_subset(ctx.calib_ids, ctx.calib_groups, items)
+        heal = heal_hook(ctx, removed, todo)
         return score_removals(
             ctx.model,
             removed,
@@ -54,6 +57,7 @@ def by_objective(ctx: PruneContext, removed: Sequence[int], candidates: list[int
             progress=ctx.progress,
             groups=groups,
             on_scored=on_scored,
+            heal=heal,
         )
 
     # each candidate kept in the score store (if any) once scored; the decision builders'
@@ -155,7 +159,8 @@ def decision_builders(ctx: PruneContext) -> list[int]:
     """
     if ctx.cache.builders is None:
         free = [k for k in range(ctx.n_layers) if k not in ctx.protect]
-        scan = by_objective(ctx, (), free) if ctx.spare else None
+        with unhealed(ctx):  # a resumed healed run holds its maps already
+            scan = by_objective(ctx, (), free) if ctx.spare else None
         scores = {} if scan is None else scan.scores
         # the objective's whole key (accuracy ties go to the margin), worst first
         keys = {k: objective_key(ctx.objective, v) for k, v in scores.items()}

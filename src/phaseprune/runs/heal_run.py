@@ -1,0 +1,163 @@
+"""A pruning run's healing: its heal prompts, its maps on disk, and their replay on resume.
+
+Each healed step's map is written as ``OUT/heal/step_NNN.npy`` (float64, atomically) and its
+sha256 recorded in the step (``heal.map_sha256``), so ``--resume`` and ``export`` rebuild the
+healed model bit for bit without refitting; a map file that is missing is refitted (the fit
+is deterministic), one that differs from its record is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phaseprune.core.errors import UsageError
+from phaseprune.core.items import subject_groups
+from phaseprune.core.objectives import candidate_metrics, objective_key
+from phaseprune.engine.candidates import final_readout, option_reduce
+from phaseprune.engine.healing import HealData, HealFit, HealSite, LinearHealer
+from phaseprune.runs.outdir import atomic_write_bytes
+
+HEAL_DIR = "heal"
+
+
+def heal_data(task, input_ids: list[list[int]], calib: list[int], extra: list[int]) -> HealData:
+    """The default heal prompts: the calibration items', then ``extra`` items' (never eval)."""
+    rows = [*calib, *extra]
+    return HealData(
+        [list(input_ids[i]) for i in rows],
+        subject_groups([task.items[i].subject for i in rows]),
+        {"kind": "task prompts", "calib_items": len(calib), "extra_items": len(extra),
+         "extra_item_ids": [task.items[i].item_id for i in extra]},  # fmt: skip
+    )
+
+
+def judged(ctx, removed: list[int], fit: HealFit) -> HealFit:
+    """``fit``, or no map where the calibration readout says the map does not help.
+
+    The map minimises the squared error of every token's hidden state; what the model must
+    keep is its decision. So the healed model (without ``removed``) and the same model with
+    that layer left unhealed both answer the calibration items, and the map is kept unless
+    the unhealed one scores better by the run's objective (a tie keeps it). The scores go in
+    ``fit.record["judged"]``.
+    """
+    if fit.map is None:
+        return fit
+    plain = HealFit(fit.site, None, fit.record)
+    scores = {}
+    for name, candidate in (("healed", fit), ("unhealed", plain)):
+        with ctx.heal.trying(candidate):
+            logits = final_readout(
+                ctx.model,
+                removed,
+                ctx.calib_ids,
+                option_reduce(ctx.option_ids),
+                max_tokens=ctx.max_tokens,
+                groups=ctx.calib_groups,
+            ).numpy()
+        scores[name] = objective_key(
+            ctx.objective, candidate_metrics(logits, ctx.calib_gold, ctx.ref_logits)
+        )
+    keep = scores["healed"] >= scores["unhealed"]
+    record = fit.record | {
+        "judged": {
+            "objective": ctx.objective,
+            "healed": scores["healed"][0],
+            "unhealed": scores["unhealed"][0],
+            "kept": bool(keep),
+        }
+    }
+    if not keep:
+        record.pop("map_sha256", None)
+    return HealFit(fit.site, fit.map if keep else None, record)
+
+
+def map_path(out: Path, step: int) -> Path:
+    """Where step ``step``'s map is kept."""
+    return out / HEAL_DIR / f"step_{step:03d}.npy"
+
+
+def save_map(out: Path | None, step: int, fit: HealFit) -> None:
+    """Write the step's map (nothing when the run is in memory or the fit kept no map)."""
+    if out is None or fit.map is None:
+        return
+    buffer = io.BytesIO()
+    np.save(buffer, fit.map.numpy())
+    path = map_path(out, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_fit(out: Path, record: dict) -> HealFit | None:
+    """The fit of a completed step from its record and map file; None if the file is missing.
+
+    Raises:
+        UsageError: if the file is not the map the record names.
+    """
+    heal = record.get("heal")
+    if heal is None:
+        return None
+    site = HealSite(heal["layer"], heal["boundary"], ())
+    if heal.get("map_sha256") is None:
+        return HealFit(site, None, heal)
+    path = map_path(out, record["step"])
+    if not path.exists():
+        return None
+    t = torch.from_numpy(np.load(path))
+    if hashlib.sha256(t.numpy().tobytes()).hexdigest() != heal["map_sha256"]:
+        raise UsageError(
+            f"{path} is not the map step {record['step']} recorded (sha256 differs): "
+            "restore it, or delete it to have it refitted"
+        )
+    return HealFit(site, t, heal)
+
+
+def replay(healer: LinearHealer, out: Path | None, steps: list[dict]) -> None:
+    """Bring the model to the healed state after the completed ``steps`` (resume)."""
+    removed: list[int] = []
+    for record in steps:
+        fit = load_fit(out, record) if out is not None else None
+        block = record["removed_layers"]
+        if fit is None and record.get("heal") is not None:
+            key = block[0] if len(block) == 1 else tuple(block)
+            fit = healer.fit(removed, [key])[key]
+            save_map(out, record["step"], fit)
+        removed = [*removed, *block]
+        healer.apply(removed, fit)
+
+
+def maps_at(out: Path, steps: list[dict]) -> dict[int, torch.Tensor]:
+    """The maps the healed model holds after ``steps`` (original layer -> map), from disk.
+
+    Raises:
+        UsageError: if a step kept a map whose file is missing or not the recorded one.
+    """
+    maps: dict[int, torch.Tensor] = {}
+    for record in steps:
+        for k in record["removed_layers"]:
+            maps.pop(k, None)
+        heal = record.get("heal")
+        if heal is None:
+            continue
+        fit = load_fit(out, record)
+        if fit is None:
+            raise UsageError(
+                f"step {record['step']}'s healing map {map_path(out, record['step'])} is missing: "
+                f"run prune --resume on {out} to refit it"
+            )
+        maps.pop(heal["layer"], None)
+        if fit.map is not None:
+            maps[heal["layer"]] = fit.map
+    return maps
+
+
+def unhealed_record(readout: dict) -> dict:
+    """What the step's evaluation readout would be without any map (the compact part)."""
+    keep = ("eval_accuracy", "eval_accuracy_ci", "transition_layer", "transition_ci", "eval_picks")
+    out = {k: readout[k] for k in keep}
+    out["mean_margin"] = round(float(np.mean(readout["eval_margins"])), 6)
+    return out
