@@ -41,8 +41,8 @@ from phaseprune.model.load import (
 )
 from phaseprune.model.portable import make_portable
 from phaseprune.presentation.model_card import model_card
-from phaseprune.runs.heal_run import maps_at
 from phaseprune.runs.files import load_trajectory
+from phaseprune.runs.heal_run import maps_at
 from phaseprune.tasks import load_task
 
 CHECK_PROMPTS = 4

@@ -27,6 +27,7 @@ from phaseprune.core.objectives import objective_of
 from phaseprune.core.phases import removal_phase
 from phaseprune.core.progress import stage
 from phaseprune.engine.candidates import final_readout, option_reduce
+from phaseprune.engine.healing import LinearHealer
 from phaseprune.engine.incremental import IncrementalReadout
 from phaseprune.model.distributed import (
     COMMUNICATION,
@@ -44,9 +45,8 @@ from phaseprune.model.load import (
 from phaseprune.model.surgery import kept_layers
 from phaseprune.presentation.figures.stamp import stamp_figures
 from phaseprune.runs.config import PruneConfig, spared_builders
-from phaseprune.engine.healing import LinearHealer
 from phaseprune.runs.files import write_trajectory
-from phaseprune.runs.heal_run import heal_data, judged, replay, save_map, unhealed_record
+from phaseprune.runs.heal_run import heal_data, heal_key, heal_step, replay, unhealed_record
 from phaseprune.runs.lm_eval_scores import StepScorer
 from phaseprune.runs.loading import (
     check_model_config,
@@ -159,19 +159,13 @@ class PruneRun:
         self.ctx.store = self._store()
 
         # the evaluation readout after each removal recomputes only the layers after it
-        def reader(progress: bool) -> IncrementalReadout:
-            return IncrementalReadout(
-                self.model,
-                self.eval_ids,
-                enc.options.ids,
-                groups=subject_groups([task.items[i].subject for i in self.eval]),
-                max_tokens=self.max_tokens,
-                cache_budget=cache_budget,
-                progress=progress,
-            )
-
-        self.eval_reader = reader(not cfg.quiet)
-        self.unhealed_reader = reader(False) if self.healer is not None else None
+        groups = subject_groups([task.items[i].subject for i in self.eval])
+        reader = dict(groups=groups, max_tokens=self.max_tokens, cache_budget=cache_budget)
+        self.eval_reader = IncrementalReadout(self.model, self.eval_ids, enc.options.ids,
+                                              progress=not cfg.quiet, **reader)  # fmt: skip
+        self.unhealed_reader = self.healer and IncrementalReadout(
+            self.model, self.eval_ids, enc.options.ids, **reader
+        )
 
     def _store(self) -> ScoreStore | None:
         """The store for this model, items and settings (``--score-cache``, else the run's own)."""
@@ -180,13 +174,10 @@ class PruneRun:
         root = self.cfg.score_cache or (self.out / OWN_STORE if self.out else None)
         if root is None:  # a run kept in memory keeps no store of its own
             return None
-        # a healed model depends on the heal settings and on the order of removal
-        heal = None if self.healer is None else (self.cfg.heal, self.cfg.heal_when,
-                                                 self.healer.data.record())  # fmt: skip
+        heal = heal_key(self.cfg, self.healer)  # a healed model: the order of removal counts
         return ScoreStore(root, info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups,
                           self.eval_ids, groups, list(ctx.option_ids), self.max_tokens,
-                          self.processes, __version__, *([heal] if heal else []),
-                          ordered=heal is not None)  # fmt: skip
+                          self.processes, __version__, *heal, ordered=bool(heal))  # fmt: skip
 
     def _check_layers(self, n: int) -> None:
         """Refuse settings the model's depth makes impossible (before the weights load)."""
@@ -242,27 +233,9 @@ class PruneRun:
         if self.healer is None or not removed:
             return record
         with self.healer.original():
-            plain = stored(
-                self.ctx, "eval-unhealed", removed, lambda: self.unhealed_reader(removed)
-            ).numpy()
-        plain = readout_record(plain, self.eval_gold, self.task.n_options, self.cfg)
+            plain = stored(self.ctx, "unhealed", removed, lambda: self.unhealed_reader(removed))
+        plain = readout_record(plain.numpy(), self.eval_gold, self.task.n_options, self.cfg)
         return record | {"unhealed": unhealed_record(plain)}
-
-    def heal_step(self, step: int, removed: list[int], layers: tuple[int, ...]) -> dict | None:
-        """Fit (or take the search's) map for removing ``layers``, fold it in, keep it on disk."""
-        if self.healer is None:
-            return None
-        key = layers[0] if len(layers) == 1 else tuple(layers)
-        fit = self.ctx.cache.heal_fits.get((tuple(removed), key))
-        self.ctx.cache.heal_fits.clear()
-        with stage("heal"):
-            if fit is None:
-                fit = self.healer.fit(removed, [key])[key]
-            fit = judged(self.ctx, [*removed, *layers], fit)
-        self.healer.apply([*removed, *layers], fit)
-        if is_main():
-            save_map(self.out, step, fit)
-        return fit.record
 
 
 def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
@@ -341,7 +314,7 @@ def _run(run: PruneRun, on_step: OnStep | None) -> Pruning:
                 break
             position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
             phase = removal_phase(prev["transition_layer"], position)
-            heal = run.heal_step(step, removed, choice.layers)
+            heal = heal_step(run, step, removed, choice.layers)
             removed = [*removed, *choice.layers]
             readout = run.eval_readout(removed)
             readout |= _lm_eval(run, removed, step)

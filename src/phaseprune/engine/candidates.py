@@ -114,8 +114,11 @@ def _score_group(
 
 
 def _score_candidate(model, removed, k, p, prefix: SharedPrefix, run, reduce, out) -> None:
-    """Score candidate ``k`` on the batches ``run``, resuming at position ``p`` of the current
-    model (``k``'s, or an earlier healed layer's: layers before ``p`` are unchanged)."""
+    """Score candidate ``k`` on the batches ``run``, resuming at position ``p``.
+
+    ``p`` is ``k``'s position in the current model, or an earlier healed layer's: the layers
+    before ``p`` are unchanged.
+    """
     with without_layers(model, [*removed, k]) as parts:
         last = p == len(parts.layers)  # k was the last layer: the output is k's input
         cand = resume_prefix(parts, p, prefix) if prefix.n and not last else prefix

@@ -67,8 +67,10 @@ class HealSite:
 
 
 def heal_site(n_layers: int, removed: Sequence[int], k: int | Sequence[int]) -> HealSite:
-    """Where the map for removing ``k`` (a layer or a block) after ``removed`` goes (see the
-    module docstring)."""
+    """Where the map for removing ``k`` (a layer or a block) after ``removed`` goes.
+
+    See the module docstring for the rules.
+    """
     block = [k] if isinstance(k, int) else list(k)
     after = kept_layers(n_layers, [*removed, *block])
     before = [j for j in after if j < min(block)]
@@ -157,8 +159,10 @@ def _solve(stats: _Stats, site: HealSite) -> HealFit:
     errors = {None: stats.e_held}
     for rel in RIDGES:
         inv = 1.0 / (s.clamp_min(0) + rel * mean)
-        errors[rel] = stats.e_held - 2 * float((inv * cg).sum()) + float(
-            (h * k * inv[:, None] * inv[None, :]).sum()
+        errors[rel] = (
+            stats.e_held
+            - 2 * float((inv * cg).sum())
+            + float((h * k * inv[:, None] * inv[None, :]).sum())
         )
     best = min(errors, key=lambda r: (errors[r], -math.inf if r is None else -r))
     n_held = max(stats.held_tokens * d, 1)

@@ -356,8 +356,8 @@ def stand_in_layers(parts: DecoderParts, stand_ins: Sequence[nn.Module]) -> Iter
 # and Falcon use nn.Linear; GPT-2 its transposed Conv1D (weight (in, out)). GPT-NeoX's and
 # Falcon's parallel residual add it next to the attention output: still a plain sum.
 _MLP_OUT: dict[str, str] = {
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo"),
-                    "mlp.down_proj"),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                     "phi3", "olmo", "olmo2"), "mlp.down_proj"),
     "gpt2": "mlp.c_proj",
     "gpt_neox": "mlp.dense_4h_to_h",
     "falcon": "mlp.dense_4h_to_h",

@@ -34,7 +34,7 @@ _TAG = "_phaseprune_heal_tag"
 
 
 def _is_conv1d(module: nn.Module) -> bool:
-    """transformers' GPT-2 Conv1D (weight ``(in, out)``), told apart from ``nn.Linear``."""
+    """Transformers' GPT-2 Conv1D (weight ``(in, out)``), told apart from ``nn.Linear``."""
     return not isinstance(module, nn.Linear) and type(module).__name__ == "Conv1D"
 
 
@@ -65,8 +65,10 @@ def out_projections(model: nn.Module) -> list[nn.Module]:
 
 
 def fold(module: nn.Module, t: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter | None]:
-    """New parameters ``(weight, bias)`` folding ``t`` into ``module``, tagged for
-    :func:`heal_tags` (``bias`` None where the module has none)."""
+    """New parameters ``(weight, bias)`` folding ``t`` into ``module``.
+
+    The weight is tagged for :func:`heal_tags`; ``bias`` is None where the module has none.
+    """
     with torch.no_grad():
         weight, bias = folded(module, t)
     weight = nn.Parameter(weight, requires_grad=False)
@@ -101,16 +103,21 @@ def swapped(
 
 @contextmanager
 def healed(modules: Mapping[int, nn.Module], maps: Mapping[int, torch.Tensor]) -> Iterator[None]:
-    """Fold ``maps[k]`` (``(d_model, d_model)``) into ``modules[k]`` for every ``k``; undone on
-    exit. ``modules`` are the unpruned model's output projections by original layer index
-    (:func:`out_projections`), with their original weights."""
+    """Fold ``maps[k]`` (``(d_model, d_model)``) into ``modules[k]``; undone on exit.
+
+    ``modules`` are the unpruned model's output projections by original layer index
+    (:func:`out_projections`), with their original weights.
+    """
     with swapped(modules, {k: fold(modules[k], t) for k, t in maps.items()}):
         yield
 
 
 def heal_tags(model: nn.Module) -> list[int]:
-    """Per current layer: 0 where its output projection holds its own weights, else the tag of
-    the map folded in (a new tag each time a map is folded)."""
+    """Per current layer, which map its output projection holds.
+
+    0 where it holds its own weights, else the tag of the map folded in (a new tag each time a
+    map is folded).
+    """
     return [getattr(m.weight, _TAG, 0) for m in out_projections(model)]
 
 

@@ -18,8 +18,10 @@ import torch
 from phaseprune.core.errors import UsageError
 from phaseprune.core.items import subject_groups
 from phaseprune.core.objectives import candidate_metrics, objective_key
+from phaseprune.core.progress import stage
 from phaseprune.engine.candidates import final_readout, option_reduce
 from phaseprune.engine.healing import HealData, HealFit, HealSite, LinearHealer
+from phaseprune.model.distributed import is_main
 from phaseprune.runs.outdir import atomic_write_bytes
 
 HEAL_DIR = "heal"
@@ -31,8 +33,12 @@ def heal_data(task, input_ids: list[list[int]], calib: list[int], extra: list[in
     return HealData(
         [list(input_ids[i]) for i in rows],
         subject_groups([task.items[i].subject for i in rows]),
-        {"kind": "task prompts", "calib_items": len(calib), "extra_items": len(extra),
-         "extra_item_ids": [task.items[i].item_id for i in extra]},  # fmt: skip
+        {
+            "kind": "task prompts",
+            "calib_items": len(calib),
+            "extra_items": len(extra),
+            "extra_item_ids": [task.items[i].item_id for i in extra],
+        },  # fmt: skip
     )
 
 
@@ -74,6 +80,31 @@ def judged(ctx, removed: list[int], fit: HealFit) -> HealFit:
     if not keep:
         record.pop("map_sha256", None)
     return HealFit(fit.site, fit.map if keep else None, record)
+
+
+def heal_key(cfg, healer: LinearHealer | None) -> list:
+    """What a healed run adds to its score store's key (nothing when unhealed)."""
+    return [] if healer is None else [(cfg.heal, cfg.heal_when, healer.data.record())]
+
+
+def heal_step(run, step: int, removed: list[int], layers: tuple[int, ...]) -> dict | None:
+    """Fit (or take the search's) map for removing ``layers``, fold it in, keep it on disk.
+
+    ``run`` is prune's ``PruneRun``; returns the step's ``heal`` record (None unhealed).
+    """
+    if run.healer is None:
+        return None
+    key = layers[0] if len(layers) == 1 else tuple(layers)
+    fit = run.ctx.cache.heal_fits.get((tuple(removed), key))
+    run.ctx.cache.heal_fits.clear()
+    with stage("heal"):
+        if fit is None:
+            fit = run.healer.fit(removed, [key])[key]
+        fit = judged(run.ctx, [*removed, *layers], fit)
+    run.healer.apply([*removed, *layers], fit)
+    if is_main():
+        save_map(run.out, step, fit)
+    return fit.record
 
 
 def map_path(out: Path, step: int) -> Path:

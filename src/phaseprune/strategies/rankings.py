@@ -83,8 +83,10 @@ def _mean_nll(values: torch.Tensor) -> float:
 
 
 def _scan(ctx, removed, todo, input_ids, reduce, on_scored, groups=None) -> dict:
-    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch and memory
-    (each candidate healed with ``--heal-when search``)."""
+    """:func:`~phaseprune.engine.candidates.score_removals` with the run's batch and memory.
+
+    Each candidate is healed with ``--heal-when search``.
+    """
     return score_removals(
         ctx.model,
         removed,

@@ -1,0 +1,295 @@
+"""Healing (``--heal linear``): the fold per family, the fit against an explicit least-squares
+reference, where each map goes, the engines' resumes over healed layers, and whole runs
+(resume, export, the caller's model restored)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from tiny_models import VOCAB, build_tiny
+
+from phaseprune.core.errors import UsageError
+from phaseprune.engine.candidates import final_readout, option_reduce, score_removals
+from phaseprune.engine.healing import (
+    HELD_EVERY,
+    RIDGES,
+    HealData,
+    HealSite,
+    LinearHealer,
+    heal_site,
+)
+from phaseprune.engine.incremental import IncrementalReadout
+from phaseprune.engine.readout import read_options
+from phaseprune.model.arch import decoder_parts, layer_output
+from phaseprune.model.healing import check_model, heal_tags, healed, out_projections
+from phaseprune.model.surgery import without_layers
+
+FOLDABLE = ["llama", "qwen2", "gemma", "phi3", "olmo", "gpt2", "gpt_neox", "falcon-new", "opt"]
+OPTIONS = [5, 17, 123, 299]
+
+
+def _rows(n: int, seed: int, prefix: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randint(3, VOCAB, (prefix,), generator=g).tolist()
+    return [
+        shared
+        + torch.randint(
+            3, VOCAB, (int(torch.randint(3, 10, (1,), generator=g)),), generator=g
+        ).tolist()  # fmt: skip
+        for _ in range(n)
+    ]
+
+
+def _map(d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.eye(d, dtype=torch.float64) + 0.1 * torch.randn(d, d, generator=g).double()
+
+
+@pytest.mark.parametrize("case", FOLDABLE)
+def test_fold_is_the_output_times_the_map(case):
+    """The folded projection computes the original output times T; exit restores every bit."""
+    model = build_tiny(case)
+    parts = decoder_parts(model)
+    modules = check_model(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d = parts.embed.weight.shape[1] if case != "opt" else model.config.hidden_size
+    t = _map(d, 0)
+    ids = torch.tensor([_rows(1, 1)[0]])
+    seen = {}
+    hook = modules[1].register_forward_hook(lambda m, a, out: seen.update(out=out.double()))
+    with torch.no_grad():
+        model(ids)
+        plain = seen["out"]
+        with healed(modules, {1: t}):
+            assert heal_tags(model)[1] != 0 and heal_tags(model)[0] == 0
+            model(ids)
+    hook.remove()
+    reference = plain @ t
+    assert torch.allclose(seen["out"], reference, rtol=1e-4, atol=1e-5)
+    assert heal_tags(model) == [0] * len(parts.layers)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("case", ["gemma2", "olmo2", "opt-post-ln"])
+def test_refuses_a_norm_after_the_mlp(case):
+    with pytest.raises(UsageError, match="normalise the MLP output"):
+        check_model(build_tiny(case))
+
+
+def test_where_each_map_goes():
+    # a middle removal: the kept layer before it, matching the output of the removed run
+    assert heal_site(6, [], 3) == HealSite(2, 3, ())
+    # merging runs: 3 then 4 removed, later 2: layer 1 takes the run 2..4
+    assert heal_site(6, [3, 4], 2) == HealSite(1, 4, (3, 4))
+    # the last layer: the boundary is the unpruned model's last output
+    assert heal_site(6, [], 5) == HealSite(4, 5, ())
+    # layer 0: no layer before it; the first kept layer takes the map, read without 0
+    assert heal_site(6, [], 0) == HealSite(1, 1, (0,))
+    assert heal_site(6, [3], 0) == HealSite(1, 1, (3, 0))
+    assert heal_site(6, [2], 0) == HealSite(1, 2, (2, 0))
+    # a block of layers at once (angular)
+    assert heal_site(6, [], (2, 3)) == HealSite(1, 3, ())
+
+
+def _explicit(model, rows, site: HealSite):
+    """X (the layer's MLP output) and E (unpruned boundary minus its output), token by token."""
+    parts = decoder_parts(model)
+    proj = out_projections(model)[site.layer]
+    xs, es, held = [], [], []
+    store: dict = {}  # filled by the hooks, one row at a time
+    for i, row in enumerate(rows):
+        ids = torch.tensor([row])
+        # the unpruned output of layer b (the boundary)
+        h = parts.layers[site.boundary].register_forward_hook(
+            lambda m, a, o: store.update(t=layer_output(o))
+        )
+        with torch.no_grad():
+            model(ids)
+        h.remove()
+        target = store["t"][0].double()
+        with without_layers(model, site.view) as view:
+            block = next(m for m in view.layers if proj in m.modules())
+            h1 = proj.register_forward_hook(lambda m, a, o: store.update(m=o))
+            h2 = block.register_forward_hook(lambda m, a, o: store.update(h=layer_output(o)))
+            with torch.no_grad():
+                model(ids)
+            h1.remove()
+            h2.remove()
+        xs.append(store["m"].reshape(len(row), -1).double())
+        es.append(target - store["h"][0].double())
+        held += [i % HELD_EVERY == HELD_EVERY - 1] * len(row)
+    return torch.cat(xs), torch.cat(es), torch.tensor(held)
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2"])
+@pytest.mark.parametrize("k", [0, 2])
+def test_fit_is_the_least_squares_map(case, k):
+    """The streamed fit equals ridge least squares on explicitly gathered activations, with
+    the ridge that minimises the held-out error."""
+    model = build_tiny(case, n_layers=4)
+    rows = _rows(12, 3)
+    healer = LinearHealer(model, HealData(rows, None), max_tokens=16)
+    fit = healer.fit([], [k])[k]
+    x, e, held = _explicit(model, rows, fit.site)
+    xf, ef, xh, eh = x[~held], e[~held], x[held], e[held]
+    d = x.shape[1]
+    a = xf.T @ xf
+    mean = float(a.diagonal().sum()) / d
+    errors = {None: float((eh**2).sum())}
+    for rel in RIDGES:
+        delta = torch.linalg.solve(a + rel * mean * torch.eye(d, dtype=torch.float64), xf.T @ ef)
+        errors[rel] = float(((eh - xh @ delta) ** 2).sum())
+    best = min(errors, key=lambda r: errors[r])
+    assert fit.record["ridge"] == best
+    assert fit.record["tokens"] == x.shape[0]
+    assert fit.record["held_out_tokens"] == int(held.sum())
+    assert fit.record["held_out_mse"] == pytest.approx(errors[best] / int(held.sum()) / d, rel=1e-5)
+    if best is not None:
+        lam = best * float((x.T @ x).diagonal().sum()) / d
+        delta = torch.linalg.solve(x.T @ x + lam * torch.eye(d, dtype=torch.float64), x.T @ e)
+        # the model ran batched and padded there, one row at a time here: float32 rounding apart
+        assert torch.allclose(fit.map, torch.eye(d, dtype=torch.float64) + delta, atol=1e-5)
+        assert fit.record["held_out_mse"] < fit.record["held_out_mse_unhealed"]
+    healer.close()
+
+
+def test_shared_prefixes_give_the_same_fit():
+    """Running a group's few-shot prefix once is only a speed-up: the sums are the same."""
+    model = build_tiny("llama", n_layers=4)
+    rows = _rows(12, 4, prefix=6)
+    one = LinearHealer(model, HealData(rows, None), max_tokens=16).fit([1], [2])[2]
+    shared = LinearHealer(model, HealData(rows, [list(range(12))]), max_tokens=16)
+    two = shared.fit([1], [2])[2]
+    # the prefix counts once when shared, once per row when not
+    assert two.record["tokens"] < one.record["tokens"]
+    assert two.site == one.site
+    shared.close()
+
+
+def test_too_few_prompts_refused():
+    with pytest.raises(UsageError, match="at least 4 heal prompts"):
+        HealData(_rows(3, 0))
+
+
+def test_readouts_follow_the_maps():
+    """The incremental readout and candidate scoring resume over a healed layer and equal a
+    full pass of the healed model, bit for bit."""
+    model = build_tiny("llama", n_layers=5)
+    rows = _rows(60, 5)
+    items = _rows(6, 6, prefix=4)
+    groups = [list(range(6))]
+    healer = LinearHealer(model, HealData(rows, None), max_tokens=32)
+    reader = IncrementalReadout(model, items, OPTIONS, groups=groups, max_tokens=32)
+    reader([])
+    fit = healer.fit([], [3])[3]
+    assert fit.map is not None
+    healer.apply([3], fit)
+    got = reader([3])
+    with without_layers(model, [3]) as parts:
+        full = read_options(parts, items, OPTIONS, max_tokens=32, progress=False, groups=groups)
+    assert torch.equal(got, full)
+    # candidates scored healed equal each healed model's own pass
+    fits = healer.fit([3], [1, 4])
+    heal = {k: (min(k, f.site.layer), healer.trying(f)) for k, f in fits.items()}
+    scored = score_removals(model, [3], [1, 4], items, option_reduce(OPTIONS), groups=groups,
+                            heal=lambda k: heal[k])  # fmt: skip
+    for k, f in fits.items():
+        with healer.trying(f):
+            plain = final_readout(model, [3, k], items, option_reduce(OPTIONS), groups=groups)
+        assert torch.equal(scored[k], plain)
+    healer.close()
+    assert heal_tags(model) == [0] * 5
+
+
+# -- whole runs on the tiny decider ----------------------------------------------------------
+
+
+def _prune(decider, out, *extra):
+    from phaseprune.cli import main
+
+    args = ["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
+            "--quiet", "--no-plots", "--n-boot", "50", "--calib", "24", "--eval", "40",
+            "--heal", "linear", "--heal-items", "12", "--out", str(out), *extra]  # fmt: skip
+    assert main(args) == 0
+    return json.loads((out / "trajectory.json").read_text())
+
+
+def _steps(traj):
+    return [{k: v for k, v in s.items() if k != "timing"} for s in traj["steps"]]
+
+
+def test_healed_run_resumes_to_the_same_trajectory(decider, tmp_path):
+    whole = _prune(decider, tmp_path / "whole", "--steps", "3", "--strategy", "iterative")
+    _prune(decider, tmp_path / "part", "--steps", "2", "--strategy", "iterative")
+    (tmp_path / "part" / "heal" / "step_002.npy").unlink(missing_ok=True)  # refitted on resume
+    resumed = _prune(decider, tmp_path / "part", "--steps", "3", "--strategy", "iterative",
+                     "--resume")  # fmt: skip
+    assert _steps(resumed) == _steps(whole)
+    assert whole["heal_data"]["prompts"] == 36 and whole["heal_data"]["extra_items"] == 12
+    for step in whole["steps"]:
+        assert step["heal"]["held_out_mse"] <= step["heal"]["held_out_mse_unhealed"]
+        assert set(step["unhealed"]) >= {"eval_accuracy", "transition_layer", "eval_picks"}
+    # the same calibration and evaluation items as the unhealed run of these settings
+    plain = tmp_path / "plain"
+    from phaseprune.cli import main
+
+    main(["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
+          "--quiet", "--no-plots", "--n-boot", "50", "--calib", "24", "--eval", "40",
+          "--steps", "1", "--out", str(plain)])  # fmt: skip
+    unhealed = json.loads((plain / "trajectory.json").read_text())
+    assert unhealed["eval_items"] == whole["eval_items"]
+    assert unhealed["calib_items"] == whole["calib_items"]
+    assert "heal_data" not in unhealed and "heal" not in unhealed["steps"][0]
+    assert not set(whole["heal_data"]["extra_item_ids"]) & set(whole["eval_items"])
+
+
+def test_search_mode_and_export(decider, tmp_path):
+    """Candidates scored healed; the export holds the healed weights and reloads exactly."""
+    from phaseprune.cli import main
+
+    traj = _prune(decider, tmp_path / "run", "--steps", "2", "--strategy", "iterative",
+                  "--heal-when", "search")  # fmt: skip
+    assert traj["settings"]["heal_when"] == "search"
+    out = tmp_path / "export"
+    assert main(["export", str(tmp_path / "run"), "--step", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "phaseprune_export.json").read_text())
+    assert record["max_abs_logit_diff"] == 0.0
+    kept = [s["heal"]["layer"] for s in traj["steps"] if s["heal"].get("map_sha256")]
+    assert record["healed_layers"] == sorted(set(kept) - set(record["removed_layers"]))
+    card = (out / "README.md").read_text()
+    assert "least-squares linear map" in card or "none kept" in card
+    # the export answers the evaluation items as the run's step 2 said
+    import dataclasses
+
+    import phaseprune
+    from phaseprune.tasks import load_task
+
+    task = load_task(f"jsonl:{decider.path / 'eval.jsonl'}")
+    by_id = {it.item_id: it for it in task.items}
+    subset = dataclasses.replace(task, items=[by_id[i] for i in traj["eval_items"]])
+    model = tf.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(out)
+    summary = phaseprune.analyze(model, tokenizer, subset, quiet=True, n_boot=50).summary
+    assert summary["accuracy"] == traj["steps"][-1]["eval_accuracy"]
+
+
+def test_api_gives_the_model_back(decider):
+    """A healed run in memory leaves the caller's model with its own weights, bit for bit."""
+    import phaseprune
+    from phaseprune.tasks import load_task
+
+    model = tf.AutoModelForCausalLM.from_pretrained(decider.path).eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(decider.path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    task = load_task(f"jsonl:{decider.path / 'eval.jsonl'}")
+    settings = dict(strategy="last", steps=2, calib=16, eval=24, quiet=True, n_boot=50)
+    result = phaseprune.prune(model, tokenizer, task, heal="linear", heal_items=8, **settings)
+    assert "heal" in result.trajectory["steps"][0]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert np.isfinite(result.trajectory["steps"][1]["heal"]["held_out_mse"])
