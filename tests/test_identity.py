@@ -200,7 +200,8 @@ def _old_recipe_key(run) -> str:
     settings["objective"] = settings["objective"] or "accuracy"  # every strategy's default then
     settings["model"].pop("revision")
     settings["task"].pop("lm_eval_include")
-    for later in ("spare", "after_decisive", "decisive"):  # phase-aware's variants came later
+    # phase-aware's variants and healing came later
+    for later in ("spare", "after_decisive", "decisive", "heal", "heal_when", "heal_items"):
         settings.pop(later)
     info = dataclasses.asdict(run.info)
     info.pop("weights_sha256")

@@ -351,10 +351,8 @@ def stand_in_layers(parts: DecoderParts, stand_ins: Sequence[nn.Module]) -> Iter
             parts.layers[i] = layer
 
 
-# The module whose output a decoder layer adds to the residual stream as its MLP's contribution
-# (dotted path inside a layer), as transformers 5.24 builds each family. Llama-like, GPT-NeoX
-# and Falcon use nn.Linear; GPT-2 its transposed Conv1D (weight (in, out)). GPT-NeoX's and
-# Falcon's parallel residual add it next to the attention output: still a plain sum.
+# The module whose output a layer adds to the residual stream as its MLP's (path inside a layer,
+# transformers 5.24); parallel-residual layouts (GPT-NeoX, Falcon) still add it as it is.
 _MLP_OUT: dict[str, str] = {
     **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                      "phi3", "olmo", "olmo2"), "mlp.down_proj"),
@@ -364,8 +362,7 @@ _MLP_OUT: dict[str, str] = {
     "opt": "fc2",
 }  # fmt: skip
 
-# Families whose layer normalises the MLP's output before adding it, so a linear map on the
-# output projection does not act linearly on the residual stream.
+# Families whose layer normalises the MLP's output before adding it.
 _NORM_AFTER_MLP = {
     "gemma2": "post_feedforward_layernorm",
     "gemma3_text": "post_feedforward_layernorm",

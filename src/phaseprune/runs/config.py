@@ -171,8 +171,6 @@ class AnalyzeConfig:
 
 PHASE_AWARE_ONLY = ("spare", "decisive", "after_decisive")
 """PruneConfig settings that only phase-aware reads (left out of other strategies' fingerprints)."""
-HEAL_ONLY = ("heal_when", "heal_items")
-"""PruneConfig settings read only with ``--heal linear`` (left out of unhealed fingerprints)."""
 
 
 def spared_builders(spare: int | None, n_layers: int) -> int:
@@ -255,27 +253,17 @@ class PruneConfig:
         maximum=1,
     )
     heal: str = _doc(
-        "linear: after each removal, fit a least-squares map from the kept layer before the "
-        "removed run to the unpruned model's hidden state after it, and fold it into that "
-        "layer's MLP output projection (training-free; the model stays a standard checkpoint; "
-        "docs/healing.md). none: remove only.",
+        "linear: heal each removal with a least-squares map folded into the MLP output of the "
+        "kept layer before it (training-free, docs/healing.md); none: remove only.",
         "none",
         choices=("none", "linear"),
     )
     heal_when: str = _doc(
-        "With --heal linear: search (every candidate a strategy scores is healed with its own "
-        "map, so layers that heal well are chosen) or after (candidates are scored removed; "
-        "only the chosen removal is healed). One-shot rankings are the same either way.",
-        "after",
-        choices=("search", "after"),
-    )
-    heal_items: int = _doc(
-        "With --heal linear: task items besides the calibration and evaluation ones whose "
-        "prompts the maps are also fitted on (with the calibration prompts); never evaluation "
-        "items.",
-        32,
-        minimum=0,
-    )
+        "--heal linear: search (each candidate scored with its own map) or after (only the "
+        "chosen removal healed).", "after", choices=("search", "after"),
+    )  # fmt: skip
+    heal_items: int = _doc("--heal linear: task items fitted on besides the calibration ones "
+                           "(never evaluation items).", 32, minimum=0)  # fmt: skip
     seed: int = _doc("Seed for random and bootstrap.", 0, minimum=0)
     max_tokens: int | None = _doc(_MAX_TOKENS, None, shown=_MAX_TOKENS_AUTO, minimum=1)
     cache_budget: str = _doc(

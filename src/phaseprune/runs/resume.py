@@ -17,7 +17,7 @@ from pathlib import Path
 from phaseprune import __version__
 from phaseprune.core.objectives import objective_of
 from phaseprune.model.load import model_change
-from phaseprune.runs.config import HEAL_ONLY, PHASE_AWARE_ONLY, PruneConfig
+from phaseprune.runs.config import PHASE_AWARE_ONLY, PruneConfig
 from phaseprune.runs.files import load_candidates, load_trajectory
 from phaseprune.runs.outdir import fingerprint
 from phaseprune.runs.records import Trajectory, settings_record
@@ -28,6 +28,8 @@ VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_b
 """Settings that change where a run is written or how it prints, never its numbers."""
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 """Settings that only decide where a run stops: a resume may change them."""
+HEAL_ONLY = ("heal_when", "heal_items")
+"""Settings read only with ``--heal linear`` (left out of unhealed runs' fingerprints)."""
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made, left out of the fingerprint at these
 values so those runs resume."""

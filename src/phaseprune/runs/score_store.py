@@ -12,7 +12,12 @@ them instead of running the model:
 - ``calib``: the all-layer calibration readout of the model without R (phase-aware's phases);
 - ``candidates``: each candidate ``k``'s final calibration option logits without R + {k};
 - ``nll``: each candidate's calibration-text NLL and token count per item (SLEB, PPL);
-- ``js``: each candidate's per-item JS divergence from the unpruned output (logit-js).
+- ``js``: each candidate's per-item JS divergence from the unpruned output (logit-js);
+- ``unhealed``: a healed run's evaluation readout of the same removals without any map.
+
+A healed run's models depend on the order of removal (each map is fitted on the model the
+earlier steps left), so its store is keyed by the heal settings too and its entries by the
+removed layers in order.
 
 Candidates are stored one by one as they finish, so an interrupted scan keeps them. A scan
 over items in groups (the subjects of few-shot calibration items) keeps each group's values as
