@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def demo_args(model, data, out, *extra):
     return ["demo", "--model", str(model), "--data-dir", str(data), "--subjects", "a,b",
             "--shots", "1", "--items", "12", "--calib", "6", "--eval", "8", "--steps", "2",
-            "--strategies", "iterative,last", "--out", str(out), *extra]  # fmt: skip
+            "--strategies", "iterative,last", "--no-decider", "--out", str(out),
+            *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
 
 
 def test_demo_decider_story(tmp_path):
-    """demo --decider: the tiny decider trained, analyzed, pruned; phase-aware (its defaults)
+    """The demo's decider part: the tiny decider trained, analyzed, pruned; phase-aware (its defaults)
     held against the rest on the same items, and removing its last (Decisive-Phase) layer
     keeps the decision."""
     from phaseprune.demo import _decider_story
@@ -167,3 +168,8 @@ def test_demo_decider_story(tmp_path):
     again = _decider_story(cfg, tmp_path / "decider")
     assert (tmp_path / "decider" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert again["prune"]["last"]["steps"] == last["steps"]
+    # each strategy also ran healed; its steps read the same removals without any map
+    for traj in story["healed"].values():
+        assert traj["settings"]["heal"] == "linear"
+        assert all("unhealed" in s and "heal" in s for s in traj["steps"])
+    assert (tmp_path / "decider" / "compare-healed" / "compare.csv").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import transformers as tf
@@ -171,6 +172,22 @@ def test_shared_prefixes_give_the_same_fit():
     shared.close()
 
 
+def test_kept_targets_give_the_same_fit():
+    """The unpruned states kept between fits (within the budget) change nothing."""
+    model = build_tiny("llama", n_layers=4)
+    rows = _rows(16, 7, prefix=5)
+    groups = [list(range(8)), list(range(8, 16))]
+    kept = LinearHealer(model, HealData(rows, groups), max_tokens=16)
+    none = LinearHealer(model, HealData(rows, groups), max_tokens=16, target_budget=0)
+    for removed, k in (([], 2), ([2], 1)):
+        a, b = kept.fit(removed, [k])[k], none.fit(removed, [k])[k]
+        assert a.record == b.record
+        assert (a.map is None and b.map is None) or torch.equal(a.map, b.map)
+    assert kept._targets and not none._targets
+    kept.close()
+    none.close()
+
+
 def test_too_few_prompts_refused():
     with pytest.raises(UsageError, match="at least 4 heal prompts"):
         HealData(_rows(3, 0))
@@ -246,6 +263,20 @@ def test_healed_run_resumes_to_the_same_trajectory(decider, tmp_path):
     assert unhealed["calib_items"] == whole["calib_items"]
     assert "heal_data" not in unhealed and "heal" not in unhealed["steps"][0]
     assert not set(whole["heal_data"]["extra_item_ids"]) & set(whole["eval_items"])
+    # compare and the report's accuracy figure show the same removals without the maps
+    from phaseprune.compare import run_compare
+    from phaseprune.presentation.figures.data import accuracy_runs
+
+    table = run_compare([str(tmp_path / "whole"), str(plain)], str(tmp_path / "cmp"), depth=1)
+    row = table.iloc[0]
+    assert row["heal"] == "linear" and row["maps_kept"] == sum(
+        bool(s["heal"].get("map_sha256")) for s in whole["steps"]
+    )
+    assert row["accuracy_last_unhealed"] == whole["steps"][-1]["unhealed"]["eval_accuracy"]
+    assert table.iloc[1]["heal"] == "none" and pd.isna(table.iloc[1]["accuracy_last_unhealed"])
+    runs = accuracy_runs([whole, unhealed], ["healed", "plain"])
+    assert [r.label for r in runs] == ["healed", "healed, same removals unhealed", "plain"]
+    assert list(runs[1].accuracy[1:]) == [s["unhealed"]["eval_accuracy"] for s in whole["steps"]]
 
 
 def test_search_mode_and_export(decider, tmp_path):
@@ -293,3 +324,29 @@ def test_api_gives_the_model_back(decider):
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert np.isfinite(result.trajectory["steps"][1]["heal"]["held_out_mse"])
+
+
+def test_heal_data_text_or_task(decider, tmp_path, capsys):
+    """--heal-data: plain text, or a task's prompts without the run's evaluation items."""
+    from phaseprune.cli import main
+
+    items = [json.loads(line) for line in (decider.path / "eval.jsonl").read_text().splitlines()]
+    text = tmp_path / "heal.txt"
+    text.write_text("\n".join(it["question"] + " " + " ".join(it["choices"]) for it in items[:12]))
+    traj = _prune(decider, tmp_path / "text", "--steps", "1", "--strategy", "last",
+                  "--heal-data", f"text:{text}")  # fmt: skip
+    assert traj["heal_data"]["kind"] == "text" and traj["heal_data"]["documents"] == 12
+    own = f"jsonl:{decider.path / 'eval.jsonl'}"
+    traj = _prune(decider, tmp_path / "task", "--steps", "1", "--strategy", "last",
+                  "--heal-data", own)  # fmt: skip
+    assert traj["heal_data"]["evaluation_items_left_out"] == 40
+    assert traj["heal_data"]["items"] == len(items) - 40
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "no text field"}\n' * 5)
+    capsys.readouterr()
+    args = ["prune", "--model", str(decider.path), "--task", own, "--quiet", "--calib", "24",
+            "--eval", "40", "--heal", "linear", "--heal-data", f"text:{bad}",
+            "--out", str(tmp_path / "bad")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'text' field" in err[0]

@@ -201,7 +201,8 @@ def _old_recipe_key(run) -> str:
     settings["model"].pop("revision")
     settings["task"].pop("lm_eval_include")
     # phase-aware's variants and healing came later
-    for later in ("spare", "after_decisive", "decisive", "heal", "heal_when", "heal_items"):
+    later_fields = ("heal", "heal_when", "heal_items", "heal_data")
+    for later in ("spare", "after_decisive", "decisive", *later_fields):
         settings.pop(later)
     info = dataclasses.asdict(run.info)
     info.pop("weights_sha256")

@@ -35,9 +35,33 @@ def compare_table(trajs: Sequence[Trajectory], labels: Sequence[str]) -> pd.Data
                 "collapse_layer": str(c.get("removed_layer")) if c.get("step") else None,
                 "collapse_phase": c.get("phase_of_removed"),
                 "removed_order": ",".join(str(s["removed_layer"]) for s in traj["steps"]),
+                **_healing(traj, any(_healed(t) for t in trajs)),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _healed(traj: Trajectory) -> bool:
+    return traj["settings"].get("heal", "none") != "none"
+
+
+def _healing(traj: Trajectory, shown: bool) -> dict:
+    """What healing restored, where any compared run is healed.
+
+    The last step's accuracy with and without the maps (the same removals), and how many
+    steps kept a map.
+    """
+    if not shown:
+        return {}
+    steps = traj["steps"]
+    if not (_healed(traj) and steps):
+        return {"heal": traj["settings"].get("heal", "none"), "accuracy_last_unhealed": None,
+                "maps_kept": None}  # fmt: skip
+    return {
+        "heal": traj["settings"]["heal"],
+        "accuracy_last_unhealed": steps[-1]["unhealed"]["eval_accuracy"],
+        "maps_kept": sum(bool(s["heal"].get("map_sha256")) for s in steps),
+    }
 
 
 def run_compare(

@@ -129,6 +129,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 DECIDER_ITEMS = {"analyze": 160, "calib": 40, "eval": 120}
 """The decider's share of its 160 held-out items: all for analyze, 40/120 for pruning."""
+DECIDER_STEPS = 3
+"""Layers each strategy removes from the 6-layer decider (seconds each, whatever ``--steps``)."""
 
 
 def _decider_story(cfg: DemoConfig, out: Path) -> dict:
@@ -136,7 +138,10 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
 
     The decider (:mod:`phaseprune.engine.decider`) has a sharp transition: `last` removes its
     Decisive-Phase layers and keeps the accuracy until it reaches the transition, and the
-    head-to-head holds phase-aware (its defaults) against the other strategies.
+    head-to-head holds phase-aware (its defaults) against the other strategies. Each strategy
+    runs twice: as it is, and with ``--heal linear`` (fitted on the calibration prompts: the
+    decider's 160 items are all calibration or evaluation items), whose steps also read the
+    same removals without any map (``OUT/decider/compare-healed/``).
     """
     from phaseprune.analysis import run_analyze
     from phaseprune.compare import run_compare
@@ -144,6 +149,9 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
     from phaseprune.presentation.report import build_report
     from phaseprune.pruning import run_prune
 
+    _clear_store(out, cfg.overwrite)  # the healed runs' store too
+    if cfg.overwrite:
+        shutil.rmtree(out / f"{SCORE_CACHE}-healed", ignore_errors=True)
     model = out / "model"
     if not (model / "eval.jsonl").exists() or cfg.overwrite:
         with stage("demo decider: training"):
@@ -155,22 +163,29 @@ def _decider_story(cfg: DemoConfig, out: Path) -> dict:
                             quiet=True)  # fmt: skip
     summary = _analyze(run_analyze, analyze)
     _clear_store(out, cfg.overwrite)
-    runs, trajs, store = [], {}, str(out / SCORE_CACHE)
-    steps = min(cfg.steps, summary["n_layers"] - 1)
+    steps = min(DECIDER_STEPS, summary["n_layers"] - 1)
+    trajs, healed, runs = {}, {}, {"": [], "-healed": []}
     for strategy in cfg.strategies:
-        run_dir = out / f"prune-{strategy}"
-        pc = PruneConfig(out=str(run_dir), model=mc, task=task, strategy=strategy, steps=steps,
-                         calib=DECIDER_ITEMS["calib"], eval=DECIDER_ITEMS["eval"],
-                         resume=(run_dir / "trajectory.json").exists() and not cfg.overwrite,
-                         overwrite=cfg.overwrite, quiet=True,
-                         score_cache=store)  # fmt: skip
-        with stage(f"demo decider prune {strategy}"):
-            trajs[strategy] = run_prune(pc).trajectory
-        runs.append(pc.out)
+        for suffix, heal in (("", "none"), ("-healed", "linear")):
+            run_dir = out / f"prune-{strategy}{suffix}"
+            pc = PruneConfig(out=str(run_dir), model=mc, task=task, strategy=strategy,
+                             steps=steps, calib=DECIDER_ITEMS["calib"],
+                             eval=DECIDER_ITEMS["eval"], heal=heal, heal_items=0,
+                             resume=(run_dir / "trajectory.json").exists() and not cfg.overwrite,
+                             overwrite=cfg.overwrite, quiet=True,
+                             score_cache=str(out / f"{SCORE_CACHE}{suffix}"))  # fmt: skip
+            with stage(f"demo decider prune {strategy}{suffix}"):
+                traj = run_prune(pc).trajectory
+            (healed if heal == "linear" else trajs)[strategy] = traj
+            runs[suffix].append(pc.out)
     reference = "phase-aware" if "phase-aware" in cfg.strategies else None
-    table = run_compare(runs, str(out / "compare"), reference=reference, depth=steps)
-    report = build_report([analyze.out, *runs], out / "report.html")
-    return {"analyze": summary, "prune": trajs, "compare": table, "report": report}
+    table = run_compare(runs[""], str(out / "compare"), reference=reference, depth=steps)
+    healed_table = run_compare(
+        runs["-healed"], str(out / "compare-healed"), reference=reference, depth=steps
+    )
+    report = build_report([analyze.out, *runs[""], *runs["-healed"]], out / "report.html")
+    return {"analyze": summary, "prune": trajs, "healed": healed, "compare": table,
+            "compare_healed": healed_table, "report": report}  # fmt: skip
 
 
 def _advance(bar: tqdm, pc: PruneConfig):

@@ -27,7 +27,6 @@ from phaseprune.core.objectives import objective_of
 from phaseprune.core.phases import removal_phase
 from phaseprune.core.progress import stage
 from phaseprune.engine.candidates import final_readout, option_reduce
-from phaseprune.engine.healing import LinearHealer
 from phaseprune.engine.incremental import IncrementalReadout
 from phaseprune.model.distributed import (
     COMMUNICATION,
@@ -46,7 +45,7 @@ from phaseprune.model.surgery import kept_layers
 from phaseprune.presentation.figures.stamp import stamp_figures
 from phaseprune.runs.config import PruneConfig, spared_builders
 from phaseprune.runs.files import write_trajectory
-from phaseprune.runs.heal_run import heal_data, heal_key, heal_step, replay, unhealed_record
+from phaseprune.runs.heal_run import heal_key, heal_step, healer_of, replay, unhealed_record
 from phaseprune.runs.lm_eval_scores import StepScorer
 from phaseprune.runs.loading import (
     check_model_config,
@@ -96,7 +95,7 @@ class PruneRun:
         self.out = Path(cfg.out) if cfg.out else None  # None: kept in memory only
         self.started = time.perf_counter()
         tc, mc = cfg.task, cfg.model
-        extra = cfg.heal_items if cfg.heal != "none" else 0
+        extra = cfg.heal_items if cfg.heal != "none" and not cfg.heal_data else 0
         if task is None:
             task = task_of(tc, limit=cfg.calib + cfg.eval + extra)
         if len(task.items) < cfg.calib + cfg.eval:
@@ -151,11 +150,9 @@ class PruneRun:
             progress=not cfg.quiet,
             calib_groups=subject_groups([task.items[i].subject for i in self.calib]),
         )
-        self.healer = None
-        if cfg.heal == "linear":  # the model holds the current maps from here on
-            data = heal_data(task, enc.input_ids, self.calib, self.extra)
-            self.healer = LinearHealer(self.model, data, max_tokens=self.max_tokens)
-            self.ctx.heal, self.ctx.heal_when = self.healer, cfg.heal_when
+        # with --heal linear the model holds the current maps from here on
+        self.healer = healer_of(self, task, enc.input_ids, (tokenizer, spec), cache_budget)
+        self.ctx.heal, self.ctx.heal_when = self.healer, cfg.heal_when
         self.ctx.store = self._store()
 
         # the evaluation readout after each removal recomputes only the layers after it

@@ -157,6 +157,14 @@ def cmd_demo(cfg: DemoConfig) -> int:
             removed = ", ".join(f"{s['removed_layer']} ({s['phase_of_removed']})"
                                 for s in traj["steps"])  # fmt: skip
             print(f"decider prune {strategy}: removed {removed} -> accuracy {accs}")
+        for strategy, traj in story["healed"].items():
+            accs = ", ".join(f"{s['eval_accuracy']:.0%}" for s in traj["steps"])
+            plain = ", ".join(f"{s['unhealed']['eval_accuracy']:.0%}" for s in traj["steps"])
+            removed = ", ".join(str(s["removed_layer"]) for s in traj["steps"])
+            kept = sum(bool(s["heal"].get("map_sha256")) for s in traj["steps"])
+            print(f"decider prune {strategy} --heal linear: removed {removed} -> accuracy "
+                  f"{accs} healed, {plain} without the maps ({kept} of {len(traj['steps'])} "
+                  "maps kept by the calibration readout)")  # fmt: skip
         print(f"decider report: {story['report'].html}")
     print(f"demo finished in {result['wall_s']:.0f} s; runs in {cfg.out}/")
     print(f"report: {result['report'].html}")

@@ -1,32 +1,25 @@
 """Training-free healing: a least-squares map per removed run of layers, fitted by streaming.
 
 ReplaceMe (Shopkhoev et al., arXiv 2505.02819) replaces a run of removed blocks by one linear
-map on the MLP output of the kept layer before them, estimated on calibration activations and
-folded into that layer's output projection (:mod:`phaseprune.model.healing`). phaseprune fits
-it so that healing composes over steps:
+map on the MLP output of the kept layer before them, folded into that layer's output
+projection (:mod:`phaseprune.model.healing`). phaseprune fits it so that healing composes:
 
 * **Where.** Removing layer ``k`` re-fits the kept layer ``p`` just before it (original
-  indices). Its output must match the *unpruned* model's hidden state after the last layer
-  of the removed run that now follows ``p`` (the ``boundary``: the input the next kept layer
-  had in the unpruned model, or the last layer's output). When ``k`` is the first kept layer
-  there is no layer before it (the embedding cannot take a map: many models tie it to the
-  unembedding), so the first kept layer after it takes the map, with its own boundary.
-  Removing the last layer needs nothing special: the boundary is the unpruned model's last
-  output.
+  indices), whose output must match the *unpruned* hidden state after the removed run that
+  now follows ``p`` (the ``boundary``). With no kept layer before ``k``, the first kept layer
+  after it takes the map (an embedding may be tied to the unembedding).
 * **Source.** ``p``'s MLP output with its original weights, read in the *current* model
   (already pruned and healed), so each map corrects what the earlier steps left.
-* **Fit.** With ``X`` that MLP output and ``E`` the gap between the target and ``p``'s
-  unhealed output, ``T = I + D`` with ``D = (X^T X + lambda I)^-1 X^T E``: the ridge shrinks
-  towards the unhealed layer, and ``lambda = inf`` (no map) is always a candidate.
-  ``X^T X`` and ``X^T E`` are accumulated in float64 batch by batch, O(d_model^2) memory
-  per fitted map, never O(tokens x d_model).
-* **Ridge.** Every fourth heal prompt is held out; ``lambda`` is the grid value with the
-  smallest held-out squared error (evaluated from held-out ``X^T X``, ``X^T E`` and
-  ``|E|^2``, in the eigenbasis of the fitting part), then the map is refitted on all tokens.
+* **Fit.** With ``X`` that output and ``E`` the gap between the target and ``p``'s unhealed
+  output, ``T = I + (X^T X + lambda I)^-1 X^T E``: the ridge shrinks towards the unhealed
+  layer, and no map at all is always a candidate. The sums are float64, batch by batch:
+  O(d_model^2) memory per map, never O(tokens x d_model).
+* **Ridge.** Every fourth heal prompt is held out; ``lambda`` has the smallest held-out
+  squared error (from held-out sums, in the eigenbasis of the fitting part), then the map is
+  refitted on all tokens.
 
-Every token of every heal prompt counts (shared few-shot prefixes once per group, padding
-never), not only the answer position: the map must keep the whole residual stream the later
-layers read.
+Every token of every heal prompt counts (a shared few-shot prefix once, padding never): the
+map must keep the whole residual stream the later layers read, not only the answer position.
 """
 
 from __future__ import annotations
@@ -194,7 +187,9 @@ class LinearHealer:
     the model.
     """
 
-    def __init__(self, model, data: HealData, *, max_tokens: int = 8192):
+    def __init__(
+        self, model, data: HealData, *, max_tokens: int = 8192, target_budget: int | None = None
+    ):
         self.model = model
         self.modules = check_model(model)
         self.n_layers = len(self.modules)
@@ -205,8 +200,11 @@ class LinearHealer:
         self._params: dict[int, tuple] = {}
         self._active: dict[int, tuple] = {}
         self._stack = ExitStack()
+        # the unpruned model's states on the heal prompts never change: kept while they fit
+        self.target_budget = target_budget
+        self._targets: dict[tuple, _Pass] = {}
+        self._target_bytes = 0
 
-    # -- the model's state -------------------------------------------------------------------
     def _enter(self, params: dict) -> None:
         self._stack.close()
         self._stack = ExitStack()
@@ -249,7 +247,6 @@ class LinearHealer:
         """Give the model its own weights back."""
         self._stack.close()
 
-    # -- fitting -----------------------------------------------------------------------------
     @torch.inference_mode()
     def fit(self, removed: Sequence[int], candidates: Sequence) -> dict:
         """The map each candidate removal (after ``removed``) would get, fitted together.
@@ -261,7 +258,7 @@ class LinearHealer:
         """
         sites = {k: heal_site(self.n_layers, removed, k) for k in candidates}
         stats: dict[int, _Stats] = {}
-        d = self.modules[0].weight.shape[0 if _linear(self.modules[0]) else 1]
+        d = self.modules[0].weight.shape[0 if isinstance(self.modules[0], torch.nn.Linear) else 1]
         device = self.modules[0].weight.device
         for k in candidates:
             stats[k] = _Stats(d, device)
@@ -269,11 +266,15 @@ class LinearHealer:
         for k, site in sites.items():
             views.setdefault(site.view, []).append(k)
         rows, groups = self.data.rows, self.data.groups
-        for group in groups or [list(range(len(rows)))]:
+        for g, group in enumerate(groups or [list(range(len(rows)))]):
             group = list(group)
             n = common_prefix([rows[i] for i in group]) if groups and len(group) > 1 else 0
-            with self.original(), without_layers(self.model, []) as parts:
-                target_prefix = _run(parts, [rows[group[0]][:n]], None, shared=True) if n else None
+            head = [rows[group[0]][:n]]
+            target_prefix = None
+            if n:
+                target_prefix = self._unpruned(
+                    ("prefix", g), lambda p, head=head: _run(p, head, None, shared=True)
+                )
             prefixes = {}
             for view, keys in views.items():
                 if n:
@@ -281,22 +282,33 @@ class LinearHealer:
                         hooks = _Hooks(self, parts, [(sites[k], stats[k]) for k in keys])
                         with hooks.on(target_prefix, None, [False]):
                             prefixes[view] = _run(parts, [rows[group[0]][:n]], None, shared=True)
-            for sub in group_batches(rows, group, n, self.max_tokens):
+            for b, sub in enumerate(group_batches(rows, group, n, self.max_tokens)):
                 own = [rows[group[j]][n:] for j in sub]
                 held = [group[j] % HELD_EVERY == HELD_EVERY - 1 for j in sub]
-                with self.original(), without_layers(self.model, []) as parts:
-                    targets = _run(parts, own, target_prefix)
+                targets = self._unpruned(
+                    ("batch", g, b), lambda p, own=own, t=target_prefix: _run(p, own, t)
+                )
                 for view, keys in views.items():
                     with without_layers(self.model, view) as parts:
                         hooks = _Hooks(self, parts, [(sites[k], stats[k]) for k in keys])
                         with hooks.on(targets, targets.mask, held):
                             _run(parts, own, prefixes.get(view))
-                del targets
         return {k: _solve(stats[k], sites[k]) for k in candidates}
 
+    def _unpruned(self, key: tuple, run) -> _Pass:
+        """``run(parts)`` on the unpruned, unhealed model, kept while ``target_budget`` allows.
 
-def _linear(module) -> bool:
-    return isinstance(module, torch.nn.Linear)
+        What is kept is every layer's state: ``(L + 1) x tokens x d_model`` values in all.
+        """
+        if key in self._targets:
+            return self._targets[key]
+        with self.original(), without_layers(self.model, []) as parts:
+            value = run(parts)
+        size = sum(t.numel() * t.element_size() for t in value.states)
+        if self.target_budget is None or self._target_bytes + size <= self.target_budget:
+            self._targets[key] = value
+            self._target_bytes += size
+        return value
 
 
 @dataclass
@@ -359,7 +371,7 @@ class _Hooks:
                 self.mlp_out[k] = (current, current)
             else:  # a map is folded in: the layer's own output projection, as it computes it
                 x = args[0]
-                if _linear(module):
+                if isinstance(module, torch.nn.Linear):
                     own = torch.nn.functional.linear(x, own_w, own_b)
                 else:  # GPT-2 Conv1D: addmm(bias, x, weight)
                     flat = torch.addmm(own_b, x.reshape(-1, x.shape[-1]), own_w)

@@ -252,18 +252,18 @@ class PruneConfig:
         minimum=0,
         maximum=1,
     )
-    heal: str = _doc(
-        "linear: heal each removal with a least-squares map folded into the MLP output of the "
-        "kept layer before it (training-free, docs/healing.md); none: remove only.",
-        "none",
-        choices=("none", "linear"),
-    )
-    heal_when: str = _doc(
-        "--heal linear: search (each candidate scored with its own map) or after (only the "
-        "chosen removal healed).", "after", choices=("search", "after"),
-    )  # fmt: skip
+    heal: str = _doc("linear: heal each removal with a least-squares map folded into the MLP "
+                     "output of the kept layer before it (training-free, docs/healing.md); none: "
+                     "remove only.", "none", choices=("none", "linear"))  # fmt: skip
+    heal_when: str = _doc("--heal linear: search (each candidate scored with its own map) or "
+                          "after (only the chosen removal healed).", "after",
+                          choices=("search", "after"))  # fmt: skip
     heal_items: int = _doc("--heal linear: task items fitted on besides the calibration ones "
-                           "(never evaluation items).", 32, minimum=0)  # fmt: skip
+                           "(never evaluation items).", 128, minimum=0)  # fmt: skip
+    heal_data: str | None = _doc("--heal linear: fit on this instead: a task's prompts (as "
+                                 "--task; the run's evaluation items left out) or text:FILE "
+                                 "(.txt a document a line, .jsonl a 'text' field).", None,
+                                 shown="the calibration prompts and --heal-items more")  # fmt: skip
     seed: int = _doc("Seed for random and bootstrap.", 0, minimum=0)
     max_tokens: int | None = _doc(_MAX_TOKENS, None, shown=_MAX_TOKENS_AUTO, minimum=1)
     cache_budget: str = _doc(
@@ -327,9 +327,9 @@ class DemoConfig:
     data_dir: str | None = _doc(_DATA_DIR, None, shown=_DATA_DIR_AUTO)
     shots: int = _doc("Few-shot exemplars per prompt.", 5, minimum=0)
     items: int = _doc("Items for analyze, spread over the subjects.", 60, minimum=1)
-    calib: int = _doc("Calibration items for pruning.", 12, minimum=1)
+    calib: int = _doc("Calibration items for pruning.", 8, minimum=1)
     eval: int = _doc("Evaluation items for pruning (disjoint from calibration).", 40, minimum=1)
-    steps: int = _doc("Layers each strategy removes.", 3, minimum=1)
+    steps: int = _doc("Layers each strategy removes (the decider's part: 3).", 2, minimum=1)
     strategies: tuple[str, ...] = _doc(
         "Comma-separated strategies to compare.",
         ("iterative", "phase-aware", "block-influence", "last"),
@@ -338,9 +338,9 @@ class DemoConfig:
     decider: bool = _doc(
         "Also tell the story on a model that decides: a 6-layer Llama trained here in seconds on "
         "a synthetic multiple-choice task (phaseprune.engine.decider), analyzed and pruned by "
-        "the same strategies, with the head-to-head of phase-aware against the rest "
-        "(OUT/decider/).",
-        False,
+        "the same strategies, unhealed and with --heal linear, with the head-to-head of "
+        "phase-aware against the rest (OUT/decider/).",
+        True,
     )
     overwrite: bool = _doc("Start again instead of resuming a previous demo in --out.", False)
 

@@ -8,8 +8,10 @@ is deterministic), one that differs from its record is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,15 @@ from phaseprune.core.errors import UsageError
 from phaseprune.core.items import subject_groups
 from phaseprune.core.objectives import candidate_metrics, objective_key
 from phaseprune.core.progress import stage
+from phaseprune.core.prompts import build_prompts
 from phaseprune.engine.candidates import final_readout, option_reduce
+from phaseprune.engine.encoding import encode_prompts
 from phaseprune.engine.healing import HealData, HealFit, HealSite, LinearHealer
+from phaseprune.model.arch import context_window
 from phaseprune.model.distributed import is_main
+from phaseprune.model.load import load_tokenizer
 from phaseprune.runs.outdir import atomic_write_bytes
+from phaseprune.tasks import load_task
 
 HEAL_DIR = "heal"
 
@@ -105,6 +112,66 @@ def heal_step(run, step: int, removed: list[int], layers: tuple[int, ...]) -> di
     if is_main():
         save_map(run.out, step, fit)
     return fit.record
+
+
+def healer_of(run, task, input_ids, tokenizer_or_spec, cache_budget):
+    """The run's :class:`LinearHealer` (None without ``--heal linear``).
+
+    ``run`` is prune's ``PruneRun``; ``tokenizer_or_spec`` is ``(tokenizer, spec)``: the held
+    model's tokenizer, or the model to load one from (only ``--heal-data`` needs it). The
+    healer may keep the unpruned model's states on the heal prompts (every fit's targets) in
+    half of ``cache_budget``.
+    """
+    cfg = run.cfg
+    if cfg.heal != "linear":
+        return None
+    if cfg.heal_data:
+        tokenizer, spec = tokenizer_or_spec
+        if tokenizer is None:
+            tokenizer = load_tokenizer(spec, trust_remote_code=cfg.model.trust_remote_code)[0]
+        evaluation = {task.items[i].item_id for i in run.eval}
+        data = user_heal_data(cfg, tokenizer, run.model.config, task.name, evaluation)
+    else:
+        data = heal_data(task, input_ids, run.calib, run.extra)
+    half = None if cache_budget is None else cache_budget // 2
+    return LinearHealer(run.model, data, max_tokens=run.max_tokens, target_budget=half)
+
+
+def user_heal_data(cfg, tokenizer, config, task_name: str, evaluation: set[str]) -> HealData:
+    """``--heal-data``: a task's prompts, or ``text:FILE``.
+
+    A task's evaluation items are left out when it is the run's own task; ``text:FILE`` reads
+    a ``text`` field per line of a ``.jsonl``, else one document a line.
+    """
+    spec, tc = cfg.heal_data, cfg.task
+    window = context_window(config) or 2048
+    if spec.startswith("text:"):
+        path = Path(spec.removeprefix("text:"))
+        if not path.is_file():
+            raise UsageError(f"--heal-data {spec}: {path} is not a file")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            docs = (
+                [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
+            raise UsageError(
+                f"--heal-data {spec}: every line of a .jsonl must be an object with a 'text' "
+                f"field ({type(err).__name__}: {err})"
+            ) from None
+        rows = [tokenizer(d, add_special_tokens=False)["input_ids"][:window] for d in docs]
+        rows = [r for r in rows if len(r) > 1]
+        return HealData(rows, None, {"kind": "text", "source": str(path), "documents": len(rows)})
+    other = load_task(spec, data_dir=tc.data_dir, shots=tc.shots, limit=None)
+    items = [it for it in other.items if other.name != task_name or it.item_id not in evaluation]
+    dropped = len(other.items) - len(items)
+    other = dataclasses.replace(other, items=items)
+    enc = encode_prompts(tokenizer, build_prompts(other), other.n_options,
+                         family=config.model_type, chat=tc.chat, add_bos=tc.bos)  # fmt: skip
+    rows = [row[:window] for row in enc.input_ids]
+    return HealData(rows, subject_groups([it.subject for it in items]),
+                    {"kind": "task prompts", "source": spec, "items": len(items),
+                     "evaluation_items_left_out": dropped})  # fmt: skip
 
 
 def map_path(out: Path, step: int) -> Path:

@@ -28,7 +28,7 @@ VOLATILE = ("out", "resume", "overwrite", "quiet", "log_json", "plots", "cache_b
 """Settings that change where a run is written or how it prints, never its numbers."""
 STOPPING = ("steps", "stop_at_collapse", "min_accuracy")
 """Settings that only decide where a run stops: a resume may change them."""
-HEAL_ONLY = ("heal_when", "heal_items")
+HEAL_ONLY = ("heal_when", "heal_items", "heal_data")
 """Settings read only with ``--heal linear`` (left out of unhealed runs' fingerprints)."""
 LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made, left out of the fingerprint at these

@@ -252,12 +252,30 @@ def accuracy_run(traj: dict, label: str, color: str) -> AccuracyRun:
 
 
 def accuracy_runs(trajs: Sequence[dict], labels: Sequence[str] | None = None) -> list[AccuracyRun]:
-    """Every run's points in its palette colour; labels default to the strategies."""
+    """Every run's points in its palette colour; labels default to the strategies.
+
+    A healed run (``--heal linear``) also gets the accuracy of the same removals without any
+    map, in the next colour, so the figure shows what healing restored.
+    """
     labels = labels or [t["strategy"] for t in trajs]
-    return [
-        accuracy_run(t, label, PALETTE[i % len(PALETTE)])
-        for i, (t, label) in enumerate(zip(trajs, labels, strict=True))
-    ]
+    runs: list[AccuracyRun] = []
+    for t, label in zip(trajs, labels, strict=True):
+        runs.append(accuracy_run(t, label, PALETTE[len(runs) % len(PALETTE)]))
+        if t["steps"] and all("unhealed" in s for s in t["steps"]):
+            runs.append(_unhealed_run(t, label, PALETTE[len(runs) % len(PALETTE)]))
+    return runs
+
+
+def _unhealed_run(traj: dict, label: str, color: str) -> AccuracyRun:
+    """A healed run's removals read without any map (each step's ``unhealed`` record)."""
+    healed = accuracy_run(traj, label, color)
+    plain = [traj["step0"], *(s["unhealed"] for s in traj["steps"])]
+    return healed._replace(
+        label=f"{label}, same removals unhealed",
+        accuracy=np.array([s["eval_accuracy"] for s in plain]),
+        ci=np.array([s["eval_accuracy_ci"] for s in plain], dtype=float).reshape(-1, 2),
+        collapse=None,
+    )
 
 
 class MarginGrid(NamedTuple):
