@@ -141,9 +141,9 @@ def test_findings_document_renders_from_runs(demo_run, tmp_path):
 
 
 def test_demo_decider_story(tmp_path):
-    """The demo's decider part: the tiny decider trained, analyzed, pruned; phase-aware (its defaults)
-    held against the rest on the same items, and removing its last (Decisive-Phase) layer
-    keeps the decision."""
+    """The demo's decider part: the tiny decider trained, analyzed, pruned; phase-aware (its
+    defaults) held against the rest on the same items, and removing its last (Decisive-Phase)
+    layer keeps the decision."""
     from phaseprune.demo import _decider_story
     from phaseprune.runs.config import DemoConfig
 

@@ -188,6 +188,28 @@ def test_kept_targets_give_the_same_fit():
     none.close()
 
 
+def test_a_refit_replaces_the_map_it_does_not_compound():
+    """A layer refitted while it holds a map gets the new map folded into its own weights,
+    whether applied or tried (the judge and search mode try maps on the healed model)."""
+    from phaseprune.engine.healing import HealFit
+    from phaseprune.model.healing import folded
+
+    model = build_tiny("llama", n_layers=4)
+    healer = LinearHealer(model, HealData(_rows(8, 8), None), max_tokens=32)
+    module = healer.modules[1]
+    own = module.weight.detach().clone()
+    site = HealSite(1, 2, ())
+    first, second = HealFit(site, _map(64, 1), {}), HealFit(site, _map(64, 2), {})
+    expected = folded(module, second.map)[0]  # the module holds its own weights here
+    healer.apply([2], first)
+    with healer.trying(second):
+        assert torch.equal(module.weight, expected)
+    healer.apply([2], second)
+    assert torch.equal(module.weight, expected)
+    healer.close()
+    assert torch.equal(module.weight, own)
+
+
 def test_too_few_prompts_refused():
     with pytest.raises(UsageError, match="at least 4 heal prompts"):
         HealData(_rows(3, 0))

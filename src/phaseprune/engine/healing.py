@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from phaseprune.core.errors import UsageError
-from phaseprune.engine.layer_cache import SharedPrefix, capture, group_batches
-from phaseprune.engine.readout import common_prefix, pad_batch
-from phaseprune.model.arch import layer_output
+from phaseprune.engine.heal_sums import Pass, SourceHooks, Sums, run_pass
+from phaseprune.engine.layer_cache import group_batches
+from phaseprune.engine.readout import common_prefix
+from phaseprune.model.arch import decoder_parts
 from phaseprune.model.healing import check_model, fold, swapped
 from phaseprune.model.surgery import kept_layers, without_layers
 
@@ -114,31 +115,7 @@ class HealFit:
     record: dict
 
 
-class _Stats:
-    """Float64 sums of one site's fit: fitting and held-out parts."""
-
-    def __init__(self, d: int, device):
-        zeros = lambda: torch.zeros(d, d, dtype=torch.float64, device=device)  # noqa: E731
-        self.a, self.b, self.a_held, self.b_held = zeros(), zeros(), zeros(), zeros()
-        self.e_held = 0.0
-        self.tokens = self.held_tokens = 0
-
-    def add(self, x: torch.Tensor, e: torch.Tensor, held: torch.Tensor) -> None:
-        """Add tokens ``x`` (source) and ``e`` (gap), ``(n, d)``; ``held`` marks held-out ones."""
-        x, e = x.double(), e.double()
-        a, b = x.T @ x, x.T @ e
-        self.a += a
-        self.b += b
-        self.tokens += x.shape[0]
-        if bool(held.any()):
-            xh, eh = x[held], e[held]
-            self.a_held += xh.T @ xh
-            self.b_held += xh.T @ eh
-            self.e_held += float((eh * eh).sum())
-            self.held_tokens += xh.shape[0]
-
-
-def _solve(stats: _Stats, site: HealSite) -> HealFit:
+def _solve(stats: Sums, site: HealSite) -> HealFit:
     """Choose the ridge on the held-out part, then fit on every token (module docstring)."""
     d = stats.a.shape[0]
     a_fit, b_fit = stats.a - stats.a_held, stats.b - stats.b_held
@@ -178,6 +155,22 @@ def _solve(stats: _Stats, site: HealSite) -> HealFit:
     return HealFit(site, t, record)
 
 
+def maps_after(
+    maps: dict[int, torch.Tensor], removed: Sequence[int], fit: HealFit | None
+) -> dict[int, torch.Tensor]:
+    """The maps a model holds after a step.
+
+    The removed layers' maps are dropped, then ``fit``'s layer gets ``fit``'s map (or none,
+    where the fit kept no map).
+    """
+    out = {k: t for k, t in maps.items() if k not in set(removed)}
+    if fit is not None:
+        out.pop(fit.site.layer, None)
+        if fit.map is not None:
+            out[fit.site.layer] = fit.map
+    return out
+
+
 class LinearHealer:
     """The maps of one pruning run: fitted, folded into the model, and taken out again.
 
@@ -196,13 +189,14 @@ class LinearHealer:
         self.originals = {k: (m.weight, m.bias) for k, m in self.modules.items()}
         self.data = data
         self.max_tokens = max_tokens
+        self.layers = list(decoder_parts(model).layers)  # by original index
         self.maps: dict[int, torch.Tensor] = {}
-        self._params: dict[int, tuple] = {}
+        self._folds: dict[int, tuple] = {}  # layer -> (map, its folded parameters)
         self._active: dict[int, tuple] = {}
         self._stack = ExitStack()
         # the unpruned model's states on the heal prompts never change: kept while they fit
         self.target_budget = target_budget
-        self._targets: dict[tuple, _Pass] = {}
+        self._targets: dict[tuple, Pass] = {}
         self._target_bytes = 0
 
     def _enter(self, params: dict) -> None:
@@ -220,17 +214,24 @@ class LinearHealer:
         finally:
             self._enter(outer)
 
+    def _params(self, maps: dict[int, torch.Tensor]) -> dict[int, tuple]:
+        """The folded parameters of ``maps``, each map folded once.
+
+        Search mode tries every candidate's map on every group of items, and the chosen one
+        is folded in again at :meth:`apply`; until then each candidate's fold is kept.
+        """
+        params = {}
+        for k, t in maps.items():
+            if k not in self._folds or self._folds[k][0] is not t:
+                self._folds[k] = (t, fold(self.modules[k], t, self.originals[k]))
+            params[k] = self._folds[k][1]
+        return params
+
     def apply(self, removed: Sequence[int], fit: HealFit | None) -> None:
         """The model after a step: maps of removed layers dropped, ``fit``'s folded in."""
-        for k in [k for k in self.maps if k in set(removed)]:
-            del self.maps[k], self._params[k]
-        if fit is not None:
-            self.maps.pop(fit.site.layer, None)
-            self._params.pop(fit.site.layer, None)
-            if fit.map is not None:
-                self.maps[fit.site.layer] = fit.map
-                self._params[fit.site.layer] = fold(self.modules[fit.site.layer], fit.map)
-        self._enter(self._params)
+        self.maps = maps_after(self.maps, removed, fit)
+        self._enter(self._params(self.maps))
+        self._folds = {k: v for k, v in self._folds.items() if k in self.maps}  # the step's
 
     def original(self):
         """Context: the model with every layer's own weights, inside the block."""
@@ -238,10 +239,7 @@ class LinearHealer:
 
     def trying(self, fit: HealFit):
         """Context: the current maps with ``fit``'s in place of its layer's."""
-        params = {k: v for k, v in self._params.items() if k != fit.site.layer}
-        if fit.map is not None:
-            params[fit.site.layer] = fold(self.modules[fit.site.layer], fit.map)
-        return self._holding(params)
+        return self._holding(self._params(maps_after(self.maps, (), fit)))
 
     def close(self) -> None:
         """Give the model its own weights back."""
@@ -257,11 +255,11 @@ class LinearHealer:
         block (a tuple of layers removed together); the result is keyed by it.
         """
         sites = {k: heal_site(self.n_layers, removed, k) for k in candidates}
-        stats: dict[int, _Stats] = {}
+        stats: dict[int, Sums] = {}
         d = self.modules[0].weight.shape[0 if isinstance(self.modules[0], torch.nn.Linear) else 1]
         device = self.modules[0].weight.device
         for k in candidates:
-            stats[k] = _Stats(d, device)
+            stats[k] = Sums(d, device)
         views: dict[tuple, list[int]] = {}
         for k, site in sites.items():
             views.setdefault(site.view, []).append(k)
@@ -273,29 +271,34 @@ class LinearHealer:
             target_prefix = None
             if n:
                 target_prefix = self._unpruned(
-                    ("prefix", g), lambda p, head=head: _run(p, head, None, shared=True)
+                    ("prefix", g), lambda p, head=head: run_pass(p, head, None, shared=True)
                 )
             prefixes = {}
             for view, keys in views.items():
                 if n:
                     with without_layers(self.model, view) as parts:
-                        hooks = _Hooks(self, parts, [(sites[k], stats[k]) for k in keys])
+                        hooks = self._hooks([(sites[k], stats[k]) for k in keys])
                         with hooks.on(target_prefix, None, [False]):
-                            prefixes[view] = _run(parts, [rows[group[0]][:n]], None, shared=True)
+                            prefixes[view] = run_pass(
+                                parts, [rows[group[0]][:n]], None, shared=True
+                            )
             for b, sub in enumerate(group_batches(rows, group, n, self.max_tokens)):
                 own = [rows[group[j]][n:] for j in sub]
                 held = [group[j] % HELD_EVERY == HELD_EVERY - 1 for j in sub]
                 targets = self._unpruned(
-                    ("batch", g, b), lambda p, own=own, t=target_prefix: _run(p, own, t)
+                    ("batch", g, b), lambda p, own=own, t=target_prefix: run_pass(p, own, t)
                 )
                 for view, keys in views.items():
                     with without_layers(self.model, view) as parts:
-                        hooks = _Hooks(self, parts, [(sites[k], stats[k]) for k in keys])
+                        hooks = self._hooks([(sites[k], stats[k]) for k in keys])
                         with hooks.on(targets, targets.mask, held):
-                            _run(parts, own, prefixes.get(view))
+                            run_pass(parts, own, prefixes.get(view))
         return {k: _solve(stats[k], sites[k]) for k in candidates}
 
-    def _unpruned(self, key: tuple, run) -> _Pass:
+    def _hooks(self, sites: list) -> SourceHooks:
+        return SourceHooks(self.modules, self.originals, self.layers, sites)
+
+    def _unpruned(self, key: tuple, run) -> Pass:
         """``run(parts)`` on the unpruned, unhealed model, kept while ``target_budget`` allows.
 
         What is kept is every layer's state: ``(L + 1) x tokens x d_model`` values in all.
@@ -309,89 +312,3 @@ class LinearHealer:
             self._targets[key] = value
             self._target_bytes += size
         return value
-
-
-@dataclass
-class _Pass:
-    """One forward pass's states: every layer's input and the last output, plus its mask."""
-
-    states: list[torch.Tensor]
-    mask: torch.Tensor | None
-    prefix: SharedPrefix | None
-
-
-def _run(parts, own: list[list[int]], prefix: _Pass | None, *, shared: bool = False) -> _Pass:
-    """Run the rows (after ``prefix``'s shared tokens, if any) keeping every layer's input.
-
-    ``shared``: the one row is a group's shared prefix; its KV cache is kept for the rows.
-    """
-    device = parts.embed.weight.device
-    tokens, mask, _ = pad_batch(own, range(len(own)))
-    tokens, mask = tokens.to(device), mask.to(device)
-    if prefix is not None:
-        forward = prefix.prefix.forward_args(mask)
-    elif shared:
-        forward = {"use_cache": True}
-    else:
-        forward = {"attention_mask": mask, "use_cache": False}
-    inputs, final, cache = capture(parts, tokens, **forward)
-    keep = SharedPrefix(tokens.shape[1], tokens, inputs, cache) if shared else None
-    return _Pass([*inputs, final], mask, keep)
-
-
-class _Hooks:
-    """Hooks reading each site's source in one pass and adding to its sums."""
-
-    def __init__(self, healer: LinearHealer, parts, sites: list[tuple[HealSite, _Stats]]):
-        self.healer, self.parts, self.sites = healer, parts, sites
-        self.mlp_out: dict[int, torch.Tensor] = {}
-
-    @contextmanager
-    def on(self, targets: _Pass, mask, held: list[bool]) -> Iterator[None]:
-        layers = list(self.parts.layers)
-        handles = []
-        for site, stats in self.sites:
-            module = self.healer.modules[site.layer]
-            block = next(m for m in layers if module in m.modules())
-            handles.append(module.register_forward_hook(self._projection(site.layer)))
-            handles.append(
-                block.register_forward_hook(self._layer(site, stats, targets, mask, held))
-            )
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _projection(self, k: int):
-        def hook(module, args, output):
-            current = output.detach().clone()
-            own_w, own_b = self.healer.originals[k]
-            if module.weight is own_w:
-                self.mlp_out[k] = (current, current)
-            else:  # a map is folded in: the layer's own output projection, as it computes it
-                x = args[0]
-                if isinstance(module, torch.nn.Linear):
-                    own = torch.nn.functional.linear(x, own_w, own_b)
-                else:  # GPT-2 Conv1D: addmm(bias, x, weight)
-                    flat = torch.addmm(own_b, x.reshape(-1, x.shape[-1]), own_w)
-                    own = flat.reshape(*x.shape[:-1], own_w.shape[1])
-                self.mlp_out[k] = (current, own)
-
-        return hook
-
-    def _layer(self, site: HealSite, stats: _Stats, targets: _Pass, mask, held: list[bool]):
-        def hook(module, args, output):
-            current, own = self.mlp_out.pop(site.layer)
-            hidden = layer_output(output)
-            # OPT runs its MLP on (batch * seq, d) rows
-            current, own = current.reshape(hidden.shape), own.reshape(hidden.shape)
-            unhealed = hidden if own is current else hidden - current + own
-            gap = targets.states[site.boundary + 1] - unhealed  # (batch, seq, d)
-            real = torch.ones(gap.shape[:2], dtype=torch.bool, device=gap.device)
-            if mask is not None:
-                real = mask.bool()
-            rows = torch.tensor(held, device=gap.device)[:, None].expand_as(real)
-            stats.add(own[real], gap[real], rows[real])
-
-        return hook

@@ -38,24 +38,28 @@ def _is_conv1d(module: nn.Module) -> bool:
     return not isinstance(module, nn.Linear) and type(module).__name__ == "Conv1D"
 
 
-def folded(module: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def folded(
+    module: nn.Module, t: torch.Tensor, own: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight, bias)`` of ``module`` whose output is the original output times ``t``.
 
     Args:
         module: An output projection (``nn.Linear`` or GPT-2's ``Conv1D``) with its original
             weights.
         t: ``(d_model, d_model)`` map acting on output row vectors.
+        own: The module's own ``(weight, bias)`` where it may hold another map's parameters
+            now (a map is always folded into the original weights, never on top of another).
 
     Returns:
         New tensors in the module's dtype and device (the module is not changed).
     """
-    w = module.weight.detach().double()
+    weight, bias = own if own is not None else (module.weight, module.bias)
+    w = weight.detach().double()
     t = t.to(device=w.device, dtype=torch.float64)
-    weight = w @ t if _is_conv1d(module) else t.T @ w
-    bias = None
-    if getattr(module, "bias", None) is not None:
-        bias = (module.bias.detach().double() @ t).to(module.bias.dtype)
-    return weight.to(module.weight.dtype), bias
+    out = w @ t if _is_conv1d(module) else t.T @ w
+    if bias is not None:
+        bias = (bias.detach().double() @ t).to(bias.dtype)
+    return out.to(weight.dtype), bias
 
 
 def out_projections(model: nn.Module) -> list[nn.Module]:
@@ -64,13 +68,15 @@ def out_projections(model: nn.Module) -> list[nn.Module]:
     return [mlp_out_projection(layer, parts.family) for layer in parts.layers]
 
 
-def fold(module: nn.Module, t: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter | None]:
+def fold(
+    module: nn.Module, t: torch.Tensor, own: tuple | None = None
+) -> tuple[nn.Parameter, nn.Parameter | None]:
     """New parameters ``(weight, bias)`` folding ``t`` into ``module``.
 
     The weight is tagged for :func:`heal_tags`; ``bias`` is None where the module has none.
     """
     with torch.no_grad():
-        weight, bias = folded(module, t)
+        weight, bias = folded(module, t, own)
     weight = nn.Parameter(weight, requires_grad=False)
     setattr(weight, _TAG, next(_TAGS))
     return weight, None if bias is None else nn.Parameter(bias, requires_grad=False)

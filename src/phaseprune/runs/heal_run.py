@@ -24,7 +24,7 @@ from phaseprune.core.progress import stage
 from phaseprune.core.prompts import build_prompts
 from phaseprune.engine.candidates import final_readout, option_reduce
 from phaseprune.engine.encoding import encode_prompts
-from phaseprune.engine.healing import HealData, HealFit, HealSite, LinearHealer
+from phaseprune.engine.healing import HealData, HealFit, HealSite, LinearHealer, maps_after
 from phaseprune.model.arch import context_window
 from phaseprune.model.distributed import is_main
 from phaseprune.model.load import load_tokenizer
@@ -236,20 +236,13 @@ def maps_at(out: Path, steps: list[dict]) -> dict[int, torch.Tensor]:
     """
     maps: dict[int, torch.Tensor] = {}
     for record in steps:
-        for k in record["removed_layers"]:
-            maps.pop(k, None)
-        heal = record.get("heal")
-        if heal is None:
-            continue
         fit = load_fit(out, record)
-        if fit is None:
+        if fit is None and record.get("heal") is not None:
             raise UsageError(
                 f"step {record['step']}'s healing map {map_path(out, record['step'])} is missing: "
                 f"run prune --resume on {out} to refit it"
             )
-        maps.pop(heal["layer"], None)
-        if fit.map is not None:
-            maps[heal["layer"]] = fit.map
+        maps = maps_after(maps, record["removed_layers"], fit)
     return maps
 
 
