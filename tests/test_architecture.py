@@ -25,7 +25,7 @@ LAYERS = {  # docs/architecture.md's table, top to bottom
 }
 RANK = {m: i for i, (_, mods) in enumerate(LAYERS.items()) for m in mods}
 ENTRY = set(LAYERS["entry points"])
-COMPOSERS = {"demo", "api", "cli", "__main__"}  # compose the other commands
+COMPOSERS = {"demo", "api", "cli", "__main__", "export"}  # compose the other commands
 ROOT_NAMES = {"__version__"}  # what ``phaseprune/__init__.py`` itself defines
 
 

@@ -43,12 +43,15 @@ from phaseprune.model.portable import make_portable
 from phaseprune.presentation.model_card import model_card
 from phaseprune.runs.files import load_trajectory
 from phaseprune.runs.heal_run import maps_at
+from phaseprune.runs.resume import config_of
 from phaseprune.tasks import load_task
 
 CHECK_PROMPTS = 4
 """Evaluation prompts the reloaded export is compared on."""
 
 _IDENTITY = ("weights_sha256", "revision", "architecture", "n_layers")
+HEALED_DIR = "healed"
+"""Where ``export --heal linear`` heals an unhealed run's removals, inside that run."""
 
 
 def removed_at(traj: dict, step: int) -> list[int]:
@@ -154,8 +157,37 @@ def _metadata(traj: dict, step: int, removed: list[int], run_dir: str) -> dict:
     }
 
 
-def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) -> dict:
-    """Export the pruned model of ``step``; return a small record of what was written."""
+def healed_replay(run_dir: str, traj: dict, step: int, *, quiet: bool = False) -> tuple[str, int]:
+    """An unhealed run's removals, healed: where that run is, and its step of ``step``'s removals.
+
+    ``--strategy order`` over the run's removals (one a step, a block's layers too), with
+    ``--heal linear`` and the run's other settings (items, objective, which judges each map), is
+    run or resumed in ``RUN/healed/`` up to the removals of ``step``; a later export of a deeper
+    step extends it. The healed accuracy the model card states is measured there.
+    """
+    from phaseprune.pruning import run_prune
+
+    order = removed_at(traj, len(traj["steps"]))
+    upto = len(removed_at(traj, step))
+    out = Path(run_dir) / HEALED_DIR
+    cfg = dataclasses.replace(
+        config_of(traj["settings"]), strategy="order", order=tuple(order), steps=upto,
+        block_size=1, heal="linear", out=str(out), resume=(out / "trajectory.json").exists(),
+        overwrite=False, quiet=quiet, log_json=False, plots=False, score_cache=None,
+        stop_at_collapse=False, min_accuracy=None, lm_eval_tasks=(), lm_eval_steps=(),
+    )  # fmt: skip
+    run_prune(cfg)
+    return str(out), upto
+
+
+def run_export(
+    run_dir: str, step: int, out: str, *, overwrite: bool = False, heal: str | None = None
+) -> dict:
+    """Export the pruned model of ``step``; return a small record of what was written.
+
+    ``heal="linear"`` on an unhealed run exports its removals healed (:func:`healed_replay`);
+    None (or a healed run) exports the run as it was made.
+    """
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -166,6 +198,11 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite or another directory")
+    if heal == "linear" and traj["settings"].get("heal", "none") == "none" and removed:
+        source = f"{run_dir} ({traj['strategy']}, step {step})"
+        run_dir, step = healed_replay(run_dir, traj, step)
+        traj = load_trajectory(run_dir, rerun=True)
+        traj["healed_replay_of"] = source
     spec = _spec(traj)
     tokenizer, _ = load_tokenizer(spec)
     model, info = load_model(spec, dtype=traj["model"]["dtype"], progress=False)
@@ -189,6 +226,7 @@ def run_export(run_dir: str, step: int, out: str, *, overwrite: bool = False) ->
         "step": step,
         "removed_layers": removed,
         "healed_layers": sorted(maps),
+        "healed_replay_of": traj.get("healed_replay_of"),
         "num_hidden_layers": reloaded.config.num_hidden_layers,
         "max_abs_logit_diff": diff,
         "check_prompts": len(prompts),

@@ -36,11 +36,7 @@ from phaseprune.model.distributed import (
     join,
     on_main,
 )
-from phaseprune.model.load import (
-    cache_budget_bytes,
-    default_max_tokens,
-    resolve_model,
-)
+from phaseprune.model.load import cache_budget_bytes, default_max_tokens, resolve_model
 from phaseprune.model.surgery import kept_layers
 from phaseprune.presentation.figures.stamp import stamp_figures
 from phaseprune.runs.config import PruneConfig, spared_builders
@@ -67,6 +63,7 @@ from phaseprune.runs.trajectory import (
     step_record,
 )
 from phaseprune.strategies.context import NoCandidate, PruneContext, stored
+from phaseprune.strategies.rankings import check_order
 from phaseprune.strategies.registry import strategy_function
 from phaseprune.strategies.search import start_rounding, with_rounding
 
@@ -80,6 +77,7 @@ def check_config(cfg: PruneConfig) -> None:
     """Refuse what the config's own field checks cannot see, with one clear line."""
     if cfg.task.limit is not None:
         raise UsageError("prune takes --calib and --eval instead of --limit")
+    check_order(cfg.strategy, cfg.order, cfg.steps, cfg.protect)
 
 
 class PruneRun:
@@ -144,6 +142,7 @@ class PruneRun:
             after_decisive=cfg.after_decisive,
             block_size=cfg.block_size,
             seed=cfg.seed,
+            order=cfg.order,
             n_boot=cfg.n_boot,
             max_tokens=self.max_tokens,
             cache_budget=cache_budget,
@@ -182,6 +181,7 @@ class PruneRun:
         bad = [k for k in cfg.protect if not 0 <= k < n]
         if bad:
             raise UsageError(f"--protect {bad}: layers are 0..{n - 1}")
+        check_order(cfg.strategy, cfg.order, cfg.steps, cfg.protect, n)
         if len(set(cfg.protect)) >= n:
             raise UsageError(f"--protect spares all {n} layers: nothing could be removed")
         if cfg.block_size >= n:

@@ -113,7 +113,7 @@ def cmd_export(cfg: ExportConfig) -> int:
     """Run ``export``."""
     from phaseprune.export import run_export
 
-    record = run_export(cfg.run, cfg.step, cfg.out, overwrite=cfg.overwrite)
+    record = run_export(cfg.run, cfg.step, cfg.out, overwrite=cfg.overwrite, heal=cfg.heal)
     print(
         f"exported step {record['step']} ({record['num_hidden_layers']} layers, removed "
         f"{record['removed_layers']}) to {cfg.out}; reload matches to "

@@ -86,6 +86,12 @@ def _healed(traj: dict, export: dict) -> str:
             f"layer(s) {layers}, fitted on {on}")  # fmt: skip
 
 
+def _replay(export: dict) -> str:
+    """For ``export --heal linear`` of an unhealed run: whose removals were healed."""
+    source = export.get("healed_replay_of")
+    return f"(the removals of `{source}`, healed)" if source else "(as that run made it)"
+
+
 def _yaml_header(hub_id: str | None) -> str:
     """Hugging Face card metadata; ``base_model`` only for hub ids (it must name one)."""
     lines = ["---", "library_name: transformers", "tags:", "- phaseprune", "- layer-pruning"]
@@ -151,8 +157,8 @@ def model_card(traj: dict, export: dict, out_dir: str) -> str:
 # {model["name"]} with {n} decoder layer{"" if n == 1 else "s"} removed
 
 This checkpoint is `{model["name"]}` with decoder layers {export["removed_layers"]} removed by
-phaseprune's `{traj["strategy"]}` strategy, step {step} of the run in `{export["run"]}`. It is a
-standard `save_pretrained` checkpoint (safetensors): load it with
+phaseprune's `{traj["strategy"]}` strategy, step {step} of the run in `{export["run"]}`
+{_replay(export)}. It is a standard `save_pretrained` checkpoint (safetensors): load it with
 `AutoModelForCausalLM.from_pretrained` (transformers {export["requires_transformers"]}).
 
 | | |

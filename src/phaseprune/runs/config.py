@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from phaseprune.runs.flags import check_fields
-from phaseprune.strategies.registry import STRATEGY_NAMES
+from phaseprune.strategies.registry import NEEDS_ARGUMENT, STRATEGY_NAMES
 
 Choices = Sequence[str] | Callable[[], Sequence[str]]
 
@@ -202,16 +202,12 @@ class PruneConfig:
     eval: int = _doc(
         "Evaluation items, spread over the subjects, disjoint from calibration.", 200, minimum=1
     )
-    min_accuracy: float | None = _doc(
-        "Stop once evaluation accuracy falls below this.", None, minimum=0
-    )
-    stop_at_collapse: bool = _doc(
-        "Stop at the collapse step (see --collapse-fraction) instead of running every step.",
-        False,
-    )
-    block_size: int = _doc(
-        "angular: remove the best contiguous block of this many layers per step.", 1, minimum=1
-    )
+    min_accuracy: float | None = _doc("Stop once evaluation accuracy falls below this.", None,
+                                      minimum=0)  # fmt: skip
+    stop_at_collapse: bool = _doc("Stop at the collapse step (see --collapse-fraction) instead "
+                                  "of running every step.", False)  # fmt: skip
+    block_size: int = _doc("angular: remove the best contiguous block of this many layers per "
+                           "step.", 1, minimum=1)  # fmt: skip
     guard: int = _doc(
         "phase-aware: also spare this many layers before the transition layer.", 1, minimum=0
     )
@@ -244,6 +240,8 @@ class PruneConfig:
     protect: tuple[int, ...] = _doc(
         "Comma-separated original layer indices never removed.", (), minimum=0
     )
+    order: tuple[int, ...] = _doc("--strategy order: comma-separated original layer indices, "
+                                  "removed one a step in this order.", (), minimum=0)  # fmt: skip
     collapse_fraction: float = _doc(
         "Collapse when eval accuracy falls below this share of the unpruned accuracy (a rule "
         "that does not depend on the number of items; a step whose interval reaches chance is "
@@ -333,7 +331,7 @@ class DemoConfig:
     strategies: tuple[str, ...] = _doc(
         "Comma-separated strategies to compare.",
         ("iterative", "phase-aware", "block-influence", "last"),
-        choices=strategy_names,
+        choices=lambda: tuple(n for n in strategy_names() if n not in NEEDS_ARGUMENT),
     )
     decider: bool = _doc(
         "Also tell the story on a model that decides: a 6-layer Llama trained here in seconds on "
@@ -375,6 +373,10 @@ class ExportConfig:
     step: int = _doc("Step to export (0 = the unpruned model).", minimum=0)
     out: str = _doc("Output directory for the checkpoint.")
     overwrite: bool = _doc("Write into a non-empty --out.", False)
+    heal: str | None = _doc("linear: heal an unhealed run's removals (a --strategy order "
+                            "--heal linear run of them in RUN/healed, resumed by later exports; "
+                            "the card states its accuracy).", None,
+                            shown="as the run was made", choices=("linear",))  # fmt: skip
 
 
 @config

@@ -24,7 +24,7 @@ from phaseprune.core.progress import stage
 from phaseprune.core.prompts import build_prompts
 from phaseprune.engine.candidates import final_readout, option_reduce
 from phaseprune.engine.encoding import encode_prompts
-from phaseprune.engine.healing import HealData, HealFit, HealSite, LinearHealer, maps_after
+from phaseprune.engine.healing import RIDGES, HealData, HealFit, HealSite, LinearHealer, maps_after
 from phaseprune.model.arch import context_window
 from phaseprune.model.distributed import is_main
 from phaseprune.model.load import load_tokenizer
@@ -91,7 +91,9 @@ def judged(ctx, removed: list[int], fit: HealFit) -> HealFit:
 
 def heal_key(cfg, healer: LinearHealer | None) -> list:
     """What a healed run adds to its score store's key (nothing when unhealed)."""
-    return [] if healer is None else [(cfg.heal, cfg.heal_when, healer.data.record())]
+    if healer is None:
+        return []
+    return [(cfg.heal, cfg.heal_when, healer.data.record(), list(RIDGES))]
 
 
 def heal_step(run, step: int, removed: list[int], layers: tuple[int, ...]) -> dict | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from phaseprune import __version__
 from phaseprune.core.objectives import objective_of
 from phaseprune.model.load import model_change
-from phaseprune.runs.config import PHASE_AWARE_ONLY, PruneConfig
+from phaseprune.runs.config import PHASE_AWARE_ONLY, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.runs.files import load_candidates, load_trajectory
 from phaseprune.runs.outdir import fingerprint
 from phaseprune.runs.records import Trajectory, settings_record
@@ -34,7 +34,7 @@ LATER_DEFAULTS = {"revision": None, "lm_eval_include": None}
 """Model and task settings added after runs were made, left out of the fingerprint at these
 values so those runs resume."""
 LATER_PRUNE_DEFAULTS = {"spare": 0, "after_decisive": "block-influence", "decisive": "objective",
-                        "heal": "none"}  # fmt: skip
+                        "heal": "none", "order": ()}  # fmt: skip
 """phase-aware's settings added later, left out at their first version's values (its defaults
 until the head-to-head picked others), so runs of that version resume."""
 
@@ -120,3 +120,20 @@ def load_previous(
         traj["fingerprint"] = key()
         traj["settings"] = settings_record(cfg)
     return traj, load_candidates(out, {s["step"] for s in traj["steps"]})
+
+
+def config_of(settings: dict) -> PruneConfig:
+    """The config a trajectory's ``settings`` were recorded from (``settings_record`` inverted).
+
+    Fields a run recorded that phaseprune no longer has (``model.precision``) are dropped;
+    fields added since take their defaults; JSON lists become tuples again.
+    """
+
+    def build(cls, values: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+
+    own = build(PruneConfig, settings)
+    own["model"] = ModelConfig(**build(ModelConfig, settings["model"]))
+    own["task"] = TaskConfig(**build(TaskConfig, settings["task"]))
+    return PruneConfig(**own)

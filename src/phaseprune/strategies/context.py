@@ -79,6 +79,8 @@ class PruneContext:
     """Angular: layers removed per step."""
     seed: int = 0
     """Seed of the random strategy."""
+    order: tuple[int, ...] = ()
+    """The ``order`` strategy's layers, in removal order."""
     n_boot: int = 1000
     """Bootstrap resamples for phase estimates."""
     max_tokens: int = 8192

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from phaseprune.core.errors import UsageError
 from phaseprune.engine import baselines
 from phaseprune.engine.candidates import final_readout, score_removals
 from phaseprune.model.distributed import local_only
@@ -231,3 +232,32 @@ def random(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     return walk(
         ctx, removed, ranking, Criterion(f"position in a random order (seed {ctx.seed})", "min")
     )
+
+
+def given(ctx: PruneContext, removed: Sequence[int]) -> Choice:
+    """``--order``: the next listed layer not yet removed (its score is its position)."""
+    left = [k for k in ctx.order if k not in set(removed)]
+    if not left:
+        raise no_candidate(removed)
+    ranking = {k: float(i) for i, k in enumerate(left)}
+    return Choice((left[0],), {k: {"score": ranking[k]} for k in sorted(left)},
+                  Criterion("position in --order", "min"))  # fmt: skip
+
+
+def check_order(strategy: str, order, steps: int, protect, n_layers: int | None = None) -> None:
+    """Refuse an ``--order`` that ``--strategy order`` cannot follow, in one line."""
+    if (strategy == "order") != bool(order):
+        raise UsageError(
+            "--order lists the layers --strategy order removes: give both or neither"
+            if order
+            else "--strategy order needs --order L1,L2,... (the layers to remove, in order)"
+        )
+    if len(set(order)) < len(order):
+        raise UsageError(f"--order {list(order)} names a layer twice")
+    if set(order) & set(protect):
+        raise UsageError(f"--order names protected layers {sorted(set(order) & set(protect))}")
+    if order and steps > len(order):
+        raise UsageError(f"--steps {steps} but --order lists {len(order)} layers: pass "
+                         f"--steps {len(order)} or list more")  # fmt: skip
+    if n_layers is not None and (max(order, default=0) >= n_layers or len(order) >= n_layers):
+        raise UsageError(f"--order {list(order)}: layers are 0..{n_layers - 1}, and one must stay")

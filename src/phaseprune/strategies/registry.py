@@ -59,6 +59,8 @@ RULES = {
     "distribution from the unpruned model's",
     "last": "drop the layers before the last one, deepest first",
     "random": "a seeded random order (`--seed`)",
+    "order": "the layers of `--order`, in that order: another run's or a paper's removals, "
+    "for instance to heal them (`--heal linear`)",
 }
 """How each strategy chooses, one line each (the README's strategy table)."""
 
@@ -75,12 +77,15 @@ STRATEGIES: dict[str, StrategySpec] = {
         ("logit-js", "iterative", "prompts", False, "rankings:logit_js"),
         ("last", "fixed", "nothing", False, "rankings:last"),
         ("random", "fixed", "nothing", False, "rankings:random"),
+        ("order", "fixed", "nothing", False, "rankings:given"),
     )
 }
 """Every strategy, in the order the README and ``--help`` list them."""
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 """The ``--strategy`` choices, in the registry's order."""
+NEEDS_ARGUMENT = ("order",)
+"""Strategies that need a setting of their own (``--order``): not offered where none is given."""
 
 
 def strategy_function(name: str) -> Callable:
