@@ -76,15 +76,16 @@ def test_head_to_head_runs_go_on_to_their_collapse(decider, tmp_path):
 
 
 def test_qwen_plan_runs_every_strategy_on_enough_items():
-    from phaseprune.strategies.registry import STRATEGY_NAMES
+    from phaseprune.strategies.registry import NEEDS_ARGUMENT, STRATEGY_NAMES
 
+    rules = set(STRATEGY_NAMES) - set(NEEDS_ARGUMENT)  # `order` replays a given order
     plan = plans.PLANS["qwen2.5-coder-1.5b"]
     assert plan.eval >= 200 and plan.calib >= 32 and len(plan.subjects) >= 5
     strategies = {s["strategy"] for s in plan.h2h.values()}
-    assert strategies == set(STRATEGY_NAMES)
+    assert strategies == rules
     # every strategy but the ablation's variants goes to the plan's common depth
     full = [label for label, s in plan.h2h.items() if s.get("steps", plan.steps) == plan.steps]
-    assert {plan.h2h[label]["strategy"] for label in full} == set(STRATEGY_NAMES)
+    assert {plan.h2h[label]["strategy"] for label in full} == rules
     # the reference is phase-aware's defaults (the objective given: kl) and runs the full depth
     ref = plan.h2h[plan.reference]
     assert plan.reference in full and ref["objective"] == "kl"
@@ -92,9 +93,19 @@ def test_qwen_plan_runs_every_strategy_on_enough_items():
     # accuracy objective's variant (phase-aware-tail), the reference's one difference
     arc = plans.PLANS["qwen2.5-coder-1.5b-arc"]
     assert arc.h2h_task == "arc_challenge" and arc.reference == plan.reference in arc.h2h
-    assert {s["strategy"] for s in arc.h2h.values()} == set(STRATEGY_NAMES)
+    assert {s["strategy"] for s in arc.h2h.values()} == rules
     assert set(arc.h2h) & set(plans.ABLATION) == set(plans.SECOND_SETTING) == {"phase-aware-tail"}
     assert set(plans.ABLATION) <= set(plan.h2h)
+    # each healed run pairs with an unhealed head-to-head run of the same rule, to 8 removals
+    for label, settings in plan.heal.items():
+        base = next(b for b in plan.h2h if label in (b, f"{b}-after", f"{b}-search"))
+        assert {k: v for k, v in settings.items() if plan.h2h[base].get(k) != v} <= {
+            "heal",
+            "heal_when",
+            "steps",
+        }
+        assert settings["heal"] == "linear" and settings["steps"] == 8
+    assert {s.get("heal_when", "after") for s in plan.heal.values()} == {"after", "search"}
     tail = plan.h2h["phase-aware-tail"]
     assert {k: v for k, v in tail.items() if tail[k] != ref.get(k)} == {"objective": "accuracy"}
 

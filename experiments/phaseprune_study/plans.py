@@ -72,6 +72,9 @@ class Plan:
     h2h_task: str = "mmlu"
     # stages this plan skips (a second setting needs only its head-to-head and its readout)
     skip: tuple[str, ...] = ()
+    # healed runs, stage "heal-<label>", each paired with the unhealed "h2h-<label>" of its
+    # removal rule (issue 30: --heal-when search against after); run after the head-to-head
+    heal: dict = field(default_factory=dict)
 
     @property
     def analyze_stage(self) -> str:
@@ -145,6 +148,17 @@ SECOND_SETTING = ("phase-aware-tail",)
 SECOND_SETTING_H2H = {label: s for label, s in HEAD_TO_HEAD.items()
                       if label not in ABLATION or label in SECOND_SETTING}  # fmt: skip
 """A setting beyond MMLU: every strategy, the reference and its accuracy-objective twin."""
+HEALING = {
+    # one-shot rankings stay unhealed, so angular's search and after are the same run
+    "angular": {**HEAD_TO_HEAD["angular"], "heal": "linear", "steps": 8},
+    "phase-aware-kl-after": {**HEAD_TO_HEAD["phase-aware-kl"], "heal": "linear",
+                             "heal_when": "after", "steps": 8},
+    "phase-aware-kl-search": {**HEAD_TO_HEAD["phase-aware-kl"], "heal": "linear",
+                              "heal_when": "search", "steps": 8},
+}  # fmt: skip
+"""Healed runs to 8 removals with ``--heal-items`` at its default (128): choose-then-heal
+(``after``) against healing inside the search (``search``), each paired with its unhealed
+head-to-head run (``h2h-angular``, ``h2h-phase-aware-kl``)."""
 REFERENCE_CHOSEN_ON_MMLU = (
     "The reference was chosen after seeing these items: the head-to-head was first judged "
     "against `phase-aware-transition` (it kept 90% to depth 3); `phase-aware-tail` was added "
@@ -185,6 +199,7 @@ PLANS = {
         h2h=HEAD_TO_HEAD,
         single_items=120,
         reference_note=REFERENCE_CHOSEN_ON_MMLU,
+        heal=HEALING,
     ),
     # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
     # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated), and

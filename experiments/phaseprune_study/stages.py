@@ -136,6 +136,10 @@ def plan_stages(plan: Plan, run_root: Path, model: ModelConfig) -> list[tuple[st
         seed=plan.seed, stop_at_collapse=False, plots=False, score_cache=cache,
         cache_budget="6GB", **{"steps": plan.steps, **settings}))
         for label, settings in plan.h2h.items()]  # fmt: skip
+    heal = [(f"heal-{label}", PruneConfig(
+        out="", model=model, task=h2h_task, calib=plan.calib, eval=plan.eval, seed=plan.seed,
+        plots=False, score_cache=cache, cache_budget="6GB", **settings))
+        for label, settings in plan.heal.items()]  # fmt: skip
     # the first three runs, the decision readout, the single removals (claims b, c; under an
     # hour), then the rest
     single = []
@@ -146,7 +150,7 @@ def plan_stages(plan: Plan, run_root: Path, model: ModelConfig) -> list[tuple[st
             out="", model=model, task=h2h_task, strategy="iterative", steps=1,
             calib=plan.single_items, eval=10, seed=plan.seed, score_cache=cache,
             cache_budget="8GB")))  # fmt: skip
-    return [*h2h[:3], *stages, *single, *h2h[3:]]
+    return [*h2h[:3], *stages, *single, *h2h[3:], *heal]
 
 
 def stage_status(plan: Plan, run_root: Path) -> list[tuple[str, str]]:

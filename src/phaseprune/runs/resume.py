@@ -63,6 +63,10 @@ def recipe_key(cfg: PruneConfig, recipe: Recipe, **stopping) -> str:
         and (k not in PHASE_AWARE_ONLY or cfg.strategy == "phase-aware")
         and (k not in HEAL_ONLY or cfg.heal != "none")
     }
+    if cfg.heal != "none":  # the ridge grid decides the maps (it grew once: 1.0 -> 100)
+        from phaseprune.engine.healing import RIDGES
+
+        settings["heal_ridges"] = list(RIDGES)
     for section in ("model", "task"):  # settings added later, at their defaults: left out
         settings[section] = {
             k: v for k, v in settings[section].items() if LATER_DEFAULTS.get(k, ...) != v
