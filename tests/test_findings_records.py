@@ -99,7 +99,7 @@ def test_qwen_plan_runs_every_strategy_on_enough_items():
     # each healed run pairs with an unhealed head-to-head run of the same rule, to 8 removals
     for label, settings in plan.heal.items():
         base = next(b for b in plan.h2h if label in (b, f"{b}-after", f"{b}-search"))
-        assert {k: v for k, v in settings.items() if plan.h2h[base].get(k) != v} <= {
+        assert {k for k, v in settings.items() if plan.h2h[base].get(k) != v} <= {
             "heal",
             "heal_when",
             "steps",
