@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from phaseprune import __version__
+from phaseprune.core.errors import UsageError
 from phaseprune.core.items import subject_groups
 from phaseprune.core.metrics import item_metrics, layer_stats
 from phaseprune.core.phases import detect_phases
@@ -37,6 +38,7 @@ from phaseprune.runs.outdir import (
     PartialReadout,
     check_out_dir,
     fingerprint,
+    one_writer,
     prepare_out_dir,
 )
 from phaseprune.runs.records import Summary, build_summary, items_table, settings_record
@@ -51,6 +53,12 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
     ``model`` and ``tokenizer`` (objects the caller holds) replace loading ``cfg.model.model``;
     ``task`` (a :class:`~phaseprune.tasks.TaskData`) replaces loading ``cfg.task.task``.
     """
+    with one_writer(Path(cfg.out) if cfg.out else None):  # before anything loads
+        return _analyze(cfg, model, tokenizer, task)
+
+
+def _analyze(cfg: AnalyzeConfig, model, tokenizer, task) -> Analysis:
+    """:func:`run_analyze` while holding its output directory."""
     started = time.perf_counter()
     out = Path(cfg.out) if cfg.out else None  # None: kept in memory only
     tc, mc = cfg.task, cfg.model
@@ -58,6 +66,11 @@ def run_analyze(cfg: AnalyzeConfig, *, model=None, tokenizer=None, task=None) ->
     processes = join(mc.device)  # launched by torchrun / accelerate: each reads a shard
     if task is None:
         task = task_of(tc, limit=tc.limit)
+    if tc.limit is not None and len(task.items) < tc.limit:  # as prune refuses --calib + --eval
+        raise UsageError(
+            f"{tc.task} has {len(task.items)} items; --limit {tc.limit} asks for more: lower it "
+            "or add subjects"
+        )
     spec = resolve_model(mc.model) if model is None else None
     if out is not None:
         check_out_dir(out, "analyze", overwrite=cfg.overwrite)

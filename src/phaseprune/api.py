@@ -87,6 +87,11 @@ def _resolve(cls, model, tokenizer, task, config, out, settings) -> tuple[Any, d
         held.update(model=model, tokenizer=tokenizer)
     elif tokenizer is not None:
         raise UsageError("tokenizer= was given without model=: pass the model it belongs to")
+    if task is not None and not isinstance(task, str | os.PathLike | TaskData):
+        from phaseprune.tasks.user import records_task  # a list of dicts or a DataFrame
+
+        task = records_task(task, settings.get("subjects"), settings.get("shots", 0),
+                            settings.get("limit"))  # fmt: skip
     if isinstance(task, TaskData):
         held["task"] = task
         settings.setdefault("task", task.name)
@@ -161,3 +166,36 @@ def prune(
 
     cfg, held = _resolve(PruneConfig, model, tokenizer, task, config, out, dict(settings))
     return run_prune(cfg, on_step=on_step, **held)
+
+
+def export(
+    run: str | Path,
+    step: int,
+    out: str | Path,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    heal: str | None = None,
+) -> dict:
+    """Write the pruned model of a run's ``step`` as a checkpoint (``phaseprune export``).
+
+    Args:
+        run: The run directory.
+        step: The step to export (0: the unpruned model).
+        out: The checkpoint directory to write.
+        model: The model a run made on a held model pruned (with ``tokenizer``), checked
+            against the run's record; None loads the run's model again (runs of files).
+        tokenizer: That model's tokenizer.
+        overwrite: Write into a non-empty ``out``.
+        heal: ``"linear"`` heals an unhealed run's removals (as ``export --heal linear``).
+
+    Returns:
+        The export's record (``phaseprune_export.json``).
+    """
+    from phaseprune.export import run_export
+
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise UsageError(f"step={step!r}: pass a whole number (0 = the unpruned model)")
+    return run_export(os.fspath(run), step, os.fspath(out), overwrite=overwrite, heal=heal,
+                      model=model, tokenizer=tokenizer)  # fmt: skip

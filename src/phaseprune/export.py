@@ -31,6 +31,7 @@ from phaseprune.core.errors import UsageError, first_line
 from phaseprune.core.prompts import build_prompts
 from phaseprune.engine.encoding import encode_prompts
 from phaseprune.model.healing import check_model, healed
+from phaseprune.model.identity import MEMORY, tensors_sha256
 from phaseprune.model.load import (
     ModelSpec,
     load_model,
@@ -91,6 +92,32 @@ def check_identity(traj: dict, now: dict, where: str) -> None:
             f"the model at {where} is not the one this run pruned: other {changed}; export "
             "from the checkpoint the run was made with, or prune this one again"
         )
+
+
+def _export_model(traj: dict, model, tokenizer):
+    """The run's model: the one held (checked against the run), else loaded again (checked)."""
+    recorded = str(traj["model"].get("weights_sha256"))
+    if model is not None:
+        if tokenizer is None:
+            raise UsageError("a model passed as an object needs its tokenizer too: pass tokenizer")
+        now = MEMORY + tensors_sha256(model)
+        if now != recorded:
+            raise UsageError(
+                "the model passed is not the one this run pruned (its tensors' sha256 differs "
+                f"from the run's {recorded[:19]}...): pass that model, unchanged"
+            )
+        return model.eval().requires_grad_(False), tokenizer
+    if recorded.startswith(MEMORY):
+        raise UsageError(
+            "this run pruned a model held in memory (the Python API), whose weights no file "
+            "holds: export it from Python, phaseprune.export(run, step, out, model=model, "
+            "tokenizer=tokenizer)"
+        )
+    spec = _spec(traj)
+    tokenizer, _ = load_tokenizer(spec)
+    model, info = load_model(spec, dtype=traj["model"]["dtype"], progress=False)
+    check_identity(traj, dataclasses.asdict(info), spec.path)
+    return model, tokenizer
 
 
 def check_prompts(traj: dict, tokenizer, n: int = CHECK_PROMPTS) -> tuple[list[list[int]], list]:
@@ -157,7 +184,9 @@ def _metadata(traj: dict, step: int, removed: list[int], run_dir: str) -> dict:
     }
 
 
-def healed_replay(run_dir: str, traj: dict, step: int, *, quiet: bool = False) -> tuple[str, int]:
+def healed_replay(
+    run_dir: str, traj: dict, step: int, *, quiet: bool = False, model=None, tokenizer=None
+) -> tuple[str, int]:
     """An unhealed run's removals, healed: where that run is, and its step of ``step``'s removals.
 
     ``--strategy order`` over the run's removals (one a step, a block's layers too), with
@@ -176,17 +205,27 @@ def healed_replay(run_dir: str, traj: dict, step: int, *, quiet: bool = False) -
         overwrite=False, quiet=quiet, log_json=False, plots=False, score_cache=None,
         stop_at_collapse=False, min_accuracy=None, lm_eval_tasks=(), lm_eval_steps=(),
     )  # fmt: skip
-    run_prune(cfg)
+    run_prune(cfg, model=model, tokenizer=tokenizer)
     return str(out), upto
 
 
 def run_export(
-    run_dir: str, step: int, out: str, *, overwrite: bool = False, heal: str | None = None
+    run_dir: str,
+    step: int,
+    out: str,
+    *,
+    overwrite: bool = False,
+    heal: str | None = None,
+    model=None,
+    tokenizer=None,
 ) -> dict:
     """Export the pruned model of ``step``; return a small record of what was written.
 
     ``heal="linear"`` on an unhealed run exports its removals healed (:func:`healed_replay`);
-    None (or a healed run) exports the run as it was made.
+    None (or a healed run) exports the run as it was made. ``model`` and ``tokenizer``: the
+    model a run made through the Python API pruned, held by the caller (its weights must be
+    the run's: :func:`~phaseprune.model.identity.tensors_sha256`); a run made on a held model
+    cannot be exported without it.
     """
     import transformers
     from transformers import AutoModelForCausalLM
@@ -196,17 +235,20 @@ def run_export(
     traj = load_trajectory(run_dir, rerun=True)  # a --precision fast run is refused
     removed = removed_at(traj, step)
     out_dir = Path(out)
+    inside = Path(run_dir).resolve() in (out_dir.resolve(), *out_dir.resolve().parents)
+    if inside or any((out_dir / name).exists() for name in ("trajectory.json", "summary.json")):
+        raise UsageError(
+            f"--out {out} is {'inside the run directory' if inside else 'a run directory'}: "
+            "a checkpoint there would mix with the run's records; pass another --out"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite or another directory")
     if heal == "linear" and traj["settings"].get("heal", "none") == "none" and removed:
         source = f"{run_dir} ({traj['strategy']}, step {step})"
-        run_dir, step = healed_replay(run_dir, traj, step)
+        run_dir, step = healed_replay(run_dir, traj, step, model=model, tokenizer=tokenizer)
         traj = load_trajectory(run_dir, rerun=True)
         traj["healed_replay_of"] = source
-    spec = _spec(traj)
-    tokenizer, _ = load_tokenizer(spec)
-    model, info = load_model(spec, dtype=traj["model"]["dtype"], progress=False)
-    check_identity(traj, dataclasses.asdict(info), spec.path)
+    model, tokenizer = _export_model(traj, model, tokenizer)
     prompts, items = check_prompts(traj, tokenizer)
     maps = maps_at(Path(run_dir), traj["steps"][:step])  # a healed run's maps, else none
     modules = check_model(model) if maps else {}
@@ -220,9 +262,10 @@ def run_export(
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=model.dtype).eval()
     got = _last_logits(reloaded, prompts)
     diff = max(float((g - e).abs().max()) for g, e in zip(got, expected, strict=True))
+    spec = None if str(traj["model"].get("weights_sha256")).startswith(MEMORY) else _spec(traj)
     record = {
         "run": str(run_dir),
-        "base_hub_id": None if spec.local else spec.name,
+        "base_hub_id": None if spec is None or spec.local else spec.name,
         "step": step,
         "removed_layers": removed,
         "healed_layers": sorted(maps),

@@ -50,7 +50,7 @@ from phaseprune.runs.loading import (
     task_of,
     task_record,
 )
-from phaseprune.runs.outdir import OWN_STORE, check_out_dir, prepare_out_dir
+from phaseprune.runs.outdir import OWN_STORE, check_out_dir, one_writer, prepare_out_dir
 from phaseprune.runs.records import Readout, Trajectory
 from phaseprune.runs.results import Pruning, as_written, table_as_written
 from phaseprune.runs.resume import LATER_PRUNE_DEFAULTS, Recipe, load_previous, recipe_key
@@ -282,12 +282,13 @@ def run_prune(
         tokenizer: That model's tokenizer.
         task: A :class:`~phaseprune.tasks.TaskData`, instead of loading ``cfg.task.task``.
     """
-    run = PruneRun(cfg, model=model, tokenizer=tokenizer, task=task)
-    try:
-        return _run(run, on_step)
-    finally:
-        if run.healer is not None:
-            run.healer.close()  # the caller's model gets its own weights back
+    with one_writer(Path(cfg.out) if cfg.out else None):  # before anything loads
+        run = PruneRun(cfg, model=model, tokenizer=tokenizer, task=task)
+        try:
+            return _run(run, on_step)
+        finally:
+            if run.healer is not None:
+                run.healer.close()  # the caller's model gets its own weights back
 
 
 def _run(run: PruneRun, on_step: OnStep | None) -> Pruning:

@@ -15,6 +15,11 @@ seen. A damaged or unreadable cache is ignored and replaced.
 
 A hub model is identified by the commit of the snapshot the Hugging Face cache resolved, the
 name of its ``snapshots/<commit>`` folder.
+
+A model passed as an object (the Python API) has no file to hash: its identity is
+``memory:`` + :func:`tensors_sha256`, the sha256 of its config and of every parameter and
+buffer, streamed tensor by tensor, so two objects built from one config, or one edited in
+memory, are two models to the score store, ``resume`` and ``export``.
 """
 
 from __future__ import annotations
@@ -116,6 +121,33 @@ def weights_sha256(path: str | Path) -> str | None:
         return None
     manifest = "".join(f"{cached_sha256(p)}  {p.name}\n" for p in files)
     return hashlib.sha256(manifest.encode()).hexdigest()
+
+
+MEMORY = "memory:"
+"""Prefix of a held model's ``weights_sha256`` (:func:`tensors_sha256`), not a file hash."""
+_NOT_IDENTITY = ("_name_or_path", "transformers_version", "_commit_hash")
+
+
+def tensors_sha256(model) -> str:
+    """sha256 of a model's config and of each parameter and buffer (name, dtype, shape, bytes).
+
+    Tensors in name order; each is copied to the CPU alone (memory: the largest tensor), so
+    the cost is one pass over the weights: hashing and, on a GPU, the copy. The config counts
+    without its path and transformers version, which do not change what the model computes.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_IDENTITY}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    named = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    with torch.no_grad():
+        for name in sorted(named):
+            t = named[name].detach()
+            digest.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    return digest.hexdigest()
 
 
 def hub_revision(repo_id: str, revision: str | None = None) -> str | None:

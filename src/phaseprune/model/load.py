@@ -79,7 +79,8 @@ class ModelInfo:
     """Device of the input embeddings (``auto`` maps may spread layers over several)."""
     weights_sha256: str | None = None
     """sha256 of a local model's weight files (:func:`~phaseprune.model.identity.weights_sha256`);
-    None for hub models (``revision`` names them) and models passed as objects."""
+    for a model passed as an object ``memory:`` and the sha256 of its config and tensors
+    (:func:`~phaseprune.model.identity.tensors_sha256`); None for hub models (``revision``)."""
 
 
 def resolve_model(name: str) -> ModelSpec:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -123,6 +125,32 @@ class _Undo:
             setattr(obj, name, value)
 
 
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Each model's open ``without_layers`` views, outermost first (their undo records)."""
+
+
+def _close_view(model: nn.Module, undo: _Undo) -> None:
+    """Take back ``undo`` and every view opened inside it, innermost first.
+
+    Views exited out of order (the outer one first) would otherwise leave the model with the
+    inner view's layers and duplicated ``layer_idx``: the inner ones are closed here too, with
+    a warning, and their own exits later change nothing.
+    """
+    views = _OPEN.get(model, [])
+    if undo not in views:  # closed already, by an outer view exited before it
+        return
+    inner = views[views.index(undo) + 1 :]
+    if inner:
+        warnings.warn(
+            f"without_layers: a view was exited before {len(inner)} view(s) opened inside it; "
+            "they are closed too and the model is whole again (exit views innermost first)",
+            stacklevel=4,
+        )
+    for view in reversed(views[views.index(undo) :]):
+        view.restore()
+    del views[views.index(undo) :]
+
+
 def _gpt2_scaling(attn: nn.Module, layer_idx: int) -> float:
     """``GPT2Attention.scaling`` as built for ``layer_idx``, in the same floating-point steps."""
     scaling = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
@@ -166,7 +194,8 @@ def without_layers(model: nn.Module, removed: Iterable[int]) -> Iterator[Decoder
     get their original objects back.
 
     Contexts nest (exit them in reverse order): a view is a model like any other, so the
-    indices of an inner ``without_layers`` refer to the outer view's layers.
+    indices of an inner ``without_layers`` refer to the outer view's layers. An outer view
+    exited first closes the inner ones too (with a warning), so the model is always whole.
 
     Args:
         model: A causal LM of a supported family.
@@ -185,6 +214,7 @@ def without_layers(model: nn.Module, removed: Iterable[int]) -> Iterator[Decoder
     edits = _config_edits(model.config, kept)
     layers_attr = next(n for n, m in parts.base.named_children() if m is old_layers)
     undo = _Undo()
+    _OPEN.setdefault(model, []).append(undo)
     try:
         for name, value in edits.items():
             undo.set(model.config, name, value)
@@ -200,7 +230,7 @@ def without_layers(model: nn.Module, removed: Iterable[int]) -> Iterator[Decoder
             )
         yield decoder_parts(model)
     finally:
-        undo.restore()
+        _close_view(model, undo)
 
 
 @contextmanager

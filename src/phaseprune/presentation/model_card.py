@@ -59,8 +59,13 @@ def _identity(model: dict) -> str:
     if model.get("gguf_file"):
         digest = model.get("weights_sha256") or model["revision"]
         return f"sha256 `{digest}` of {model['gguf_file']}"
-    if model.get("weights_sha256"):
-        return f"sha256 `{model['weights_sha256']}` (of its weight files' sha256sum manifest)"
+    digest = model.get("weights_sha256")
+    if digest and digest.startswith("memory:"):
+        return (
+            f"sha256 `{digest.removeprefix('memory:')}` of its config and tensors (held in memory)"
+        )
+    if digest:
+        return f"sha256 `{digest}` (of its weight files' sha256sum manifest)"
     if model.get("revision"):
         return f"hub revision `{model['revision']}`"
     return "not recorded"

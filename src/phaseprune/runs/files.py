@@ -196,6 +196,8 @@ def load_run(path: str | Path, kind: RunKind | None = None) -> RunRecord:
     Raises:
         UsageError: not a run, another kind, another schema version, a damaged record.
     """
+    if kind is not None and kind not in RECORD_FILES:
+        raise UsageError(f"kind={kind!r}: pass 'analyze', 'prune' or None (either)")
     path = Path(path)
     if path.is_file() and path.name in RECORD_FILES.values():
         path = path.parent

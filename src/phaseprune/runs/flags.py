@@ -166,13 +166,43 @@ def _bound_error(f: dataclasses.Field, value) -> str | None:
     return None
 
 
-def check_fields(config) -> None:
-    """Refuse a field outside its bounds or choices, or that its ``parse`` refuses, in one line.
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+_HINTS: dict[type, dict] = {}
 
-    Runs whenever a config is built, so a config made in Python is checked like the CLI's.
+
+def _kind_error(tp, value) -> str | None:
+    """Why ``value`` is not of the field type ``tp`` (None if it is); bool is not a number."""
+    base, optional = _base_type(tp)
+    if value is None:
+        return None if optional else "must be given"
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, tuple):
+            return f"must be a list, not {type(value).__name__}"
+        return next((why for v in value if (why := _kind_error(typing.get_args(base)[0], v))), None)
+    if base not in _KINDS:
+        return None if not isinstance(base, type) or isinstance(value, base) else (
+            f"must be a {base.__name__}, not {type(value).__name__}")  # fmt: skip
+    ok = isinstance(value, str) if base is str else isinstance(value, bool) == (base is bool)
+    ok = ok and (base is str or isinstance(value, int | float if base is float else base))
+    return None if ok else f"must be {_KINDS[base]}, not {type(value).__name__}"
+
+
+def check_fields(config) -> None:
+    """Refuse a field of the wrong type, out of bounds or choices, or unparsable, in one line.
+
+    Runs whenever a config is built, so a config made in Python is checked like the CLI's
+    (``limit="4"``, ``shots=True`` or ``n_boot=20.7`` before any model work). A list given for
+    a tuple field becomes the tuple the CLI would make.
     """
+    cls = type(config)
+    hints = _HINTS.setdefault(cls, typing.get_type_hints(cls))
     for f in dataclasses.fields(config):
         value, flag = getattr(config, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, list) and typing.get_origin(_base_type(hints[f.name])[0]) is tuple:
+            value = tuple(value)
+            object.__setattr__(config, f.name, value)  # frozen: set once, while being built
+        if why := _kind_error(hints[f.name], value):
+            raise UsageError(f"{flag} {value!r}: {why}")
         if f.metadata.get("parse") and isinstance(value, str):
             try:
                 f.metadata["parse"](value)

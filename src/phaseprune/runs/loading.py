@@ -118,10 +118,12 @@ def encode_held(model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, chec
 
     The prompts are encoded and checked as for a loaded model; the model is put in eval mode
     with gradients off (the readout needs both) and otherwise left as it is: its dtype and
-    device are recorded, not changed. Its identity is the config's ``name_or_path``; nothing
-    hashes weights held in memory, so its ``revision`` is None.
+    device are recorded, not changed. Its name is the config's ``name_or_path``; its identity
+    (``weights_sha256``) is ``memory:`` and the sha256 of its config and tensors
+    (:func:`~phaseprune.model.identity.tensors_sha256`); its ``revision`` is None.
     """
     from phaseprune.model.arch import check_family, decoder_parts
+    from phaseprune.model.identity import MEMORY, tensors_sha256
     from phaseprune.model.load import model_info
 
     config = getattr(model, "config", None)
@@ -129,8 +131,9 @@ def encode_held(model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, chec
     check_family(getattr(config, "model_type", None), name)
     if tokenizer is None:
         raise UsageError("a model passed as an object needs its tokenizer too: pass tokenizer=...")
-    enc = _encode(tokenizer, config, task, tc)
     parts = decoder_parts(model)
+    check_tokenizer(tokenizer, parts.embed.weight.shape[0], name)
+    enc = _encode(tokenizer, config, task, tc)
     if check_layers is not None:
         check_layers(len(parts.layers))
     dtype = str(parts.embed.weight.dtype).removeprefix("torch.")
@@ -140,7 +143,26 @@ def encode_held(model, tokenizer, task, tc: TaskConfig, mc: ModelConfig, *, chec
             " or leave dtype unset"
         )
     model.eval().requires_grad_(False)
-    return enc, model, model_info(model, parts, name=name, path=name, dtype=dtype)
+    weights = MEMORY + tensors_sha256(model)  # its identity: no file to hash
+    return enc, model, model_info(model, parts, name=name, path=name, dtype=dtype,
+                                  weights_sha256=weights)  # fmt: skip
+
+
+def check_tokenizer(tokenizer, vocab: int, name: str) -> None:
+    """Refuse a tokenizer whose ids the model cannot embed (another model's tokenizer).
+
+    A model's embedding may have more rows than its tokenizer has tokens (padded for speed),
+    never fewer; a smaller tokenizer than the embedding by more than a padding's worth is
+    also another model's (measured: a 497-token tokenizer against a 49,152-row embedding gave
+    numbers without meaning, silently).
+    """
+    size = len(tokenizer)
+    if size > vocab or size < vocab // 2:
+        raise UsageError(
+            f"the tokenizer has {size:,} tokens and {name}'s embedding {vocab:,} rows: it is "
+            "another model's tokenizer; pass the one loaded with the model "
+            "(AutoTokenizer.from_pretrained of the same checkpoint)"
+        )
 
 
 def _encode(tokenizer, config, task, tc: TaskConfig):

@@ -19,11 +19,19 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (one writer is then the user's to keep)
+    fcntl = None
 
 import numpy as np
 
 from phaseprune.core.errors import UsageError
+from phaseprune.model.distributed import is_main
 from phaseprune.runs.records import (
     RECORD_FILES,
     RunKind,
@@ -85,6 +93,48 @@ def check_out_dir(out: Path, kind: RunKind, *, overwrite: bool, resume: bool = F
         )
 
 
+LOCK_FILE = ".phaseprune.lock"
+"""The run directory's lock: held by the one process writing there, naming its pid."""
+
+
+@contextmanager
+def one_writer(out: Path | None) -> Iterator[None]:
+    """Hold ``out``'s lock while a run writes there; a second writer is refused at once.
+
+    An OS file lock (``flock`` on ``OUT/.phaseprune.lock``), so the kernel releases it when the
+    process ends however it ends; the file holds the holder's pid for the refusal. Taken before
+    any model loads: two runs started together into one directory both passed the "already
+    holds a run" check, which sees a run only once its first step is written. Only process 0
+    of a torchrun launch writes, so only it locks. A directory made here and left holding
+    nothing but the lock (a run refused before writing) is removed again.
+    """
+    if out is None or fcntl is None or not is_main() or (out.exists() and not out.is_dir()):
+        yield  # a file as --out is refused by check_out_dir with its own message
+        return
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(
+            f"--out {out} is being written by another phaseprune process (pid {holder}); "
+            "wait for it to end, or pass another --out"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # still held: no race
+            path.unlink(missing_ok=True)
+            out.rmdir()
+        os.close(fd)  # releases the lock
+
+
 OWN_STORE = "score-cache"
 """A prune run's own score store, inside its ``--out`` (used without ``--score-cache``)."""
 
@@ -100,7 +150,9 @@ def prepare_out_dir(out: Path, kind: RunKind, *, overwrite: bool) -> None:
     check_out_dir(out, kind, overwrite=overwrite)
     for name in OWNED[kind] if overwrite else ():
         target = out / name
-        if target.is_dir():
+        if target.is_symlink():  # the link goes, never what it points to
+            target.unlink()
+        elif target.is_dir():
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)

@@ -93,17 +93,8 @@ def load_user_task(
             "parquet:": lambda p: _builder_records("parquet", p),
         }[prefix](path)
     unit = "line" if prefix in ("csv:", "jsonl:") else "record"
-    by_subject: dict[str, list[MCItem]] = {}
-    seen: set[str] = set()
-    for row, (line, record) in enumerate(records):
-        where = f"{source if prefix == 'hf:' else path}, {unit} {line}"
-        item = _record_item(record, row, path, where)
-        if item.item_id in seen:
-            raise UsageError(f"{where}: id {item.item_id!r} repeats; ids must be unique")
-        seen.add(item.item_id)
-        by_subject.setdefault(item.subject, []).append(item)
-    if not by_subject:
-        raise UsageError(f"{path} holds no records; add some rows")
+    where = f"{source if prefix == 'hf:' else path}, {unit}"
+    by_subject = _by_subject(records, path, where)
     chosen = choose_subjects(name, subjects, list(by_subject), str(path))
     return assemble(
         name=name,
@@ -114,6 +105,53 @@ def load_user_task(
         limit=limit,
         scored={s: by_subject[s] for s in chosen},
     )
+
+
+def records_task(
+    records, subjects: Sequence[str] | None = None, shots: int = 0, limit: int | None = None
+) -> TaskData:
+    """A task from items held in memory: a list of dicts or a ``pandas.DataFrame``.
+
+    A row an item, with the fields a ``jsonl:`` file has (module docstring); the subject
+    defaults to ``records``.
+
+    Raises:
+        UsageError: For anything else, or a malformed record (named by its 1-based number).
+    """
+    if hasattr(records, "to_dict") and hasattr(records, "columns"):  # a DataFrame
+        records = records.to_dict("records")
+    if not isinstance(records, list | tuple) or not all(isinstance(r, Mapping) for r in records):
+        raise UsageError(
+            f"task={type(records).__name__}: pass a task name, a list of dicts, a DataFrame, or "
+            "a TaskData from phaseprune.tasks.load_task"
+        )
+    path = Path("records")
+    by_subject = _by_subject(_lower_keys(records), path, "records, record")
+    chosen = choose_subjects("records", subjects, list(by_subject), "the records")
+    return assemble(
+        name="records",
+        split=USER_SPLIT,
+        source="in memory",
+        source_kind="records",
+        shots=shots,
+        limit=limit,
+        scored={s: by_subject[s] for s in chosen},
+    )
+
+
+def _by_subject(records, path: Path, where: str) -> dict[str, list[MCItem]]:
+    """Items by subject, in record order; ids checked unique."""
+    by_subject: dict[str, list[MCItem]] = {}
+    seen: set[str] = set()
+    for row, (line, record) in enumerate(records):
+        item = _record_item(record, row, path, f"{where} {line}")
+        if item.item_id in seen:
+            raise UsageError(f"{where} {line}: id {item.item_id!r} repeats; ids must be unique")
+        seen.add(item.item_id)
+        by_subject.setdefault(item.subject, []).append(item)
+    if not by_subject:
+        raise UsageError(f"{path} holds no records; add some rows")
+    return by_subject
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:

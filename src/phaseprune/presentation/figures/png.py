@@ -19,6 +19,8 @@ A pruning run's (:data:`PRUNE_FIGURES`):
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -263,10 +265,18 @@ PRUNE_FIGURES: dict[str, Callable[[dict], Figure]] = {
 
 def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` atomically (a temporary name, then a rename) and close it."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)  # a name of its own: two writers never share one
+    tmp = Path(name)
+    try:
+        fig.savefig(tmp, dpi=130)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        tmp.chmod(0o666 & ~mask)  # as a plain write would make it (mkstemp makes 0600)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
