@@ -167,3 +167,43 @@ def test_a_model_in_memory_is_known_by_its_tensors(decider, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     card = (tmp_path / "x" / "README.md").read_text()
     assert "of its config and tensors (a model held in memory)" in card
+
+
+def test_values_no_run_can_hold_are_refused_by_the_loader(decider, tmp_path, capsys):
+    import json
+
+    from phaseprune.cli import main
+
+    run = tmp_path / "run"
+    argv = ["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
+            "--quiet", "--no-plots", "--n-boot", "20", "--calib", "16", "--eval", "24",
+            "--strategy", "last", "--steps", "1", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    good = (run / "trajectory.json").read_text()
+    for edit, said in (
+        ((("steps", 0, "eval_accuracy"), 5.0), "steps[0].eval_accuracy = 5.0"),
+        ((("steps", 0, "removed_layers"), [999]), "removed_layers [999] (the model has 6 layers)"),
+    ):
+        traj = json.loads(good)
+        (a, i, key), value = edit
+        traj[a][i][key] = value
+        (run / "trajectory.json").write_text(json.dumps(traj))
+        with pytest.raises(UsageError, match=said.replace("[", r"\[").replace("(", r"\(")):
+            load_run(run)
+        capsys.readouterr()
+        assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_pickled_weights_are_refused_in_one_line(decider, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(decider.path, folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(UsageError, match=r"only as pickles \(pytorch_model.bin\)"):
+        phaseprune.analyze(str(folder), task=f"jsonl:{decider.path / 'eval.jsonl'}", limit=4)

@@ -232,6 +232,25 @@ def load_tokenizer(spec: ModelSpec, *, trust_remote_code: bool = False):
     return tokenizer, config
 
 
+def _refuse_pickles(spec: ModelSpec) -> None:
+    """Refuse a local checkpoint whose only weights are pickles (``pytorch_model.bin``).
+
+    Unpickling can run code, so they are never loaded (transformers refuses them too, with a
+    traceback); safetensors beside them are what ``from_pretrained`` reads.
+    """
+    folder = Path(spec.path)
+    if spec.gguf_file or not spec.local or not folder.is_dir():
+        return
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth")) and "model" in n)
+    if pickles and not any(n.endswith(".safetensors") for n in names):
+        raise UsageError(
+            f"{spec.path} holds its weights only as pickles ({pickles[0]}), which phaseprune "
+            "never loads (unpickling can run code): convert them to safetensors where you "
+            "trust the file (model.save_pretrained(dir, safe_serialization=True))"
+        )
+
+
 def _damaged(spec: ModelSpec) -> str:
     """A hint for a GGUF file that cannot be read."""
     return "; the .gguf file may be truncated or damaged: fetch it again" if spec.gguf_file else ""
@@ -314,6 +333,7 @@ def load_model(
         kwargs["device_map"] = "auto"
         if share := gpu_share():  # several processes on this machine: this one's GPUs only
             kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in share}
+    _refuse_pickles(spec)
     _quiet_transformers(progress)
     try:
         with gguf_bar(progress), gguf_reads():

@@ -158,10 +158,42 @@ def check_record(path: Path, record: dict, kind: RunKind) -> dict:
             f"{kind} record this phaseprune wrote (edited or damaged); "
             f"rerun `phaseprune {kind}`"
         )
+    bad = _out_of_range(record, kind)
+    if bad:
+        raise UsageError(
+            f"{path} holds {bad}: not a {kind} record this phaseprune wrote (edited or "
+            f"damaged); rerun `phaseprune {kind}`"
+        )
     unknown = sorted(record.keys() - keys)
     if unknown:
         warnings.warn(f"{path}: ignoring unknown keys {unknown}", stacklevel=3)
     return {k: v for k, v in record.items() if k in keys}
+
+
+def _accuracies(value, where: str):
+    """``(where, number)`` for every number under a key naming an accuracy (settings aside)."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key != "settings":
+                yield from _accuracies(child, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _accuracies(child, f"{where}[{i}]")
+    elif "accuracy" in where.rsplit(".", 1)[-1] and isinstance(value, int | float):
+        yield where, value
+
+
+def _out_of_range(record: dict, kind: RunKind) -> str | None:
+    """The first value no run can hold: an accuracy outside [0, 1], a layer outside the model."""
+    bad = next(((w, v) for w, v in _accuracies(record, "") if not 0 <= v <= 1), None)
+    if bad is not None:
+        return f"{bad[0]} = {bad[1]} (an accuracy is within 0..1)"
+    n = record.get("n_layers")
+    for step in record.get("steps", []) if kind == "prune" and isinstance(n, int) else []:
+        layers = step.get("removed_layers", []) if isinstance(step, dict) else []
+        if any(not isinstance(k, int) or not 0 <= k < n for k in layers):
+            return f"step {step.get('step')}'s removed_layers {layers} (the model has {n} layers)"
+    return None
 
 
 _NOUNS = {None: "phaseprune", "analyze": "analyze", "prune": "pruning"}
