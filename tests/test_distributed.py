@@ -137,6 +137,29 @@ def test_two_processes_equal_one(decider_runs, name):
     assert launched.stdout.count("wrote ") == 1
 
 
+def test_processes_given_other_settings_are_refused_at_the_start(decider, tmp_path):
+    """Process 1 told another --out and --n-boot: both exit 2 in one line before any work."""
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import os, sys\n"
+        "from phaseprune.cli import main\n"
+        "args = sys.argv[1:]\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    args = [a[:-3] + 'TWO' if a.endswith('ONE') else '50' if a == '100' else a\n"
+        "            for a in args]\n"
+        "sys.exit(main(args))\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), "analyze", "--model", str(decider.path), "--task",
+           f"jsonl:{decider.path / 'eval.jsonl'}", "--limit", "40", "--n-boot", "100",
+           "--no-plots", "--quiet", "--out", str(tmp_path / "ONE")]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "given other settings" in line]
+    assert len(lines) == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "ONE").exists() and not (tmp_path / "TWO").exists()
+
+
 def test_killed_process_stops_the_other_and_resume_finishes(decider, tmp_path):
     data = ["--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
             "--n-boot", "50", "--no-plots", "--strategy", "iterative", "--calib", "30",

@@ -22,7 +22,14 @@ from phaseprune.core.metrics import item_metrics, layer_stats
 from phaseprune.core.phases import detect_phases
 from phaseprune.engine.readout import read_options
 from phaseprune.model.arch import decoder_parts
-from phaseprune.model.distributed import COMMUNICATION, barrier, is_main, join, on_main
+from phaseprune.model.distributed import (
+    COMMUNICATION,
+    barrier,
+    is_main,
+    join,
+    on_main,
+    same_everywhere,
+)
 from phaseprune.model.load import default_max_tokens, resolve_model
 from phaseprune.presentation.figures.stamp import stamp_figures
 from phaseprune.runs.config import AnalyzeConfig
@@ -64,6 +71,7 @@ def _analyze(cfg: AnalyzeConfig, model, tokenizer, task) -> Analysis:
     tc, mc = cfg.task, cfg.model
     check_model_config(mc)
     processes = join(mc.device)  # launched by torchrun / accelerate: each reads a shard
+    same_everywhere(settings_record(cfg), "settings or --out")
     if task is None:
         task = task_of(tc, limit=tc.limit)
     if tc.limit is not None and len(task.items) < tc.limit:  # as prune refuses --calib + --eval

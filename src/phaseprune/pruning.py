@@ -35,6 +35,7 @@ from phaseprune.model.distributed import (
     is_main,
     join,
     on_main,
+    same_everywhere,
 )
 from phaseprune.model.load import cache_budget_bytes, default_max_tokens, resolve_model
 from phaseprune.model.surgery import kept_layers
@@ -51,7 +52,7 @@ from phaseprune.runs.loading import (
     task_record,
 )
 from phaseprune.runs.outdir import OWN_STORE, check_out_dir, one_writer, prepare_out_dir
-from phaseprune.runs.records import Readout, Trajectory
+from phaseprune.runs.records import Readout, Trajectory, settings_record
 from phaseprune.runs.results import Pruning, as_written, table_as_written
 from phaseprune.runs.resume import LATER_PRUNE_DEFAULTS, Recipe, load_previous, recipe_key
 from phaseprune.runs.score_store import ScoreStore
@@ -88,6 +89,7 @@ class PruneRun:
         check_model_config(cfg.model)
         cfg = dataclasses.replace(cfg, objective=objective_of(cfg.strategy, cfg.objective))
         self.processes = join(cfg.model.device)  # launched by torchrun: each scores a shard
+        same_everywhere(settings_record(cfg), "settings or --out")
         self.lm_eval = StepScorer(cfg, tokenizer)  # lm-eval missing or a task unknown: fail now
         self.cfg = cfg
         self.out = Path(cfg.out) if cfg.out else None  # None: kept in memory only

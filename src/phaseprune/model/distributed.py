@@ -34,6 +34,8 @@ from datetime import timedelta
 
 import torch
 
+from phaseprune.core.errors import UsageError
+
 _LOCAL: ContextVar[bool] = ContextVar("phaseprune_local", default=False)
 DEFAULT_TIMEOUT_S = 1800.0
 COMMUNICATION = {"seconds": 0.0, "bytes_sent": 0, "gathers": 0}
@@ -69,6 +71,31 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_as_main() -> bool:
+    """Whether the launcher made this process rank 0 (its ``RANK``): known before :func:`join`."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def same_everywhere(value, what: str) -> None:
+    """Refuse, on every process at once, a launch whose processes were given other ``value``s.
+
+    Each process's ``value`` (its settings) is gathered; where one differs from process 0's,
+    every process raises the same one-line error before any work, instead of a traceback
+    at the end of the run.
+    """
+    dist = _dist()
+    if not dist:
+        return
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    odd = [i for i, v in enumerate(values) if v != values[0]]
+    if odd:
+        raise UsageError(
+            f"process {odd[0]} of the launch was given other {what} than process 0: start "
+            "every process with the same command"
+        )
+
+
 def timeout_s() -> float:
     """Seconds a collective waits for the other processes (``PHASEPRUNE_DIST_TIMEOUT``)."""
     return float(os.environ.get("PHASEPRUNE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
@@ -93,8 +120,6 @@ def gpu_share() -> list[int] | None:
     n = torch.cuda.device_count()
     k = n // per_machine
     if k == 0:
-        from phaseprune.core.errors import UsageError
-
         raise UsageError(
             f"--device auto: {per_machine} processes share this machine's {n} GPU(s); launch "
             f"at most {n} per machine (--nproc_per_node)"
