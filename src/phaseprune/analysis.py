@@ -48,7 +48,13 @@ from phaseprune.runs.outdir import (
     one_writer,
     prepare_out_dir,
 )
-from phaseprune.runs.records import Summary, build_summary, items_table, settings_record
+from phaseprune.runs.records import (
+    Summary,
+    build_summary,
+    items_table,
+    launch_settings,
+    settings_record,
+)
 from phaseprune.runs.results import Analysis, as_written, table_as_written
 
 
@@ -71,7 +77,7 @@ def _analyze(cfg: AnalyzeConfig, model, tokenizer, task) -> Analysis:
     tc, mc = cfg.task, cfg.model
     check_model_config(mc)
     processes = join(mc.device)  # launched by torchrun / accelerate: each reads a shard
-    same_everywhere(settings_record(cfg), "settings or --out")
+    same_everywhere(launch_settings(cfg), "settings or --out")
     if task is None:
         task = task_of(tc, limit=tc.limit)
     if tc.limit is not None and len(task.items) < tc.limit:  # as prune refuses --calib + --eval

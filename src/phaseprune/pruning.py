@@ -52,7 +52,7 @@ from phaseprune.runs.loading import (
     task_record,
 )
 from phaseprune.runs.outdir import OWN_STORE, check_out_dir, one_writer, prepare_out_dir
-from phaseprune.runs.records import Readout, Trajectory, settings_record
+from phaseprune.runs.records import Readout, Trajectory, launch_settings
 from phaseprune.runs.results import Pruning, as_written, table_as_written
 from phaseprune.runs.resume import LATER_PRUNE_DEFAULTS, Recipe, load_previous, recipe_key
 from phaseprune.runs.score_store import ScoreStore
@@ -89,7 +89,7 @@ class PruneRun:
         check_model_config(cfg.model)
         cfg = dataclasses.replace(cfg, objective=objective_of(cfg.strategy, cfg.objective))
         self.processes = join(cfg.model.device)  # launched by torchrun: each scores a shard
-        same_everywhere(settings_record(cfg), "settings or --out")
+        same_everywhere(launch_settings(cfg), "settings or --out")
         self.lm_eval = StepScorer(cfg, tokenizer)  # lm-eval missing or a task unknown: fail now
         self.cfg = cfg
         self.out = Path(cfg.out) if cfg.out else None  # None: kept in memory only

@@ -242,6 +242,14 @@ def settings_record(cfg) -> dict[str, Any]:
     return settings
 
 
+def launch_settings(cfg) -> dict[str, Any]:
+    """What every process of a torchrun launch must share: the settings, less how each prints.
+
+    Processes other than 0 run quiet, so ``quiet`` (and ``log_json``) may differ.
+    """
+    return {k: v for k, v in settings_record(cfg).items() if k not in ("quiet", "log_json")}
+
+
 def build_summary(
     *,
     model: dict,
