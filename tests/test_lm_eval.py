@@ -264,3 +264,26 @@ def test_resume_may_add_lm_eval_scores(task_dir, model_dir, tmp_path, capsys):
     traj = json.loads((out / "trajectory.json").read_text())
     assert "lm_eval" not in traj["step0"] and "lm_eval" not in traj["steps"][0]
     assert traj["steps"][1]["lm_eval"]["toy_mc"]["n"] == 4
+
+
+@needs_lm_eval
+def test_mixed_option_counts_warn_and_bad_templates_name_the_field(tmp_path):
+    """Docs with another number of choices are left out with a warning saying how many; a
+    template that fails names its field in one line (it was a traceback)."""
+    rows = _rows(8, "Item")
+    for row in rows[:3]:
+        row["opts"] = row["opts"][:3]
+        row["label"] = min(row["label"], 2)
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mc = ('output_type: multiple_choice\ntest_split: test\n'
+          'doc_to_text: "Question: {{q}}\\nAnswer:"\ndoc_to_choice: "{{opts}}"\n'
+          "doc_to_target: label\n")  # fmt: skip
+    (tmp_path / "toy_mixed.yaml").write_text(_yaml("toy_mixed", {"test": data}, mc))
+    with pytest.warns(UserWarning, match="toy_mixed: 3 of 8 docs have another number of choices"):
+        task = load_task("lm_eval:toy_mixed", lm_eval_include=str(tmp_path))
+    assert len(task.items) == 5 and len(task.dropped) == 3
+    broken = mc.replace("{{q}}", "{{q.nope()}}")
+    (tmp_path / "toy_broken.yaml").write_text(_yaml("toy_broken", {"test": data}, broken))
+    with pytest.raises(UsageError, match="the task's doc_to_text failed .*fix doc_to_text"):
+        load_task("lm_eval:toy_broken", lm_eval_include=str(tmp_path))

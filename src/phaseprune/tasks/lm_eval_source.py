@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -188,6 +189,15 @@ def load_lm_eval_task(
         take = None if limit is None else limit + shots
         scored[subject] = [_item(task, subject, f"{subject}/{i}", d) for i, d in _first(docs, take)]
     scored, dropped = _common_option_count(scored)
+    if dropped:  # said where it is seen, not only in the record's dropped_items
+        n = len(next(iter(it for items in scored.values() for it in items)).options)
+        kept = sum(len(items) for items in scored.values())
+        warnings.warn(
+            f"{spec}: {len(dropped)} of {len(dropped) + kept} docs have another number of "
+            f"choices than the most common ({n}) and are left out (phaseprune scores one "
+            "option count per task)",
+            stacklevel=2,
+        )
     dev, excluded = _exemplars(tasks, splits, scored, shots)
     source = (
         f"lm-eval {spec} ({'; '.join(f'{s}: {_dataset(tasks[s])}' for s in chosen)}): its"
@@ -286,9 +296,8 @@ def _dataset(task) -> str:
 def _item(task, subject: str, item_id: str, doc: dict, fewshot: bool = False) -> MCItem:
     where = f"lm-eval task {subject!r}, doc {item_id}"
     fs = getattr(task, "fewshot_cfg", None) if fewshot else None
-    text = task.doc_to_text(doc, getattr(fs, "doc_to_text", None))
-    choices = task.doc_to_choice(doc, getattr(fs, "doc_to_choice", None))
-    target = task.doc_to_target(doc, getattr(fs, "doc_to_target", None))
+    fields = ("doc_to_text", "doc_to_choice", "doc_to_target")
+    text, choices, target = (_render(task, field, doc, fs, where) for field in fields)
     if not isinstance(text, str):
         raise UsageError(f"{where}: doc_to_text gave {text!r:.40}, not text; it must give text")
     if not isinstance(choices, list | tuple):
@@ -300,6 +309,17 @@ def _item(task, subject: str, item_id: str, doc: dict, fewshot: bool = False) ->
     else:
         question, options = _question(text), choices
     return make_item(item_id, subject, question, options, answer, where)
+
+
+def _render(task, field: str, doc: dict, fs, where: str):
+    """``task.<field>(doc)``; one that fails (a Jinja error, a key the doc lacks) is named."""
+    try:
+        return getattr(task, field)(doc, getattr(fs, field, None))
+    except Exception as err:  # jinja2's errors, and whatever a template's expression raises
+        raise UsageError(
+            f"{where}: the task's {field} failed ({type(err).__name__}: {first_line(err)}); "
+            f"fix {field} in the task's YAML"
+        ) from None
 
 
 def _answer(target: object, choices: list[str], where: str) -> int:
