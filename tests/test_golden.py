@@ -77,7 +77,8 @@ def without_item_outcomes(got: dict) -> dict:
 
 
 def relabelled(golden: dict) -> dict:
-    """The golden record with the intended change applied: ``none`` for undecided removals."""
+    """The golden record with the intended changes applied: ``none`` for undecided removals,
+    and no "never decides" for a model above chance on too few items to tell."""
     if "steps" not in golden:
         return golden
     previous = golden["step0"]["transition_layer"]
@@ -86,6 +87,14 @@ def relabelled(golden: dict) -> dict:
             step["phase_of_removed"] = "none"
         previous = step["transition_layer"]
     c = golden["collapse"]
+    base, low = golden["step0"]["eval_accuracy"], golden["step0"]["eval_accuracy_ci"][0]
+    chance = golden["chance"]
+    if c["step"] is None and low <= chance < base:  # above chance, too few items to tell
+        c["statement"] = (
+            f"The unpruned accuracy ({base:.0%}) cannot be told from chance ({chance:.0%}) on "
+            f"these items (its 95% interval starts at {low:.0%}), so no removal can be blamed "
+            "for a collapse; more evaluation items would tell."
+        )
     if c["step"] is not None:
         c["phase_of_removed"] = golden["steps"][c["step"] - 1]["phase_of_removed"]
         if c["phase_of_removed"] == "none":

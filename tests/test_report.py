@@ -137,10 +137,15 @@ def test_text_formats():
         "Removing layer 6 (from a model with no transition left) at step 2 dropped accuracy "
         "from 80% to 30% (within chance)."
     )
-    at_chance = {"eval_accuracy": 0.3, "eval_accuracy_ci": [0.2, 0.4]}
+    at_chance = {"eval_accuracy": 0.24, "eval_accuracy_ci": [0.2, 0.3]}
     assert collapse_statement({"step": None}, at_chance, [], 0.25, 0.5, pct=pct).startswith(
-        "The unpruned model is already within chance (30%, chance 25%)"
+        "The unpruned model is already within chance (24%, chance 25%): it never decides"
     )
+    # above chance on too few items to tell (one item right: 100%, its interval from 0%)
+    one = {"eval_accuracy": 1.0, "eval_accuracy_ci": [0.0, 1.0]}
+    said = collapse_statement({"step": None}, one, [], 0.25, 0.5, pct=pct)
+    assert said.startswith("The unpruned accuracy (100%) cannot be told from chance (25%)")
+    assert "never decides" not in said
 
 
 def test_analyze_report(report_runs, capsys):

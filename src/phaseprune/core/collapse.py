@@ -73,10 +73,17 @@ def collapse_statement(
             f" at step {collapse['step']} dropped accuracy from {pct(collapse['accuracy_before'])}"
             f" to {pct(collapse['accuracy_after'])} ({collapse['reason']})."
         )
-    if within_chance(step0["eval_accuracy_ci"][0], chance):
+    low = step0["eval_accuracy_ci"][0]
+    if within_chance(low, chance) and base <= chance:
         return (
             f"The unpruned model is already within chance ({pct(base)}, chance "
             f"{pct(chance)}): it never decides, so no removal can be blamed for a collapse."
+        )
+    if within_chance(low, chance):  # above chance, but too few items to tell it from chance
+        return (
+            f"The unpruned accuracy ({pct(base)}) cannot be told from chance ({pct(chance)}) on "
+            f"these items (its 95% interval starts at {pct(low)}), so no removal can be blamed "
+            "for a collapse; more evaluation items would tell."
         )
     last = steps[-1]["eval_accuracy"] if steps else base
     sentence = f"No collapse within {len(steps)} removals (accuracy {pct(last)})."
