@@ -207,3 +207,37 @@ def test_pickled_weights_are_refused_in_one_line(decider, tmp_path):
     torch.save(weights, folder / "pytorch_model.bin")
     with pytest.raises(UsageError, match=r"only as pickles \(pytorch_model.bin\)"):
         phaseprune.analyze(str(folder), task=f"jsonl:{decider.path / 'eval.jsonl'}", limit=4)
+
+
+def test_two_checkpoints_sharing_a_score_cache_stay_apart(decider, tmp_path):
+    """On the command line, a checkpoint's identity is its files' sha256: an edited copy shares
+    a --score-cache with the original and still gets its own numbers."""
+    import json
+    import shutil
+
+    import transformers as tf
+
+    from phaseprune.cli import main
+
+    copy = tmp_path / "edited"
+    shutil.copytree(decider.path, copy)
+    model = tf.AutoModelForCausalLM.from_pretrained(copy)
+    with torch.no_grad():
+        decoder_parts(model).layers[3].mlp.down_proj.weight.mul_(-3.0)
+    model.save_pretrained(copy)
+
+    def prune(path, out, *extra):
+        argv = ["prune", "--model", str(path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
+                "--quiet", "--no-plots", "--n-boot", "20", "--calib", "16", "--eval", "24",
+                "--strategy", "iterative", "--steps", "2", "--out", str(out), *extra]  # fmt: skip
+        assert main(argv) == 0
+        traj = json.loads((out / "trajectory.json").read_text())
+        return [s["eval_accuracy"] for s in traj["steps"]], [
+            s["removed_layer"] for s in traj["steps"]
+        ]
+
+    shared = ["--score-cache", str(tmp_path / "store")]
+    first = prune(decider.path, tmp_path / "a", *shared)
+    second = prune(copy, tmp_path / "b", *shared)
+    alone = prune(copy, tmp_path / "c")
+    assert second == alone and alone != first
