@@ -334,3 +334,24 @@ def test_log_names_the_gpu_a_stage_ran_on(tmp_path):
     assert "accelerator" not in log[0] and log[1]["accelerator"] == "NVIDIA H200"
     assert log[0]["wall_s"] == 1.2
     assert stages._accelerator("cpu") is None
+
+
+def test_healing_table_pairs_each_healed_run(decider, tmp_path):
+    """A healed stage against itself unhealed and the head-to-head run of its rule."""
+    from phaseprune_study import healing
+
+    plan = dataclasses.replace(plans.PLANS["qwen2.5-coder-1.5b"], name="tiny",
+                               h2h={"last": {"strategy": "last"}},
+                               heal={"last": {"strategy": "last", "heal": "linear"}})  # fmt: skip
+    runs = tmp_path / "runs"
+    _pruned(_cfg(decider, runs / "tiny" / "heal-last", 2, heal="linear", heal_items=12))
+    _pruned(_cfg(decider, runs / "tiny" / "h2h-last", 2))
+    rows = healing.healing_rows(plan, "last", runs)
+    healed = load_trajectory(runs / "tiny" / "heal-last")
+    assert [r["removed"] for r in rows] == [sorted(s["removed_so_far"]) for s in healed["steps"]]
+    for row, step in zip(rows, healed["steps"], strict=True):
+        gap = 100 * (step["eval_accuracy"] - step["unhealed"]["eval_accuracy"])
+        assert row["vs_unhealed"][0] == pytest.approx(round(gap, 1))
+        assert row["vs_unhealed"][1] <= row["vs_unhealed"][0] <= row["vs_unhealed"][2]
+        assert row["h2h"] == step["unhealed"]["eval_accuracy"]  # `last`: the same removals
+    assert "### heal-last" in healing.markdown(plan, runs)
