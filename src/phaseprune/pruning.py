@@ -314,7 +314,7 @@ def _run(run: PruneRun, on_step: OnStep | None) -> Pruning:
                 break
             position = kept_layers(run.info.n_layers, removed).index(choice.layers[0])
             phase = removal_phase(prev["transition_layer"], position)
-            heal = heal_step(run, step, removed, choice.layers)
+            heal = heal_step(run, step, removed, choice.layers, traj["timing"])
             removed = [*removed, *choice.layers]
             readout = run.eval_readout(removed)
             readout |= _lm_eval(run, removed, step)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,17 @@ def heal_key(cfg, healer: LinearHealer | None) -> list:
     return [(cfg.heal, cfg.heal_when, healer.data.record(), list(RIDGES))]
 
 
-def heal_step(run, step: int, removed: list[int], layers: tuple[int, ...]) -> dict | None:
+def heal_step(
+    run, step: int, removed: list[int], layers: tuple[int, ...], timing: dict
+) -> dict | None:
     """Fit (or take the search's) map for removing ``layers``, fold it in, keep it on disk.
 
-    ``run`` is prune's ``PruneRun``; returns the step's ``heal`` record (None unhealed).
+    ``run`` is prune's ``PruneRun``; returns the step's ``heal`` record (None unhealed). The
+    seconds it took (fit, judge, fold) go into ``timing`` as ``step_N_heal_s``.
     """
     if run.healer is None:
         return None
+    started = time.perf_counter()
     key = layers[0] if len(layers) == 1 else tuple(layers)
     fit = run.ctx.cache.heal_fits.get((tuple(removed), key))
     run.ctx.cache.heal_fits.clear()
@@ -113,6 +118,7 @@ def heal_step(run, step: int, removed: list[int], layers: tuple[int, ...]) -> di
     run.healer.apply([*removed, *layers], fit)
     if is_main():
         save_map(run.out, step, fit)
+    timing[f"step_{step}_heal_s"] = round(time.perf_counter() - started, 2)
     return fit.record
 
 
