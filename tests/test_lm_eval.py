@@ -285,5 +285,7 @@ def test_mixed_option_counts_warn_and_bad_templates_name_the_field(tmp_path):
     assert len(task.items) == 5 and len(task.dropped) == 3
     broken = mc.replace("{{q}}", "{{q.nope()}}")
     (tmp_path / "toy_broken.yaml").write_text(_yaml("toy_broken", {"test": data}, broken))
-    with pytest.raises(UsageError, match="the task's doc_to_text failed .*fix doc_to_text"):
+    with pytest.raises(
+        UsageError, match=r"doc_to_text failed .*fix doc_to_text in .*toy_broken\.yaml"
+    ):
         load_task("lm_eval:toy_broken", lm_eval_include=str(tmp_path))

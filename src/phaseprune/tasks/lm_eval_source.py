@@ -143,12 +143,19 @@ def build_tasks(names: Sequence[str], include: str | None) -> dict[str, Any]:
     specs = task_specs(names)
     try:
         with lm_eval_quiet():
-            return dict(manager.load(specs)["tasks"])
+            tasks = dict(manager.load(specs)["tasks"])
     except (KeyError, ValueError, TypeError, OSError, ImportError) as err:
         raise UsageError(
             f"lm-eval could not build {', '.join(names)}: {first_line(err)}; check the task's"
             " YAML and that its data is reachable (the hub, or the data_files it names)"
         ) from err
+    index = getattr(manager, "task_index", {})
+    for name, task in tasks.items():  # where its YAML is, for an error in a template
+        path = index.get(name, {}).get("yaml_path") if isinstance(index, dict) else None
+        if isinstance(path, str | Path) and str(path).endswith((".yaml", ".yml")):
+            with contextlib.suppress(AttributeError):
+                task.phaseprune_yaml = str(path)
+    return tasks
 
 
 def load_lm_eval_task(
@@ -318,7 +325,7 @@ def _render(task, field: str, doc: dict, fs, where: str):
     except Exception as err:  # jinja2's errors, and whatever a template's expression raises
         raise UsageError(
             f"{where}: the task's {field} failed ({type(err).__name__}: {first_line(err)}); "
-            f"fix {field} in the task's YAML"
+            f"fix {field} in {getattr(task, 'phaseprune_yaml', None) or 'the task YAML'}"
         ) from None
 
 
