@@ -34,7 +34,8 @@ SMOL_SUBJECTS = "high_school_geography,marketing"
 # phase-aware's settings as the golden runs were made (its defaults then, which later runs'
 # fingerprints leave out, and the accuracy objective; iterative reads only the objective)
 FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}
-FIRST = [a for k, v in FIRST_VERSION.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+FIRST = [a for k, v in FIRST_VERSION.items() if v != ()  # an empty list is the default: no flag
+         for a in (f"--{k.replace('_', '-')}", str(v))]  # fmt: skip
 
 
 def cases(decider_dir: Path) -> dict[str, list[str]]:

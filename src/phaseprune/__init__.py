@@ -1,8 +1,9 @@
 """phaseprune: where a language model decides a multiple-choice answer, layer by layer.
 
 The Python API (docs/api.md): :func:`analyze`, :func:`prune`, :func:`without_layers`,
-:func:`load_run`, :func:`load_task`, :func:`export`, and the result records :class:`Analysis` and
-:class:`Pruning`. They are imported on first use, so ``import phaseprune`` stays light (no torch).
+:func:`load_run`, :func:`load_task`, :func:`export_checkpoint`, and the result records
+:class:`Analysis` and :class:`Pruning`. They are imported on first use, so
+``import phaseprune`` stays light (no torch).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "analyze": "phaseprune.api",
     "prune": "phaseprune.api",
-    "export": "phaseprune.api",
+    "export_checkpoint": "phaseprune.api",
     "Analysis": "phaseprune.runs.results",
     "Pruning": "phaseprune.runs.results",
     "make_config": "phaseprune.api",
@@ -41,7 +42,7 @@ __all__ = [
     "TaskData",
     "UsageError",
     "analyze",
-    "export",
+    "export_checkpoint",
     "load_run",
     "load_task",
     "make_config",
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from phaseprune.api import analyze, export, make_config, prune
+    from phaseprune.api import analyze, export_checkpoint, make_config, prune
     from phaseprune.core.errors import UsageError
     from phaseprune.model.surgery import without_layers
     from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig

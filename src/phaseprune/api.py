@@ -168,7 +168,7 @@ def prune(
     return run_prune(cfg, on_step=on_step, **held)
 
 
-def export(
+def export_checkpoint(
     run: str | Path,
     step: int,
     out: str | Path,

@@ -110,8 +110,8 @@ def _export_model(traj: dict, model, tokenizer):
     if recorded.startswith(MEMORY):
         raise UsageError(
             "this run pruned a model held in memory (the Python API), whose weights no file "
-            "holds: export it from Python, phaseprune.export(run, step, out, model=model, "
-            "tokenizer=tokenizer)"
+            "holds: export it from Python, phaseprune.export_checkpoint(run, step, out, "
+            "model=model, tokenizer=tokenizer)"
         )
     spec = _spec(traj)
     tokenizer, _ = load_tokenizer(spec)

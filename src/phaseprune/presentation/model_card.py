@@ -61,9 +61,8 @@ def _identity(model: dict) -> str:
         return f"sha256 `{digest}` of {model['gguf_file']}"
     digest = model.get("weights_sha256")
     if digest and digest.startswith("memory:"):
-        return (
-            f"sha256 `{digest.removeprefix('memory:')}` of its config and tensors (held in memory)"
-        )
+        held = digest.removeprefix("memory:")
+        return f"sha256 `{held}` of its config and tensors (a model held in memory)"
     if digest:
         return f"sha256 `{digest}` (of its weight files' sha256sum manifest)"
     if model.get("revision"):

@@ -31,7 +31,6 @@ except ImportError:  # not POSIX: no lock (one writer is then the user's to keep
 import numpy as np
 
 from phaseprune.core.errors import UsageError
-from phaseprune.model.distributed import launched_as_main
 from phaseprune.runs.records import (
     RECORD_FILES,
     RunKind,
@@ -108,12 +107,9 @@ def one_writer(out: Path | None) -> Iterator[None]:
     of a torchrun launch writes, so only it locks. A directory made here and left holding
     nothing but the lock (a run refused before writing) is removed again.
     """
-    if (
-        out is None
-        or fcntl is None
-        or not launched_as_main()
-        or (out.exists() and not out.is_dir())
-    ):
+    from phaseprune.model.distributed import launched_as_main  # torch: loaded when a run writes
+
+    if out is None or fcntl is None or not launched_as_main() or out.is_file():
         yield  # a file as --out is refused by check_out_dir with its own message
         return
     made = not out.exists()

@@ -41,6 +41,7 @@ from typing import Any
 
 from phaseprune.core.errors import UsageError, first_line, suggest
 from phaseprune.core.items import LETTERS, MCItem, TaskData, assemble, make_item
+from phaseprune.tasks.lm_eval_templates import failing_field, render, yaml_of
 from phaseprune.tasks.mmlu import choose_subjects
 
 PREFIX = "lm_eval:"
@@ -139,22 +140,31 @@ def build_tasks(names: Sequence[str], include: str | None) -> dict[str, Any]:
             (its data cannot be read, its config is malformed).
     """
     require_lm_eval(f"lm-eval task {', '.join(names)}")
+    from jinja2 import TemplateError
+
     manager = manager_for(names, include)
     specs = task_specs(names)
+    index = getattr(manager, "task_index", {})
     try:
         with lm_eval_quiet():
             tasks = dict(manager.load(specs)["tasks"])
+    except TemplateError as err:  # lm-eval renders a doc while building the task
+        field = failing_field(err.__traceback__)
+        yamls = [yaml_of(index, n) or (n if _is_yaml(n) else None) for n in names]
+        yaml = next((y for y in yamls if y), "the task YAML")
+        raise UsageError(
+            f"lm-eval task {', '.join(names)}: the task's {field} failed "
+            f"({type(err).__name__}: {first_line(err)}); fix {field} in {yaml}"
+        ) from None
     except (KeyError, ValueError, TypeError, OSError, ImportError) as err:
         raise UsageError(
             f"lm-eval could not build {', '.join(names)}: {first_line(err)}; check the task's"
             " YAML and that its data is reachable (the hub, or the data_files it names)"
         ) from err
-    index = getattr(manager, "task_index", {})
     for name, task in tasks.items():  # where its YAML is, for an error in a template
-        path = index.get(name, {}).get("yaml_path") if isinstance(index, dict) else None
-        if isinstance(path, str | Path) and str(path).endswith((".yaml", ".yml")):
+        if yaml := yaml_of(index, name):
             with contextlib.suppress(AttributeError):
-                task.phaseprune_yaml = str(path)
+                task.phaseprune_yaml = yaml
     return tasks
 
 
@@ -304,7 +314,7 @@ def _item(task, subject: str, item_id: str, doc: dict, fewshot: bool = False) ->
     where = f"lm-eval task {subject!r}, doc {item_id}"
     fs = getattr(task, "fewshot_cfg", None) if fewshot else None
     fields = ("doc_to_text", "doc_to_choice", "doc_to_target")
-    text, choices, target = (_render(task, field, doc, fs, where) for field in fields)
+    text, choices, target = (render(task, field, doc, fs, where) for field in fields)
     if not isinstance(text, str):
         raise UsageError(f"{where}: doc_to_text gave {text!r:.40}, not text; it must give text")
     if not isinstance(choices, list | tuple):
@@ -316,17 +326,6 @@ def _item(task, subject: str, item_id: str, doc: dict, fewshot: bool = False) ->
     else:
         question, options = _question(text), choices
     return make_item(item_id, subject, question, options, answer, where)
-
-
-def _render(task, field: str, doc: dict, fs, where: str):
-    """``task.<field>(doc)``; one that fails (a Jinja error, a key the doc lacks) is named."""
-    try:
-        return getattr(task, field)(doc, getattr(fs, field, None))
-    except Exception as err:  # jinja2's errors, and whatever a template's expression raises
-        raise UsageError(
-            f"{where}: the task's {field} failed ({type(err).__name__}: {first_line(err)}); "
-            f"fix {field} in {getattr(task, 'phaseprune_yaml', None) or 'the task YAML'}"
-        ) from None
 
 
 def _answer(target: object, choices: list[str], where: str) -> int:
