@@ -200,8 +200,8 @@ def _old_recipe_key(run) -> str:
     settings["objective"] = settings["objective"] or "accuracy"  # every strategy's default then
     settings["model"].pop("revision")
     settings["task"].pop("lm_eval_include")
-    # phase-aware's variants and healing came later
-    later_fields = ("heal", "heal_when", "heal_items", "heal_data")
+    # phase-aware's variants, healing and --order came later
+    later_fields = ("heal", "heal_when", "heal_items", "heal_data", "order")
     for later in ("spare", "after_decisive", "decisive", *later_fields):
         settings.pop(later)
     info = dataclasses.asdict(run.info)
