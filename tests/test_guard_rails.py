@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from decider_runs import quick_prune
 from tiny_models import build_tiny
 
 import phaseprune
@@ -120,10 +121,7 @@ def test_export_into_a_run_directory_is_refused(decider, tmp_path, capsys):
     from phaseprune.cli import main
 
     run = tmp_path / "run"
-    argv = ["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
-            "--quiet", "--no-plots", "--n-boot", "20", "--calib", "16", "--eval", "24",
-            "--strategy", "last", "--steps", "1", "--out", str(run)]  # fmt: skip
-    assert main(argv) == 0
+    quick_prune(decider, run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     for out in (run, run / "export", tmp_path / "run"):
         capsys.readouterr()
@@ -181,10 +179,7 @@ def test_values_no_run_can_hold_are_refused_by_the_loader(decider, tmp_path, cap
     from phaseprune.cli import main
 
     run = tmp_path / "run"
-    argv = ["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
-            "--quiet", "--no-plots", "--n-boot", "20", "--calib", "16", "--eval", "24",
-            "--strategy", "last", "--steps", "1", "--out", str(run)]  # fmt: skip
-    assert main(argv) == 0
+    quick_prune(decider, run)
     good = (run / "trajectory.json").read_text()
     for edit, said in (
         ((("steps", 0, "eval_accuracy"), 5.0), "steps[0].eval_accuracy = 5.0"),

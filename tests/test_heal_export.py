@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 import pytest
-import transformers as tf
+from decider_runs import export_accuracy
 
 from phaseprune.core.errors import UsageError
 from phaseprune.runs.config import ModelConfig, PruneConfig, TaskConfig
@@ -89,16 +89,9 @@ def test_export_heals_an_unhealed_run(decider, tmp_path):
     card = (out / "README.md").read_text()
     assert "(the removals of" in card and "healed)" in card
     # the export answers as the replay's step 2 says
-    import phaseprune
-    from phaseprune.tasks import load_task
-
-    task = load_task(f"jsonl:{decider.path / 'eval.jsonl'}")
-    by_id = {it.item_id: it for it in task.items}
-    subset = dataclasses.replace(task, items=[by_id[i] for i in replay["eval_items"]])
-    model = tf.AutoModelForCausalLM.from_pretrained(out).eval()
-    tokenizer = tf.AutoTokenizer.from_pretrained(out)
-    summary = phaseprune.analyze(model, tokenizer, subset, quiet=True, n_boot=50).summary
-    assert summary["accuracy"] == replay["steps"][1]["eval_accuracy"]
+    assert (
+        export_accuracy(decider, out, replay["eval_items"]) == replay["steps"][1]["eval_accuracy"]
+    )
     # a deeper export extends the replay; its first steps stay
     deeper = tmp_path / "deeper"
     args[3], args[5] = "3", str(deeper)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers as tf
+from decider_runs import export_accuracy
 from tiny_models import VOCAB, build_tiny
 
 from phaseprune.core.errors import UsageError
@@ -317,18 +318,7 @@ def test_search_mode_and_export(decider, tmp_path):
     card = (out / "README.md").read_text()
     assert "least-squares linear map" in card or "none kept" in card
     # the export answers the evaluation items as the run's step 2 said
-    import dataclasses
-
-    import phaseprune
-    from phaseprune.tasks import load_task
-
-    task = load_task(f"jsonl:{decider.path / 'eval.jsonl'}")
-    by_id = {it.item_id: it for it in task.items}
-    subset = dataclasses.replace(task, items=[by_id[i] for i in traj["eval_items"]])
-    model = tf.AutoModelForCausalLM.from_pretrained(out).eval()
-    tokenizer = tf.AutoTokenizer.from_pretrained(out)
-    summary = phaseprune.analyze(model, tokenizer, subset, quiet=True, n_boot=50).summary
-    assert summary["accuracy"] == traj["steps"][-1]["eval_accuracy"]
+    assert export_accuracy(decider, out, traj["eval_items"]) == traj["steps"][-1]["eval_accuracy"]
 
 
 def test_api_gives_the_model_back(decider):
