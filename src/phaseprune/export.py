@@ -95,7 +95,7 @@ def check_identity(traj: dict, now: dict, where: str) -> None:
 
 
 def _export_model(traj: dict, model, tokenizer):
-    """The run's model: the one held (checked against the run), else loaded again (checked)."""
+    """``(model, tokenizer, spec)``: the held model (checked; spec None), else reloaded."""
     recorded = str(traj["model"].get("weights_sha256"))
     if model is not None:
         if tokenizer is None:
@@ -106,7 +106,7 @@ def _export_model(traj: dict, model, tokenizer):
                 "the model passed is not the one this run pruned (its tensors' sha256 differs "
                 f"from the run's {recorded[:19]}...): pass that model, unchanged"
             )
-        return model.eval().requires_grad_(False), tokenizer
+        return model.eval().requires_grad_(False), tokenizer, None
     if recorded.startswith(MEMORY):
         raise UsageError(
             "this run pruned a model held in memory (the Python API), whose weights no file "
@@ -117,7 +117,7 @@ def _export_model(traj: dict, model, tokenizer):
     tokenizer, _ = load_tokenizer(spec)
     model, info = load_model(spec, dtype=traj["model"]["dtype"], progress=False)
     check_identity(traj, dataclasses.asdict(info), spec.path)
-    return model, tokenizer
+    return model, tokenizer, spec
 
 
 def check_prompts(traj: dict, tokenizer, n: int = CHECK_PROMPTS) -> tuple[list[list[int]], list]:
@@ -248,7 +248,7 @@ def run_export(
         run_dir, step = healed_replay(run_dir, traj, step, model=model, tokenizer=tokenizer)
         traj = load_trajectory(run_dir, rerun=True)
         traj["healed_replay_of"] = source
-    model, tokenizer = _export_model(traj, model, tokenizer)
+    model, tokenizer, spec = _export_model(traj, model, tokenizer)
     prompts, items = check_prompts(traj, tokenizer)
     maps = maps_at(Path(run_dir), traj["steps"][:step])  # a healed run's maps, else none
     modules = check_model(model) if maps else {}
@@ -262,7 +262,6 @@ def run_export(
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=model.dtype).eval()
     got = _last_logits(reloaded, prompts)
     diff = max(float((g - e).abs().max()) for g, e in zip(got, expected, strict=True))
-    spec = None if str(traj["model"].get("weights_sha256")).startswith(MEMORY) else _spec(traj)
     record = {
         "run": str(run_dir),
         "base_hub_id": None if spec is None or spec.local else spec.name,

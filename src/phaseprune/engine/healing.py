@@ -166,7 +166,8 @@ def maps_after(
     The removed layers' maps are dropped, then ``fit``'s layer gets ``fit``'s map (or none,
     where the fit kept no map).
     """
-    out = {k: t for k, t in maps.items() if k not in set(removed)}
+    gone = set(removed)
+    out = {k: t for k, t in maps.items() if k not in gone}
     if fit is not None:
         out.pop(fit.site.layer, None)
         if fit.map is not None:

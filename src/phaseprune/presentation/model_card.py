@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shlex
 
+from phaseprune.model.identity import MEMORY
+
 # phaseprune's built-in task names that lm-evaluation-harness 0.4 also uses
 _LM_EVAL_TASKS = ("arc_easy", "arc_challenge", "openbookqa", "commonsense_qa", "sciq",
                   "hellaswag", "piqa", "social_iqa", "winogrande")  # fmt: skip
@@ -60,8 +62,8 @@ def _identity(model: dict) -> str:
         digest = model.get("weights_sha256") or model["revision"]
         return f"sha256 `{digest}` of {model['gguf_file']}"
     digest = model.get("weights_sha256")
-    if digest and digest.startswith("memory:"):
-        held = digest.removeprefix("memory:")
+    if digest and digest.startswith(MEMORY):
+        held = digest.removeprefix(MEMORY)
         return f"sha256 `{held}` of its config and tensors (a model held in memory)"
     if digest:
         return f"sha256 `{digest}` (of its weight files' sha256sum manifest)"

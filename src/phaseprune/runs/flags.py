@@ -179,11 +179,14 @@ def _kind_error(tp, value) -> str | None:
         if not isinstance(value, tuple):
             return f"must be a list, not {type(value).__name__}"
         return next((why for v in value if (why := _kind_error(typing.get_args(base)[0], v))), None)
-    if base not in _KINDS:
-        return None if not isinstance(base, type) or isinstance(value, base) else (
-            f"must be a {base.__name__}, not {type(value).__name__}")  # fmt: skip
-    ok = isinstance(value, str) if base is str else isinstance(value, bool) == (base is bool)
-    ok = ok and (base is str or isinstance(value, int | float if base is float else base))
+    if base not in _KINDS:  # a section (ModelConfig, TaskConfig) or a type not checked here
+        if isinstance(base, type) and not isinstance(value, base):
+            return f"must be a {base.__name__}, not {type(value).__name__}"
+        return None
+    if base is bool or isinstance(value, bool):  # a bool is only a bool, never a number
+        ok = base is bool and isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float) if base is float else base)
     return None if ok else f"must be {_KINDS[base]}, not {type(value).__name__}"
 
 

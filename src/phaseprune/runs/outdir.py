@@ -37,11 +37,11 @@ from phaseprune.runs.records import (
 )
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it, then putting it back)."""
+def plain_mode() -> int:
+    """The mode ``open`` gives a new file: 0666 less the umask (read by setting it, then back)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -53,7 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, plain_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -116,7 +116,7 @@ def one_writer(out: Path | None) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, plain_mode())
     except PermissionError:  # a read-only run directory: resuming a finished run writes nothing,
         yield  # and a run that must write is refused when it tries, in one line
         return

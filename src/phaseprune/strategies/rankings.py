@@ -236,7 +236,8 @@ def random(ctx: PruneContext, removed: Sequence[int]) -> Choice:
 
 def given(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     """``--order``: the next listed layer not yet removed (its score is its position)."""
-    left = [k for k in ctx.order if k not in set(removed)]
+    gone = set(removed)
+    left = [k for k in ctx.order if k not in gone]
     if not left:
         raise no_candidate(removed)
     ranking = {k: float(i) for i, k in enumerate(left)}

@@ -44,6 +44,7 @@ from phaseprune.presentation.figures.data import (  # noqa: E402
     ReadoutCurves,
     model_label,
 )
+from phaseprune.runs.outdir import plain_mode  # noqa: E402
 
 READOUT_AXIS = "readout layer (0 = embeddings)"
 
@@ -270,9 +271,7 @@ def _save(fig: Figure, path: Path) -> Path:
     tmp = Path(name)
     try:
         fig.savefig(tmp, dpi=130)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        tmp.chmod(0o666 & ~mask)  # as a plain write would make it (mkstemp makes 0600)
+        tmp.chmod(plain_mode())  # as a plain write would make it (mkstemp makes 0600)
         tmp.replace(path)
     finally:
         plt.close(fig)
