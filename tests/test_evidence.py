@@ -127,6 +127,28 @@ def test_claims_verdicts():
     assert c["b"]["verdict"] is None  # no Decisive-Phase layer was ever removed
 
 
+def test_claim_b_on_the_threshold_counts_whole_items_not_floating_point():
+    """ARC's case: the Decisive layers lose 6 of 120 items on average, exactly the 5-point
+    line, which floating point puts below it; one item more is beyond it."""
+    t = traj("iterative", [3], ["decisive"], [0.9])
+    t["calib_step0"] = {"accuracy": 60 / 120}
+
+    def judged(decisive_items):
+        rows = [{"step": 1, "layer": 0, "accuracy": 0.25}, {"step": 1, "layer": 1, "accuracy": 0.3}]
+        rows += [{"step": 1, "layer": 2 + i, "accuracy": n / 120}
+                 for i, n in enumerate(decisive_items)]  # fmt: skip
+        s = single_removals(t, rows)
+        return s["decisive"], claims(SUMMARY, [t], s)["b"]["verdict"]
+
+    decisive, verdict = judged([49, 59])  # -11 and -1 items: -6 on average
+    assert decisive["mean_delta"] < -0.05  # -0.05000000000000002 in floats
+    assert verdict is True
+    decisive, verdict = judged([48, 59])  # -6.5 items on average
+    assert verdict is False
+    # a single removal of exactly 6 items counts as "barely" too
+    assert judged([54, 54])[0]["share_barely"] == 1.0
+
+
 def test_pileup_measures_letter_concentration_per_phase():
     freq = [{"A": 1.0, "B": 0.0}, {"A": 0.8, "B": 0.2}, {"A": 0.5, "B": 0.5}]
     summary = {

@@ -252,7 +252,7 @@ def test_the_tail_section_reads_the_analyze_items_and_the_reference_run(decider,
     assert "Read but not yet pruned" in text and "- **read** (" in text
     assert (
         "is not free (no shorter Decisive readout keeps the whole model's accuracy), so if "
-        "the pattern holds phase-aware does not keep 90% as deep" in text
+        "the pattern holds phase-aware keeps 90% no deeper than the best baseline" in text
     )
     read["tail"]["full_layers_cut"] = 2
     document.render({"free": free, "costly": costly, "read": read}, doc)

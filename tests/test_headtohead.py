@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from phaseprune.compare import OUTCOME_WORDS, verdict_sentence
 from phaseprune.core.errors import UsageError
 from phaseprune.core.headtohead import (
     curve,
@@ -133,23 +134,56 @@ def test_a_run_still_keeping_90_percent_is_pending_not_the_best_baseline():
 
 
 def test_a_baseline_tied_on_90_percent_depth_is_judged_too():
-    """Two baselines keep 90% to depth 1; the area puts `angular` first, so the verdict is
-    judged against it, and the tie says whether it holds against `sleb` as well."""
+    """Two baselines keep 90% to depth 1; the area puts `angular` first, but support needs a
+    paired win before its collapse against `sleb` as well: the area orders the baselines, it
+    does not pick the one the reference must beat."""
     ref = traj("phase-aware", [80, 80, 80, 79, 78])
     best = traj("angular", [80, 78, 60, 50, 40], collapse=4)
     tied = traj("sleb", [80, 79, 40, 36, 36], collapse=2)  # one item behind ref at depth 1
     h = head_to_head([ref, best, tied], ["pa", "angular", "sleb"], "pa", depth=4, seed=0)
     v = h["verdict"]
-    assert v["best_other"] == "angular" and v["supported"] and 2 in v["paired_wins_at"]
-    assert [t["run"] for t in v["tied"]] == ["sleb"]
+    assert v["outcome"] == "deeper" and v["best_other"] == "angular" and 2 in v["paired_wins_at"]
+    assert [t["run"] for t in v["at_best_depth"]] == ["angular", "sleb"]
     # against sleb only depth 1 comes before its collapse, and one item cannot exclude zero
-    assert v["tied"][0]["paired_wins_at"] == [] and v["tied"][0]["collapse_depth"] == 2
-    assert v["holds_against_ties"] is False
-    # a tied run the reference also beats before its collapse leaves the verdict standing
+    sleb = v["at_best_depth"][1]
+    assert sleb["paired_wins_at"] == [] and sleb["collapse_depth"] == 2
+    assert v["supported"] is False
+    # a tied run the reference also beats before its collapse: supported
     beaten = traj("sleb", [80, 73, 40, 36, 36], collapse=2)
     h = head_to_head([ref, best, beaten], ["pa", "angular", "sleb"], "pa", depth=4, seed=0)
-    assert h["verdict"]["tied"][0]["paired_wins_at"] == [1]
-    assert h["verdict"]["holds_against_ties"] is True
+    assert h["verdict"]["at_best_depth"][1]["paired_wins_at"] == [1]
+    assert h["verdict"]["supported"] is True
+
+
+def test_a_tie_at_90_percent_is_a_tie_whatever_the_area_and_paired_wins():
+    """ARC's case: the reference keeps 90% exactly as deep as the best baseline, with a larger
+    area and a paired win past the 90% line; that is "tied", never "supported"."""
+    ref = traj("phase-aware", [80, 80, 76, 70, 66])
+    other = traj("angular", [80, 78, 72, 50, 40], collapse=4)
+    h = head_to_head([ref, other], ["pa", "angular"], "pa", depth=4, seed=0)
+    v = h["verdict"]
+    assert v["depth_90"] == v["best_other_depth_90"] == 2
+    assert v["outcome"] == "tied" and v["lead"] == 0 and v["supported"] is False
+    assert 3 in v["paired_wins_at"]  # the evidence is kept, it does not change the outcome
+    said = verdict_sentence(h)
+    assert "**as deep as** the deepest baseline (angular" in said
+    assert "Claim (d): **not supported (a tie)**" in said
+    # shallower: the paired losses are the evidence
+    shallow = traj("phase-aware", [80, 78, 60, 50, 40])
+    deep = traj("angular", [80, 80, 78, 76, 60])
+    h = head_to_head([shallow, deep], ["pa", "angular"], "pa", depth=4, seed=0)
+    v = h["verdict"]
+    assert v["outcome"] == "shallower" and v["lead"] == -2 and v["shortfall"] == 2
+    assert v["paired_losses_at"] == [2, 3, 4] and v["paired_wins_at"] == []
+    said = verdict_sentence(h)
+    assert "Claim (d): **not supported**" in said and "short by 2" in said
+
+
+def test_ninety_percent_on_whole_items_is_kept_despite_floating_point():
+    """72 of 100 items against 80 is exactly 90%; in floats 0.72 / 0.8 < 0.9."""
+    assert 0.72 / 0.8 < 0.9
+    c = curve(traj("x", [80, 72, 71]))
+    assert retention_depth(c, 0.9) == 1 and first_below(c, 0.9) == 2
 
 
 def test_runs_on_other_items_are_refused():
@@ -198,6 +232,7 @@ def test_compare_writes_the_head_to_head_of_real_runs(decider, tmp_path, capsys)
     assert h["pairs"][0]["differences"] == json.loads(json.dumps(want["pairs"][0]["differences"]))
     assert [d["depth"] for d in h["pairs"][0]["differences"]] == [1, 2, 3]
     assert "Head-to-head against phase-aware (pa)" in printed and "Verdict:" in printed
+    assert f"**{OUTCOME_WORDS[h['verdict']['outcome']]}** the deepest baseline" in printed
     # runs on other items are refused by compare itself, before any head-to-head
     run("other", "--strategy", "last", "--eval", "39")
     assert main(["compare", str(tmp_path / "pa"), str(tmp_path / "other"),

@@ -4,8 +4,10 @@
 Silent-Phase layers collapses accuracy at once, (d) phase-aware pruning removes more layers
 before collapse than the baselines. Each function returns the measured quantities; the
 verdicts apply stated thresholds to them (:data:`THRESHOLDS`), so a reader can disagree with a
-threshold and still use the numbers. (d) counts removals before collapse with the library's
-:func:`phaseprune.core.collapse.layers_before_collapse`, as ``compare`` and ``report`` do.
+threshold and still use the numbers. Values on a threshold count as meeting it, whatever
+floating point made of them (:mod:`phaseprune.core.thresholds`). (d) counts removals before
+collapse with the library's :func:`phaseprune.core.collapse.layers_before_collapse`, as
+``compare`` and ``report`` do.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from phaseprune.core.collapse import layers_before_collapse
 from phaseprune.core.headtohead import NOT_BASELINES, paired_interval
+from phaseprune.core.thresholds import at_least, at_most
 
 THRESHOLDS = {
     "sharp_width": 3,  # (a) transition interval at most this many layers wide ...
@@ -51,7 +54,7 @@ def transition_evidence(summary: Mapping) -> dict:
         accuracy_jump=at["accuracy"] - before["accuracy"],
         sharp=width is not None
         and width <= THRESHOLDS["sharp_width"]
-        and p_none <= THRESHOLDS["sharp_p_none"],
+        and at_most(p_none, THRESHOLDS["sharp_p_none"]),
     )
     return record
 
@@ -163,8 +166,10 @@ def delta_stats(deltas: Sequence[float]) -> dict:
         "n": int(d.size),
         "mean_delta": float(d.mean()),
         "worst_delta": float(d.min()),
-        "share_barely": float(np.mean(d >= -THRESHOLDS["barely"])),
-        "share_collapse_drop": float(np.mean(d <= -THRESHOLDS["collapse_drop"])),
+        "share_barely": float(np.mean([at_least(x, -THRESHOLDS["barely"]) for x in d])),
+        "share_collapse_drop": float(
+            np.mean([at_most(x, -THRESHOLDS["collapse_drop"]) for x in d])
+        ),
     }
 
 
@@ -260,14 +265,14 @@ def claims(
             "along_trajectories": along.get("decisive"),
             "verdict": None
             if not decisive.get("n")
-            else decisive["mean_delta"] >= -THRESHOLDS["barely"],
+            else at_least(decisive["mean_delta"], -THRESHOLDS["barely"]),
         },
         "c": {
             "evidence": silent,
             "along_trajectories": along.get("silent"),
             "verdict": None
             if not silent.get("n") or not decided
-            else silent["share_collapse_drop"] >= 0.5,
+            else at_least(silent["share_collapse_drop"], 0.5),
         },
         "d": {"evidence": before, "verdict": verdict_d},
         "thresholds": THRESHOLDS,

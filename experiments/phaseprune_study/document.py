@@ -259,7 +259,8 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     tail = tail_numbers(plan, analyze, summary, labelled) if plan.h2h else None
     found = claims(summary, trajs, single, reference=plan.reference if plan.h2h else "phase-aware")
     if h2h is not None:  # (d) by the head-to-head's rule (paired, on enough items)
-        found["d"]["verdict"] = h2h["verdict"]["supported"]
+        v = h2h["verdict"]
+        found["d"]["verdict"] = "tied" if v.get("outcome") == "tied" else v["supported"]
     numbers = {
         "plan": asdict(plan),
         "analyze_stage": plan.analyze_stage,
@@ -372,7 +373,13 @@ def render(all_numbers: dict[str, dict | None], path: Path) -> None:
     env.filters["pp"] = lambda x: f"{100 * x:.0f} points"
     env.filters["num"] = lambda x, d=2: "—" if x is None else f"{x:.{d}f}"
     env.filters["verdict"] = lambda v: {True: "supported", False: "not supported",
-                                        None: "not testable here"}[v]  # fmt: skip
+                                        None: "not testable here",
+                                        "tied": "not supported (a tie)"}[v]  # fmt: skip
+    env.filters["claim_d"] = lambda v: env.filters["verdict"](
+        "tied" if v.get("outcome") == "tied" else v.get("supported")
+    )
+    env.filters["outcome"] = lambda o: {"deeper": "deeper", "tied": "tied",
+                                        "shallower": "shallower"}.get(o, "not judged")  # fmt: skip
     text = env.get_template(TEMPLATE.name).render(
         models=all_numbers, plans=PLANS, thresholds=THRESHOLDS, version=__version__
     )

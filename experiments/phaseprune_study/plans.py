@@ -88,7 +88,10 @@ class Plan:
         return f"analyze-{other}"
 
 
-FIRST_VERSION = {**LATER_PRUNE_DEFAULTS, "objective": "accuracy"}
+FIRST_VERSION = {
+    **{k: LATER_PRUNE_DEFAULTS[k] for k in ("spare", "after_decisive", "decisive")},
+    "objective": "accuracy",
+}
 """Phase-aware's first version as settings: its defaults before the head-to-head (the values
 old runs' fingerprints leave out, ``pruning.LATER_PRUNE_DEFAULTS``) and the accuracy objective,
 its default until the ablation. The plans' ``strategies`` runs keep it, so their records

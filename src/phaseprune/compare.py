@@ -140,6 +140,29 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+OUTCOME_WORDS = {"deeper": "deeper than", "tied": "as deep as", "shallower": "shallower than"}
+
+
+def verdict_sentence(h: dict) -> str:
+    """The head-to-head's verdict in one sentence: deeper, tied or shallower, and claim (d)."""
+    v = h["verdict"]
+    claim = "supported" if v["supported"] else "not supported"
+    claim += " (a tie)" if v["outcome"] == "tied" else ""
+    why = {
+        "deeper": "a paired win before the collapse of every baseline that deep"
+        if v["supported"]
+        else "but without a paired win before the collapse of every baseline that deep",
+        "tied": "a tie: areas may order tied runs, they do not break the tie",
+        "shallower": f"short by {v['shortfall']}",
+    }[v["outcome"]]
+    return (
+        f"Verdict: {h['reference']} keeps 90% to depth {v['depth_90']}, "
+        f"**{OUTCOME_WORDS[v['outcome']]}** the deepest baseline ({v['best_other']}, depth "
+        f"{v['best_other_depth_90']}; baselines: {', '.join(h['baselines'])}): {why}. "
+        f"Claim (d): **{claim}**."
+    )
+
+
 def headtohead_markdown(h: dict) -> str:
     """headtohead.md: every run's depths and area, then the reference against each run."""
     depth = h["depth"]
@@ -184,30 +207,19 @@ def headtohead_markdown(h: dict) -> str:
         joined = "; ".join(cells) or "no common depth"
         lines += [f"- **{p['against']}**: {joined}. McNemar: {test}."]
     v = h["verdict"]
-    if v.get("supported") is not None:
-        lines += [
-            "",
-            f"Verdict: {h['reference']} keeps 90% to depth {v['depth_90']}, the best "
-            f"baseline ({v['best_other']}) to {v['best_other_depth_90']}; as deep as every "
-            f"baseline ({', '.join(h['baselines'])}) or deeper: "
-            f"{'yes' if v['deeper_than_all'] else 'no'} (short by "
-            f"{v['shortfall']}); paired wins before that run's collapse at depths "
-            f"{v['paired_wins_at'] or 'none'}: "
-            f"**{'supported' if v['supported'] else 'not supported'}**.",
-        ]
+    if v.get("outcome") is not None:
+        lines += ["", verdict_sentence(h)]
+        for r in v["at_best_depth"]:
+            wins, losses = r["paired_wins_at"] or "none", r["paired_losses_at"] or "none"
+            lines += [
+                f"- against {r['run']} (90% to depth {v['best_other_depth_90']}), before its "
+                f"collapse: paired wins at depths {wins}, paired losses at depths {losses}."
+            ]
         if v.get("pending"):
             lines += [
-                f"Still at 90% at every depth reached, not yet judged as the best "
-                f"baseline: {', '.join(v['pending'])}."
+                f"Provisional: still at 90% at every depth reached, so only a lower bound on "
+                f"their depth: {', '.join(v['pending'])}."
             ]
-        for t in v.get("tied", []):
-            lines += [
-                f"Tied with {v['best_other']} on 90% depth (second by area): {t['run']}; "
-                f"paired wins against it before its collapse at depths "
-                f"{t['paired_wins_at'] or 'none'}."
-            ]
-        if v.get("tied") and v["supported"] and not v.get("holds_against_ties"):
-            lines += ["The verdict rests on the area tie-break between the tied baselines."]
     return "\n".join(lines) + "\n"
 
 

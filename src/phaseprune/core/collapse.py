@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from phaseprune.core.thresholds import below
+
 
 def within_chance(ci_low: float, chance: float) -> bool:
     """Whether an accuracy whose 95% interval starts at ``ci_low`` is within chance."""
@@ -138,7 +140,7 @@ def collapse_step(
             record["within_chance_step"] = s["step"]
     for s in steps if decides else ():
         acc = s["eval_accuracy"]
-        if acc < collapse_fraction * base_accuracy:
+        if below(acc, collapse_fraction * base_accuracy):
             reason = f"below {collapse_fraction:.0%} of the unpruned accuracy"
             if within_chance(s["eval_accuracy_ci"][0], chance):
                 reason += ", within chance"

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 from phaseprune.core.errors import UsageError
+from phaseprune.core.thresholds import below
 
 NOT_BASELINES = ("phase-aware", "iterative")
 """Strategies that are not baselines in claim (d): phase-aware (the claim's subject, and its
@@ -100,7 +101,7 @@ def retention_depth(c: Curve, share: float) -> int:
     """
     kept = 0
     for depth, r in zip(c.depths, c.retained(), strict=True):
-        if r < share:
+        if below(r, share):
             break
         kept = depth
     return kept
@@ -109,7 +110,7 @@ def retention_depth(c: Curve, share: float) -> int:
 def first_below(c: Curve, share: float) -> int | None:
     """The first depth whose retained accuracy is below ``share`` (None: never, in the run)."""
     for depth, r in zip(c.depths, c.retained(), strict=True):
-        if r < share:
+        if below(r, share):
             return depth
     return None
 
@@ -275,70 +276,74 @@ def head_to_head(
 
 
 def verdict(ref: Curve, curves: Sequence[Curve], pairs: Sequence[Mapping], depth: int) -> dict:
-    """Whether ``ref`` prunes deeper than the other runs of ``curves`` (the baselines).
+    """Whether ``ref`` keeps 90% deeper than, as deep as, or shallower than the baselines.
 
-    The rule was fixed before the runs. Supported only if ``ref``'s 90%-retention depth is at
-    least every other run's, and its paired interval against the best other run (deepest 90%
-    retention, then largest area) excludes zero in ``ref``'s favour at some depth before that
-    run's collapse (or its last depth). Areas are compared to the depth every other run has
-    reached, so that a run still going is not favoured by the area of its first steps.
+    The rule was fixed before the runs; ties were made explicit later (a tie used to be
+    broken by area, which could call a tie "supported"). ``outcome`` compares ``ref``'s
+    90%-retention depth with the deepest baseline's: ``"deeper"`` (strictly), ``"tied"`` or
+    ``"shallower"``. ``supported`` (claim (d)) needs ``"deeper"`` **and**, against every
+    baseline as deep as the deepest one, a paired interval that excludes zero in ``ref``'s
+    favour at some depth before that run's collapse (or at its last depth). A tie is reported
+    as a tie whatever the areas say: the area only orders the baselines tied among themselves
+    (``best_other`` is the first of them), for the paired evidence shown first.
+
+    ``at_best_depth`` lists those baselines (best first), each with its area, collapse and the
+    depths where ``ref``'s paired interval excludes zero in its favour (``paired_wins_at``) or
+    against it (``paired_losses_at``) before that run's collapse: the paired evidence of the
+    outcome, whichever it is. Areas are compared to the depth every baseline has reached, so
+    that a run still going is not favoured by the area of its first steps.
 
     A run still going that has kept 90% at every depth it reached (fewer than ``depth``) has
     only a lower bound on its 90% depth: it counts against ``ref``'s depth with that bound,
-    but it is not chosen as the best other run until its depth is known; ``pending`` names it.
-
-    ``tied`` lists the other runs with the best one's 90% depth (second to it only by area),
-    each with its own paired wins before its collapse; ``holds_against_ties`` says whether the
-    verdict is supported against every one of them, i.e. does not rest on the area tie-break.
+    but it is not chosen as the best baseline until its depth is known; ``pending`` names it
+    and ``provisional`` says the outcome may still change.
     """
     others = [c for c in curves if c is not ref]
     if not others:
-        return {"supported": None, "why": "nothing to compare with"}
+        return {"supported": None, "outcome": None, "why": "nothing to compare with"}
     share = SHARES[0]
     pending = [c for c in others if first_below(c, share) is None and max(c.depths) < depth]
     known = [c for c in others if c not in pending] or others
     common = min(depth, *(max(c.depths) for c in known))
 
-    def strength(c):
-        return (retention_depth(c, share), retained_area(c, common) or 0.0)
-
-    def wins_over(c: Curve) -> list[int]:
+    def evidence(c: Curve) -> dict:
         pair = next(p for p in pairs if p["against"] == c.label)
         limit = c.collapse_depth if c.collapse_depth is not None else max(c.depths)
-        return [
-            d["depth"]
+        before = [
+            d
             for d in pair["differences"]
-            if d["depth"] < limit + (c.collapse_depth is None)
-            and d["excludes_zero"]
-            and d["difference"] > 0
+            if d["depth"] < limit + (c.collapse_depth is None) and d["excludes_zero"]
         ]
-
-    best = max(known, key=strength)
-    mine, theirs = retention_depth(ref, share), retention_depth(best, share)
-    deeper = all(mine >= retention_depth(c, share) for c in others)
-    wins = wins_over(best)
-    supported = deeper and bool(wins)
-    # baselines as deep at 90% as the best one, which the area alone put second: the verdict
-    # holds against each of them too, or it rests on that tie-break
-    tied = [
-        {
+        return {
             "run": c.label,
             "area": retained_area(c, common),
             "collapse_depth": c.collapse_depth,
-            "paired_wins_at": wins_over(c),
+            "paired_wins_at": [d["depth"] for d in before if d["difference"] > 0],
+            "paired_losses_at": [d["depth"] for d in before if d["difference"] < 0],
         }
-        for c in known
-        if c is not best and retention_depth(c, share) == theirs
-    ]
+
+    mine = retention_depth(ref, share)
+    top = max(retention_depth(c, share) for c in others)
+    deepest = max(retention_depth(c, share) for c in known)
+    level = sorted(
+        (c for c in known if retention_depth(c, share) == deepest),
+        key=lambda c: retained_area(c, common) or 0.0,
+        reverse=True,
+    )
+    best = level[0]
+    rivals = [evidence(c) for c in level]
+    outcome = "deeper" if mine > top else "tied" if mine == top else "shallower"
     return {
-        "supported": supported,
+        "outcome": outcome,
+        "supported": outcome == "deeper" and all(r["paired_wins_at"] for r in rivals),
         "best_other": best.label,
         "depth_90": mine,
-        "best_other_depth_90": theirs,
-        "deeper_than_all": deeper,
-        "shortfall": max(0, max(retention_depth(c, share) for c in others) - mine),
-        "paired_wins_at": wins,
+        "best_other_depth_90": retention_depth(best, share),
+        "lead": mine - top,
+        "shortfall": max(0, top - mine),
+        "paired_wins_at": rivals[0]["paired_wins_at"],
+        "paired_losses_at": rivals[0]["paired_losses_at"],
+        "at_best_depth": rivals,
         "pending": [c.label for c in pending],
-        "tied": tied,
-        "holds_against_ties": supported and all(t["paired_wins_at"] for t in tied),
+        "provisional": bool(pending),
     }
