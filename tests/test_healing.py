@@ -160,6 +160,47 @@ def test_fit_is_the_least_squares_map(case, k):
     healer.close()
 
 
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_source_passes_resume_at_the_first_changed_layer(prefix, monkeypatch):
+    """A fit in a pruned and healed model (layer 3 removed, its map on layer 2) reads its sources
+    from a pass resumed at the first changed layer and cut after the last healed one; the
+    sums are those of whole passes of the current model, for several sites at once (search
+    mode), with and without a shared prefix."""
+    model = build_tiny("llama", n_layers=6)
+    rows = _rows(12, 5, prefix=prefix)
+    groups = [list(range(6)), list(range(6, 12))] if prefix else None
+
+    def fits(healer):
+        first = healer.fit([], [3])[3]  # site: layer 2
+        healer.apply([3], first)
+        early = healer.fit([3], [1])[1]  # site 0: before every change, one layer is run
+        later = healer.fit([3], [4, 5, 0])  # sites 2, 4 (after the map on 2) and 1 (first kept)
+        healer.close()
+        return [first, early, *later.values()]
+
+    spans = []
+    quick = LinearHealer(model, HealData(rows, groups), max_tokens=16)
+    real_span = LinearHealer._span
+    monkeypatch.setattr(
+        LinearHealer, "_span", lambda self, v, k: spans.append(real_span(self, v, k)) or spans[-1]
+    )
+    got = fits(quick)
+    # the whole current model from its first layer: what the fit computed before
+    monkeypatch.setattr(LinearHealer, "_span", lambda self, view, layers: (0, list(view)))
+    want = fits(LinearHealer(model, HealData(rows, groups), max_tokens=16))
+    assert [f.site for f in got] == [f.site for f in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.record["ridge"] == b.record["ridge"] and a.record["tokens"] == b.record["tokens"]
+        assert a.record["held_out_mse"] == pytest.approx(b.record["held_out_mse"], rel=1e-4)
+        assert (a.map is None) == (b.map is None)
+        if a.map is not None:
+            assert torch.allclose(a.map, b.map, atol=1e-5)
+    # what ran: layer 2 alone, then layer 0 alone (the rest dropped); the three sites from
+    # layer 2 (the map's) to layer 4, and without layer 0 from its start
+    assert (2, [3, 4, 5]) in spans and (0, [1, 2, 3, 4, 5]) in spans
+    assert (2, [3, 5]) in spans and (0, [0, 2, 3, 4, 5]) in spans
+
+
 def test_shared_prefixes_give_the_same_fit():
     """Running a group's few-shot prefix once is only a speed-up: the sums are the same."""
     model = build_tiny("llama", n_layers=4)

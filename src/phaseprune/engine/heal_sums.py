@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from phaseprune.engine.layer_cache import SharedPrefix, capture
+from phaseprune.engine.layer_cache import SharedPrefix, capture, resume
 from phaseprune.engine.readout import pad_batch
 from phaseprune.model.arch import layer_output
 
@@ -70,6 +70,23 @@ def run_pass(parts, own: list[list[int]], prefix: Pass | None, *, shared: bool =
     inputs, final, cache = capture(parts, tokens, **forward)
     keep = SharedPrefix(tokens.shape[1], tokens, inputs, cache) if shared else None
     return Pass([*inputs, final], mask, keep)
+
+
+def source_pass(
+    parts, start: int, own: list[list[int]], targets: Pass, prefix: SharedPrefix | None
+) -> None:
+    """Run the rows through ``parts`` from layer ``start``, from the unpruned states there.
+
+    ``targets`` is the unpruned model's pass over the same rows (same padding): its input to
+    layer ``start`` is the current model's while no layer before ``start`` differs. ``prefix``
+    is the group's shared prefix in ``parts`` (from :func:`~.layer_cache.resume_prefix`).
+    The hooks read what they need on the way; nothing is kept.
+    """
+    device = parts.embed.weight.device
+    tokens, mask, _ = pad_batch(own, range(len(own)))
+    tokens, mask = tokens.to(device), mask.to(device)
+    forward = (prefix or SharedPrefix(0)).forward_args(mask)
+    resume(parts, start, targets.states[start], tokens, keep_inputs=False, **forward)
 
 
 class SourceHooks:

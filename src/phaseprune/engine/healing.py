@@ -14,6 +14,9 @@ projection (:mod:`phaseprune.model.healing`). phaseprune fits it so that healing
   output, ``T = I + (X^T X + lambda I)^-1 X^T E``: the ridge shrinks towards the unhealed
   layer, and no map at all is always a candidate. The sums are float64, batch by batch:
   O(d_model^2) memory per map, never O(tokens x d_model).
+* **Passes.** The unpruned model runs once over the heal prompts (its states are kept within
+  a budget: every fit's targets); a source pass resumes from those states at the current
+  model's first changed layer and stops at the healed layer (``LinearHealer._span``).
 * **Ridge.** Every fourth heal prompt is held out; ``lambda`` has the smallest held-out
   squared error (from held-out sums, in the eigenbasis of the fitting part), then the map is
   refitted on all tokens.
@@ -34,8 +37,8 @@ import numpy as np
 import torch
 
 from phaseprune.core.errors import UsageError
-from phaseprune.engine.heal_sums import Pass, SourceHooks, Sums, run_pass
-from phaseprune.engine.layer_cache import group_batches
+from phaseprune.engine.heal_sums import Pass, SourceHooks, Sums, run_pass, source_pass
+from phaseprune.engine.layer_cache import group_batches, resume_prefix
 from phaseprune.engine.readout import common_prefix
 from phaseprune.model.arch import decoder_parts
 from phaseprune.model.healing import check_model, fold, swapped
@@ -280,12 +283,11 @@ class LinearHealer:
             prefixes = {}
             for view, keys in views.items():
                 if n:
-                    with without_layers(self.model, view) as parts:
+                    start, cut = self._span(view, [sites[k].layer for k in keys])
+                    with without_layers(self.model, cut) as parts:
                         hooks = self._hooks([(sites[k], stats[k]) for k in keys])
                         with hooks.on(target_prefix, None, [False]):
-                            prefixes[view] = run_pass(
-                                parts, [rows[group[0]][:n]], None, shared=True
-                            )
+                            prefixes[view] = resume_prefix(parts, start, target_prefix.prefix)
             for b, sub in enumerate(group_batches(rows, group, n, self.max_tokens)):
                 own = [rows[group[j]][n:] for j in sub]
                 held = [group[j] % HELD_EVERY == HELD_EVERY - 1 for j in sub]
@@ -293,11 +295,25 @@ class LinearHealer:
                     ("batch", g, b), lambda p, own=own, t=target_prefix: run_pass(p, own, t)
                 )
                 for view, keys in views.items():
-                    with without_layers(self.model, view) as parts:
+                    start, cut = self._span(view, [sites[k].layer for k in keys])
+                    with without_layers(self.model, cut) as parts:
                         hooks = self._hooks([(sites[k], stats[k]) for k in keys])
                         with hooks.on(targets, targets.mask, held):
-                            run_pass(parts, own, prefixes.get(view))
+                            source_pass(parts, start, own, targets, prefixes.get(view))
         return {k: _solve(stats[k], sites[k]) for k in candidates}
+
+    def _span(self, view: tuple[int, ...], layers: list[int]) -> tuple[int, list[int]]:
+        """Where a source pass in the model without ``view`` starts, and the layers it drops.
+
+        The current model's layers before its first removed or re-weighted layer compute what
+        the unpruned model computes, so the pass resumes there from the unpruned states (the
+        fit's targets, run anyway); the sources are read at ``layers`` (the healed layers), so
+        the layers after the last of them are dropped. A tail cut healed at layer 24 of 28
+        runs one layer instead of 28. ``start`` is also the position in the cut model (no
+        layer before it is removed).
+        """
+        start = min([*view, *self._active, *layers])
+        return start, sorted({*view, *range(max(layers) + 1, self.n_layers)})
 
     def _hooks(self, sites: list) -> SourceHooks:
         return SourceHooks(self.modules, self.originals, self.layers, sites)
