@@ -362,6 +362,29 @@ def test_search_mode_and_export(decider, tmp_path):
     assert export_accuracy(decider, out, traj["eval_items"]) == traj["steps"][-1]["eval_accuracy"]
 
 
+def test_a_healed_run_reads_the_unhealed_builder_scan_from_a_shared_store(decider, tmp_path):
+    """Phase-aware's decision-builder scan is unhealed with --heal-when after: a healed run
+    takes it from an unhealed run's --score-cache entries (and spares the same layers); in
+    search mode the scan heals each candidate, so it is the healed run's own."""
+    from phaseprune.cli import main
+
+    cache = str(tmp_path / "cache")
+    pa = ["--strategy", "phase-aware", "--spare", "2", "--steps", "1", "--score-cache", cache]
+    main(["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
+          "--quiet", "--no-plots", "--n-boot", "50", "--calib", "24", "--eval", "40",
+          "--out", str(tmp_path / "plain"), *pa])  # fmt: skip
+    plain = json.loads((tmp_path / "plain" / "trajectory.json").read_text())
+    after = _prune(decider, tmp_path / "after", *pa)
+    used = after["timing"]["score_cache"]["unhealed"]
+    assert used["key"] == plain["timing"]["score_cache"]["key"]
+    assert used["hits"] > 0 and used["misses"] == 0  # every candidate read, none scored
+    assert after["steps"][0]["calib_phases"]["builders"] == plain["steps"][0]["calib_phases"][
+        "builders"
+    ]
+    search = _prune(decider, tmp_path / "search", *pa, "--heal-when", "search")
+    assert search["timing"]["score_cache"]["unhealed"]["hits"] == 0
+
+
 def test_api_gives_the_model_back(decider):
     """A healed run in memory leaves the caller's model with its own weights, bit for bit."""
     import phaseprune

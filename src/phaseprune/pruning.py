@@ -154,7 +154,7 @@ class PruneRun:
         # with --heal linear the model holds the current maps from here on
         self.healer = healer_of(self, task, enc.input_ids, (tokenizer, spec), cache_budget)
         self.ctx.heal, self.ctx.heal_when = self.healer, cfg.heal_when
-        self.ctx.store = self._store()
+        self.ctx.store, self.ctx.unhealed_store = self._store(), self.healer and self._store(False)
 
         # the evaluation readout after each removal recomputes only the layers after it
         groups = subject_groups([task.items[i].subject for i in self.eval])
@@ -165,14 +165,14 @@ class PruneRun:
             self.model, self.eval_ids, enc.options.ids, **reader
         )
 
-    def _store(self) -> ScoreStore | None:
-        """The store for this model, items and settings (``--score-cache``, else the run's own)."""
+    def _store(self, healed: bool = True) -> ScoreStore | None:
+        """The (``healed=False``: unhealed) store of ``--score-cache``, else the run's own."""
         ctx, groups = self.ctx, subject_groups([self.task.items[i].subject for i in self.eval])
         info = {k: v for k, v in dataclasses.asdict(self.info).items() if k != "path"}
         root = self.cfg.score_cache or (self.out / OWN_STORE if self.out else None)
         if root is None:  # a run kept in memory keeps no store of its own
             return None
-        heal = heal_key(self.cfg, self.healer)  # a healed model: the order of removal counts
+        heal = heal_key(self.cfg, self.healer if healed else None)  # healed: the order counts
         return ScoreStore(root, info, self.cfg.model.dtype, ctx.calib_ids, ctx.calib_groups,
                           self.eval_ids, groups, list(ctx.option_ids), self.max_tokens,
                           self.processes, __version__, *heal, ordered=bool(heal))  # fmt: skip
@@ -245,7 +245,7 @@ def _write(run: PruneRun, traj: Trajectory, rows: list[dict]) -> None:
     traj["collapse"] = trajectory_collapse(traj)
     traj["timing"]["processes"] = run.processes
     if run.ctx.store is not None:
-        traj["timing"]["score_cache"] = run.ctx.store.record()
+        traj["timing"]["score_cache"] = run.ctx.store.record(run.ctx.unhealed_store)
     if run.processes > 1:
         traj["timing"]["communication_s"] = round(COMMUNICATION["seconds"], 3)
     if is_main() and run.out is not None:

@@ -106,6 +106,10 @@ class ScoreStore:
         if is_main():
             self._path(kind, removed, candidate).unlink(missing_ok=True)
 
-    def record(self) -> dict:
-        """What this process read from and added to the store (for the run's timing record)."""
-        return {"key": self.key, "hits": self.hits, "misses": self.misses}
+    def record(self, unhealed: ScoreStore | None = None) -> dict:
+        """What this process read from and added to the store (for the run's timing record).
+
+        ``unhealed``: a healed run's store of unhealed values, recorded beside.
+        """
+        out = {"key": self.key, "hits": self.hits, "misses": self.misses}
+        return out | ({"unhealed": unhealed.record()} if unhealed else {})

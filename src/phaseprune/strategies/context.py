@@ -9,8 +9,8 @@ unpruned model (kept in :class:`StrategyCache`) and then walk down that ranking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,6 +95,9 @@ class PruneContext:
     rounding: float | None = None
     """A bfloat16 or float16 run: its rounding error measured at step 0
     (:func:`~phaseprune.engine.rounding.measure_rounding`); None in float32."""
+    unhealed_store: Any = None
+    """A healed run's store of unhealed values (keyed as an unhealed run's): see
+    :func:`unhealed`."""
     heal: Any = None
     """``--heal linear``: the run's :class:`~phaseprune.engine.healing.LinearHealer`, whose
     current maps the model holds; None without healing."""
@@ -140,9 +143,26 @@ class Choice:
     (:func:`~phaseprune.core.rounding.rounding_check`); None in float32."""
 
 
-def unhealed(ctx: PruneContext):
-    """Context: the model with its own weights (what is defined on the unpruned model)."""
-    return nullcontext() if ctx.heal is None else ctx.heal.original()
+@contextmanager
+def unhealed(ctx: PruneContext, *, healed_store: bool = False) -> Iterator[None]:
+    """Context: the model with its own weights (what is defined on the unpruned model).
+
+    What is computed meanwhile is what an unhealed run computes, so ``ctx.store`` is the
+    unhealed runs' store (``ctx.unhealed_store``): a healed run reads an unhealed run's scan
+    from a shared ``--score-cache``. ``healed_store`` keeps the run's own (search mode's
+    decision-builder scan heals each candidate).
+    """
+    if ctx.heal is None:
+        yield
+        return
+    store = ctx.store
+    if not healed_store and ctx.unhealed_store is not None:
+        ctx.store = ctx.unhealed_store
+    try:
+        with ctx.heal.original():
+            yield
+    finally:
+        ctx.store = store
 
 
 def heal_hook(ctx: PruneContext, removed: Sequence[int], todo: Sequence[int]):
