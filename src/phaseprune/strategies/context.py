@@ -144,19 +144,19 @@ class Choice:
 
 
 @contextmanager
-def unhealed(ctx: PruneContext, *, healed_store: bool = False) -> Iterator[None]:
+def unhealed(ctx: PruneContext) -> Iterator[None]:
     """Context: the model with its own weights (what is defined on the unpruned model).
 
-    What is computed meanwhile is what an unhealed run computes, so ``ctx.store`` is the
-    unhealed runs' store (``ctx.unhealed_store``): a healed run reads an unhealed run's scan
-    from a shared ``--score-cache``. ``healed_store`` keeps the run's own (search mode's
-    decision-builder scan heals each candidate).
+    With ``--heal-when after`` what is computed meanwhile is what an unhealed run computes, so
+    ``ctx.store`` is the unhealed runs' store (``ctx.unhealed_store``): a healed run reads an
+    unhealed run's scans from a shared ``--score-cache``. In search mode the scans heal each
+    candidate (phase-aware's decision builders, PPL's ranking), so the run's own store stays.
     """
     if ctx.heal is None:
         yield
         return
     store = ctx.store
-    if not healed_store and ctx.unhealed_store is not None:
+    if ctx.heal_when != "search" and ctx.unhealed_store is not None:
         ctx.store = ctx.unhealed_store
     try:
         with ctx.heal.original():

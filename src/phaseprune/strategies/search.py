@@ -159,8 +159,7 @@ def decision_builders(ctx: PruneContext) -> list[int]:
     """
     if ctx.cache.builders is None:
         free = [k for k in range(ctx.n_layers) if k not in ctx.protect]
-        # a resumed healed run holds its maps already; search mode heals each candidate
-        with unhealed(ctx, healed_store=ctx.heal_when == "search"):
+        with unhealed(ctx):  # a resumed healed run holds its maps already
             scan = by_objective(ctx, (), free) if ctx.spare else None
         scores = {} if scan is None else scan.scores
         # the objective's whole key (accuracy ties go to the margin), worst first
