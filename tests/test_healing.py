@@ -385,6 +385,25 @@ def test_a_healed_run_reads_the_unhealed_builder_scan_from_a_shared_store(decide
     assert search["timing"]["score_cache"]["unhealed"]["hits"] == 0
 
 
+def test_the_unhealed_readout_is_an_unhealed_runs_entry(decider, tmp_path):
+    """A healed one-shot run removes what the unhealed run removed: its readout of the same
+    removals without maps comes from that run's stored evaluation readouts, and equals them."""
+    from phaseprune.cli import main
+
+    cache = str(tmp_path / "cache")
+    same = ["--strategy", "angular", "--steps", "3", "--score-cache", cache]
+    main(["prune", "--model", str(decider.path), "--task", f"jsonl:{decider.path / 'eval.jsonl'}",
+          "--quiet", "--no-plots", "--n-boot", "50", "--calib", "24", "--eval", "40",
+          "--out", str(tmp_path / "plain"), *same])  # fmt: skip
+    plain = json.loads((tmp_path / "plain" / "trajectory.json").read_text())
+    healed = _prune(decider, tmp_path / "healed", *same)
+    assert healed["timing"]["score_cache"]["unhealed"]["hits"] >= 3
+    for a, b in zip(healed["steps"], plain["steps"], strict=True):
+        assert a["removed_so_far"] == b["removed_so_far"]
+        assert a["unhealed"]["eval_picks"] == b["eval_picks"]
+        assert a["unhealed"]["eval_accuracy"] == b["eval_accuracy"]
+
+
 def test_api_gives_the_model_back(decider):
     """A healed run in memory leaves the caller's model with its own weights, bit for bit."""
     import phaseprune

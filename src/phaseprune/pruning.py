@@ -159,11 +159,9 @@ class PruneRun:
         # the evaluation readout after each removal recomputes only the layers after it
         groups = subject_groups([task.items[i].subject for i in self.eval])
         reader = dict(groups=groups, max_tokens=self.max_tokens, cache_budget=cache_budget)
-        self.eval_reader = IncrementalReadout(self.model, self.eval_ids, enc.options.ids,
-                                              progress=not cfg.quiet, **reader)  # fmt: skip
-        self.unhealed_reader = self.healer and IncrementalReadout(
-            self.model, self.eval_ids, enc.options.ids, **reader
-        )
+        args = (self.model, self.eval_ids, enc.options.ids)
+        self.eval_reader = IncrementalReadout(*args, progress=not cfg.quiet, **reader)
+        self.unhealed_reader = self.healer and IncrementalReadout(*args, **reader)
 
     def _store(self, healed: bool = True) -> ScoreStore | None:
         """The (``healed=False``: unhealed) store of ``--score-cache``, else the run's own."""
@@ -225,15 +223,16 @@ class PruneRun:
     def eval_readout(self, removed) -> dict:
         """Full decision readout of the model without ``removed`` on the evaluation items.
 
-        Healed, also the readout of the same removals without any map (``unhealed``).
+        Healed, also the same removals with no map (``unhealed``: an unhealed run's ``eval``).
         """
         logits = stored(self.ctx, "eval", removed, lambda: self.eval_reader(removed)).numpy()
         record = readout_record(logits, self.eval_gold, self.task.n_options, self.cfg)
         if self.healer is None or not removed:
             return record
         with self.healer.original():
-            plain = stored(self.ctx, "unhealed", removed, lambda: self.unhealed_reader(removed))
-        plain = readout_record(plain.numpy(), self.eval_gold, self.task.n_options, self.cfg)
+            read, store = (lambda: self.unhealed_reader(removed)), self.ctx.unhealed_store
+            plain = (store.fetch("eval", removed, read) if store else read()).numpy()
+        plain = readout_record(plain, self.eval_gold, self.task.n_options, self.cfg)
         return record | {"unhealed": unhealed_record(plain)}
 
 
