@@ -378,9 +378,10 @@ def test_a_healed_run_reads_the_unhealed_builder_scan_from_a_shared_store(decide
     used = after["timing"]["score_cache"]["unhealed"]
     assert used["key"] == plain["timing"]["score_cache"]["key"]
     assert used["hits"] > 0 and used["misses"] == 0  # every candidate read, none scored
-    assert after["steps"][0]["calib_phases"]["builders"] == plain["steps"][0]["calib_phases"][
-        "builders"
-    ]
+    assert (
+        after["steps"][0]["calib_phases"]["builders"]
+        == plain["steps"][0]["calib_phases"]["builders"]
+    )
     search = _prune(decider, tmp_path / "search", *pa, "--heal-when", "search")
     assert search["timing"]["score_cache"]["unhealed"]["hits"] == 0
 
@@ -445,3 +446,37 @@ def test_heal_data_text_or_task(decider, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'text' field" in err[0]
+
+
+def test_the_judge_scores_the_calibration_items_as_analyze_reads_them(decider, tmp_path):
+    """The judge's two scores (the calibration layer cache, the healed one a probe) are the
+    mean final margins `analyze` reads on the calibration items: of the model without the
+    layer, and of the healed export of the step."""
+    import dataclasses
+
+    import phaseprune
+    from phaseprune.cli import main
+    from phaseprune.tasks import load_task
+
+    traj = _prune(decider, tmp_path / "run", "--steps", "2", "--strategy", "iterative",
+                  "--objective", "margin")  # fmt: skip
+    task = load_task(f"jsonl:{decider.path / 'eval.jsonl'}")
+    by_id = {it.item_id: it for it in task.items}
+    calib = dataclasses.replace(task, items=[by_id[i] for i in traj["calib_items"]])
+
+    def margin(model, tokenizer) -> float:
+        summary = phaseprune.analyze(model, tokenizer, calib, quiet=True, n_boot=20).summary
+        return summary["layers"][-1]["margin_mean"]
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(decider.path)
+    for step in traj["steps"]:
+        judged, n = step["heal"]["judged"], step["step"]
+        out = tmp_path / f"export{n}"
+        assert main(["export", str(tmp_path / "run"), "--step", str(n), "--out", str(out)]) == 0
+        healed = margin(tf.AutoModelForCausalLM.from_pretrained(out).eval(), tokenizer)
+        assert healed == pytest.approx(judged["healed" if judged["kept"] else "unhealed"], abs=1e-5)
+    # step 1's unhealed side: the decider without the layer, no map anywhere
+    model = tf.AutoModelForCausalLM.from_pretrained(decider.path).eval()
+    with without_layers(model, traj["steps"][0]["removed_so_far"]):
+        plain = margin(model, tokenizer)
+    assert plain == pytest.approx(traj["steps"][0]["heal"]["judged"]["unhealed"], abs=1e-5)

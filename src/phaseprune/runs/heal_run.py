@@ -23,13 +23,13 @@ from phaseprune.core.items import subject_groups
 from phaseprune.core.objectives import candidate_metrics, objective_key
 from phaseprune.core.progress import stage
 from phaseprune.core.prompts import build_prompts
-from phaseprune.engine.candidates import final_readout, option_reduce
 from phaseprune.engine.encoding import encode_prompts
 from phaseprune.engine.healing import RIDGES, HealData, HealFit, HealSite, LinearHealer, maps_after
 from phaseprune.model.arch import context_window
 from phaseprune.model.distributed import is_main
 from phaseprune.model.load import load_tokenizer
 from phaseprune.runs.outdir import atomic_write_bytes
+from phaseprune.strategies.search import calib_reader
 from phaseprune.tasks import load_task
 
 HEAL_DIR = "heal"
@@ -62,17 +62,12 @@ def judged(ctx, removed: list[int], fit: HealFit) -> HealFit:
     if fit.map is None:
         return fit
     plain = HealFit(fit.site, None, fit.record)
-    scores = {}
-    for name, candidate in (("healed", fit), ("unhealed", plain)):
+    # the calibration layer cache follows the run: the unhealed variant is kept as its state,
+    # the healed one a probe resumed from the healed layer (a map changes its heal tag)
+    reader, scores = calib_reader(ctx), {}
+    for name, candidate in (("unhealed", plain), ("healed", fit)):
         with ctx.heal.trying(candidate):
-            logits = final_readout(
-                ctx.model,
-                removed,
-                ctx.calib_ids,
-                option_reduce(ctx.option_ids),
-                max_tokens=ctx.max_tokens,
-                groups=ctx.calib_groups,
-            ).numpy()
+            logits = (reader if name == "unhealed" else reader.probe)(removed)[:, -1].numpy()
         scores[name] = objective_key(
             ctx.objective, candidate_metrics(logits, ctx.calib_gold, ctx.ref_logits)
         )

@@ -117,7 +117,8 @@ def iterative(ctx: PruneContext, removed: Sequence[int]) -> Choice:
     return by_objective(ctx, removed, candidates)
 
 
-def _calib_reader(ctx: PruneContext) -> IncrementalReadout:
+def calib_reader(ctx: PruneContext) -> IncrementalReadout:
+    """The run's incremental readout of the calibration items (phases, the heal judge)."""
     if ctx.cache.calib_readout is None:  # kept across steps: each step recomputes the suffix
         ctx.cache.calib_readout = IncrementalReadout(
             ctx.model,
@@ -141,7 +142,7 @@ def _phases_of(ctx: PruneContext, logits) -> tuple[PhaseResult, float]:
 
 def calibration_readout(ctx: PruneContext, removed: Sequence[int]):
     """``(n_calib, n_readout, n_options)`` all-layer readout of the model without ``removed``."""
-    return stored(ctx, "calib", removed, lambda: _calib_reader(ctx)(removed))
+    return stored(ctx, "calib", removed, lambda: calib_reader(ctx)(removed))
 
 
 def calibration_phases(ctx: PruneContext, removed: Sequence[int]) -> PhaseResult:
@@ -190,7 +191,7 @@ def keeps_transition(ctx: PruneContext, removed: Sequence[int], k: int) -> dict:
     of the current one. (Against the unpruned model instead, nothing passes once the
     Decisive-Phase layers are gone: they carry much of the final margin.)
     """
-    reader = _calib_reader(ctx)
+    reader = calib_reader(ctx)
     now, now_margin = _phases_of(ctx, stored(ctx, "calib", removed, lambda: reader(removed)))
     probe = [*removed, k]
     phases, margin = _phases_of(ctx, stored(ctx, "calib", probe, lambda: reader.probe(probe)))
