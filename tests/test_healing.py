@@ -458,8 +458,9 @@ def test_the_judge_scores_the_calibration_items_as_analyze_reads_them(decider, t
     from phaseprune.cli import main
     from phaseprune.tasks import load_task
 
-    traj = _prune(decider, tmp_path / "run", "--steps", "2", "--strategy", "iterative",
+    traj = _prune(decider, tmp_path / "run", "--steps", "2", "--strategy", "angular",
                   "--objective", "margin")  # fmt: skip
+    assert all(s["heal"]["judged"]["kept"] for s in traj["steps"])  # both sides are read
     task = load_task(f"jsonl:{decider.path / 'eval.jsonl'}")
     by_id = {it.item_id: it for it in task.items}
     calib = dataclasses.replace(task, items=[by_id[i] for i in traj["calib_items"]])
