@@ -193,16 +193,24 @@ REFERENCE_CHOSEN_ON_MMLU = (
 )
 
 
-def another_task(name: str, task: str, single_items: int = 0, eval: int = 150) -> Plan:
-    """Qwen2.5-Coder-1.5B's head-to-head on another task: 32 calibration, ``eval`` evaluation items.
+def another_task(name: str, task: str, single_items: int = 0, **changes) -> Plan:
+    """Qwen2.5-Coder-1.5B's head-to-head on another task: 32 calibration, 150 evaluation items.
 
     Every strategy and the reference's accuracy-objective twin; its own decision readout on 200
     items (the phases of claims a-c), every layer removed alone on ``single_items`` of the
     task's items (claims b, c; 0: none) and no MMLU readout (the MMLU plan has it).
+    ``changes``: other :class:`Plan` fields.
     """
-    return Plan(name, "", fetch="qwen2.5-coder-1.5b", calib=32, eval=eval, strategies=(),
-                h2h=SECOND_SETTING_H2H, h2h_task=task, other_task=task, other_items=200,
-                single_items=single_items, skip=("analyze-mmlu",))  # fmt: skip
+    settings = dict(calib=32, eval=150, strategies=(), h2h=SECOND_SETTING_H2H, h2h_task=task,
+                    other_task=task, other_items=200, single_items=single_items,
+                    skip=("analyze-mmlu",))  # fmt: skip
+    return Plan(name, "", fetch="qwen2.5-coder-1.5b", **{**settings, **changes})
+
+
+HELD_OUT_H2H = {label: s for label, s in SECOND_SETTING_H2H.items() if label != "phase-aware-tail"}
+"""OpenBookQA's unhealed runs (issue 32's pre-registration): every strategy and the reference."""
+HELD_OUT_HEAL = healed(("phase-aware-kl", "angular", *HEALED_BASELINES))
+"""OpenBookQA's healed runs: the reference (phase-aware-kl healed) and every baseline but SLEB."""
 
 
 PLANS = {
@@ -230,8 +238,17 @@ PLANS = {
     # before any of its runs to test the pattern the first two settings suggest (phase-aware
     # wins where its readout's Decisive tail is free); the readout first, the prediction it
     # implies stated in the document before the head-to-head, cheapest runs first
-    # (issue 32: 200 evaluation items, as on MMLU, and no pruning run before its pre-registration)
-    "qwen2.5-coder-1.5b-obqa": another_task("qwen2.5-coder-1.5b-obqa", "openbookqa", eval=200),
+    # (issue 32: 200 evaluation items as on MMLU, to 8 removals, and on to 12 or the collapse
+    # for an unhealed run without one; the pre-registration: experiments/preregistration-*.md)
+    "qwen2.5-coder-1.5b-obqa": another_task(
+        "qwen2.5-coder-1.5b-obqa",
+        "openbookqa",
+        eval=200,
+        steps=8,
+        extend_to=12,
+        h2h=HELD_OUT_H2H,
+        heal=HELD_OUT_HEAL,
+    ),  # fmt: skip
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
 }
