@@ -355,3 +355,42 @@ def test_healing_table_pairs_each_healed_run(decider, tmp_path):
         assert row["vs_unhealed"][1] <= row["vs_unhealed"][0] <= row["vs_unhealed"][2]
         assert row["h2h"] == step["unhealed"]["eval_accuracy"]  # `last`: the same removals
     assert "### heal-last" in healing.markdown(plan, runs)
+
+
+def test_the_heal_when_rule_picks_search_only_on_evidence(tmp_path):
+    """docs/healing.md's rule on hand-made runs: deeper at 90%, or a paired win and no loss."""
+    from phaseprune_study import healing
+
+    n, gold = 100, [i % 4 for i in range(100)]
+
+    def run(rights):
+        readouts = [{"eval_accuracy": r / n,
+                     "eval_picks": [g if i < r else (g + 1) % 4 for i, g in enumerate(gold)]}
+                    for r in rights]  # fmt: skip
+        steps = [dict(r, step=i + 1, removed_so_far=list(range(i + 1)))
+                 for i, r in enumerate(readouts[1:])]  # fmt: skip
+        return {"strategy": "phase-aware", "step0": readouts[0], "steps": steps,
+                "eval_gold": gold, "collapse": {"step": None}, "complete": True}  # fmt: skip
+
+    heal = {"pa-after": {"steps": 3}, "pa-search": {"steps": 3}}
+    plan = dataclasses.replace(plans.PLANS["qwen2.5-coder-1.5b"], name="tiny", reference="pa",
+                               heal=heal)  # fmt: skip
+
+    def choose(after, search):
+        for mode, rights in (("after", after), ("search", search)):
+            folder = tmp_path / "tiny" / f"heal-pa-{mode}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "trajectory.json").write_text(json.dumps(run(rights)))
+        return healing.heal_when_choice(plan, tmp_path)
+
+    c = choose([80, 80, 79, 60], [80, 80, 80, 75])  # search keeps 90% one step deeper
+    assert c["choice"] == "search" and c["depth_90"] == {"after": 2, "search": 3}
+    assert c["decided"]
+    c = choose([80, 78, 78, 60], [80, 78, 78, 62])  # as deep; 2 items better at step 3 only
+    assert c["choice"] == "after" and c["wins"] == []  # 2 of 100 items: no paired win
+    c = choose([80, 78, 60, 50], [80, 78, 62, 70])  # as deep (1); a win at 3, no loss
+    assert c["choice"] == "search" and c["wins"] == [3] and c["losses"] == []
+    c = choose([80, 78, 70, 50], [80, 78, 60, 70])  # a win at 3 and a loss at 2: after stays
+    assert c["choice"] == "after" and c["losses"] == [2] and c["wins"] == [3]
+    c = choose([80, 78, 70, 50], [80, 78])  # search one step in: the choice so far
+    assert not c["decided"] and c["steps"] == {"after": 3, "search": 1}

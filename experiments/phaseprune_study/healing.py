@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from phaseprune.core.headtohead import paired_interval
+from phaseprune.core.headtohead import (
+    SHARES,
+    curve,
+    paired_difference,
+    paired_interval,
+    retention_depth,
+)
 from phaseprune_study.plans import PLANS, ROOT
 from phaseprune_study.records import committed
 
@@ -72,6 +78,40 @@ def healing_rows(plan, label: str, runs: Path) -> list[dict]:
     return rows
 
 
+def heal_when_choice(plan, runs: Path) -> dict | None:
+    """The rule of docs/healing.md that picks ``--heal-when``'s default, applied.
+
+    ``heal-<reference>-search`` against ``heal-<reference>-after`` over the evaluation items:
+    ``search`` only if it keeps 90% to a deeper step than ``after``, or has a paired win (95%
+    interval above zero) at some step and a paired loss at none; else ``after``, the cheaper.
+    ``decided`` is False while either run is short of its planned steps (the choice so far).
+    None until both runs have a step.
+    """
+    runs_of = {}
+    for mode in ("after", "search"):
+        traj = _trajectory(plan, f"heal-{plan.reference}-{mode}", runs)
+        if traj is None or not traj["steps"]:
+            return None
+        runs_of[mode] = traj
+    after, search = (curve(runs_of[m], m) for m in ("after", "search"))
+    common = [d for d in search.depths if d in after.depths and d > 0]
+    diffs = [paired_difference(search, after, d) for d in common]
+    wins = [d["depth"] for d in diffs if d["excludes_zero"] and d["difference"] > 0]
+    losses = [d["depth"] for d in diffs if d["excludes_zero"] and d["difference"] < 0]
+    depth = {m: retention_depth(c, SHARES[0]) for m, c in (("after", after), ("search", search))}
+    deeper = depth["search"] > depth["after"]
+    planned = {m: plan.heal[f"{plan.reference}-{m}"]["steps"] for m in runs_of}
+    return {
+        "choice": "search" if deeper or (wins and not losses) else "after",
+        "decided": all(len(runs_of[m]["steps"]) >= planned[m] for m in runs_of),
+        "depth_90": depth,
+        "steps": {m: len(runs_of[m]["steps"]) for m in runs_of},
+        "differences": diffs,
+        "wins": wins,
+        "losses": losses,
+    }
+
+
 def markdown(plan, runs: Path) -> str:
     """Every healed run of ``plan`` as a Markdown table."""
     out = []
@@ -100,3 +140,8 @@ if __name__ == "__main__":
     for plan in PLANS.values():
         if plan.heal:
             print(markdown(plan, ROOT / "runs" / "findings"))
+            if choice := heal_when_choice(plan, ROOT / "runs" / "findings"):
+                state = "decided" if choice["decided"] else f"so far ({choice['steps']} steps)"
+                print(f"--heal-when default {state}: {choice['choice']}; 90% kept to "
+                      f"{choice['depth_90']}; search's paired wins at {choice['wins']}, "
+                      f"losses at {choice['losses']}")  # fmt: skip
