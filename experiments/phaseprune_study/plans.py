@@ -209,8 +209,9 @@ def another_task(name: str, task: str, single_items: int = 0, **changes) -> Plan
 
 HELD_OUT_H2H = {label: s for label, s in SECOND_SETTING_H2H.items() if label != "phase-aware-tail"}
 """OpenBookQA's unhealed runs (issue 32's pre-registration): every strategy and the reference."""
-HELD_OUT_HEAL = healed(("phase-aware-kl", "angular", *HEALED_BASELINES))
-"""OpenBookQA's healed runs: the reference (phase-aware-kl healed) and every baseline but SLEB."""
+EVERY_HEALED = healed(("phase-aware-kl", "angular", *HEALED_BASELINES))
+"""The healed runs of ARC-Challenge and OpenBookQA (issue 32): the reference (phase-aware-kl
+healed, the default ``--heal-when``) and every baseline but SLEB."""
 
 
 PLANS = {
@@ -233,7 +234,9 @@ PLANS = {
     # (its single-removal scan came after the head-to-head, ~35 min on 2 CPU cores: claims b
     # and c on 120 items as on MMLU, and whether a larger scan than the 32 calibration items
     # puts layer 2 among the decision builders phase-aware spares)
-    "qwen2.5-coder-1.5b-arc": another_task("qwen2.5-coder-1.5b-arc", "arc_challenge", 120),
+    "qwen2.5-coder-1.5b-arc": another_task(
+        "qwen2.5-coder-1.5b-arc", "arc_challenge", 120, heal=EVERY_HEALED
+    ),
     # the third setting (after ARC-Challenge's result): the same model on OpenBookQA, chosen
     # before any of its runs to test the pattern the first two settings suggest (phase-aware
     # wins where its readout's Decisive tail is free); the readout first, the prediction it
@@ -247,7 +250,7 @@ PLANS = {
         steps=8,
         extend_to=12,
         h2h=HELD_OUT_H2H,
-        heal=HELD_OUT_HEAL,
+        heal=EVERY_HEALED,
     ),  # fmt: skip
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
