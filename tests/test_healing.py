@@ -481,3 +481,38 @@ def test_the_judge_scores_the_calibration_items_as_analyze_reads_them(decider, t
     with without_layers(model, traj["steps"][0]["removed_so_far"]):
         plain = margin(model, tokenizer)
     assert plain == pytest.approx(traj["steps"][0]["heal"]["judged"]["unhealed"], abs=1e-5)
+
+
+def test_search_mode_fits_each_candidate_once_a_step():
+    """A scan in parts asks for the same candidates' maps once per part: each is fitted once
+    for the model it is read in, and a fit for another model (other maps held) is not reused."""
+    from types import SimpleNamespace
+
+    from phaseprune.engine.healing import HealFit
+    from phaseprune.strategies.context import StrategyCache, heal_hook
+
+    asked = []
+
+    class Healer:
+        active: tuple = ()
+
+        def fit(self, removed, candidates):
+            asked.append(list(candidates))
+            return {k: HealFit(HealSite(k - 1, k, tuple(removed)), None, {}) for k in candidates}
+
+        def reweighted(self):
+            return self.active
+
+        def trying(self, fit):
+            return fit
+
+    ctx = SimpleNamespace(heal=Healer(), heal_when="search", cache=StrategyCache())
+    for _ in range(3):  # three subjects, the same candidates
+        heal = heal_hook(ctx, [5], [1, 2, 3])
+        assert heal(3)[0] == 2  # scored from the healed layer
+    assert asked == [[1, 2, 3]]
+    heal_hook(ctx, [5], [2, 4])
+    assert asked == [[1, 2, 3], [4]]
+    ctx.heal.active = (4,)  # a map held elsewhere: the sources differ
+    heal_hook(ctx, [5], [2])
+    assert asked[-1] == [2]

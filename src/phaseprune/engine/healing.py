@@ -240,6 +240,10 @@ class LinearHealer:
         self._enter(self._params(self.maps))
         self._folds = {k: v for k, v in self._folds.items() if k in self.maps}  # the step's
 
+    def reweighted(self) -> tuple[int, ...]:
+        """The layers whose output projections hold a map now (none inside :meth:`original`)."""
+        return tuple(sorted(self._active))
+
     def original(self):
         """Context: the model with every layer's own weights, inside the block."""
         return self._holding({})

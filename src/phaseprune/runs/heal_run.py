@@ -104,7 +104,7 @@ def heal_step(
         return None
     started = time.perf_counter()
     key = layers[0] if len(layers) == 1 else tuple(layers)
-    fit = run.ctx.cache.heal_fits.get((tuple(removed), key))
+    fit = run.ctx.cache.heal_fits.get((tuple(removed), run.healer.reweighted(), key))
     run.ctx.cache.heal_fits.clear()
     with stage("heal"):
         if fit is None:

@@ -169,13 +169,16 @@ def heal_hook(ctx: PruneContext, removed: Sequence[int], todo: Sequence[int]):
     """``score_removals``'s ``heal``: each candidate scored with its own map (search mode).
 
     None without healing or with ``--heal-when after``. The fits are kept in
-    ``ctx.cache.heal_fits`` for the step's chosen candidate.
+    ``ctx.cache.heal_fits`` for the rest of the step: a scan in parts (the subjects of the
+    calibration items) fits each candidate once, and the chosen one's map is folded in.
     """
     if ctx.heal is None or ctx.heal_when != "search" or not todo:
         return None
-    fits = ctx.heal.fit(removed, list(todo))
-    for k, fit in fits.items():
-        ctx.cache.heal_fits[(tuple(removed), k)] = fit
+    key = (tuple(removed), ctx.heal.reweighted())  # the model the sources are read in
+    missing = [k for k in todo if (*key, k) not in ctx.cache.heal_fits]
+    for k, fit in (ctx.heal.fit(removed, missing) if missing else {}).items():
+        ctx.cache.heal_fits[(*key, k)] = fit
+    fits = {k: ctx.cache.heal_fits[(*key, k)] for k in todo}
 
     def heal(k):
         return min(k, fits[k].site.layer), ctx.heal.trying(fits[k])
