@@ -274,6 +274,7 @@ class LinearHealer:
         views: dict[tuple, list[int]] = {}
         for k, site in sites.items():
             views.setdefault(site.view, []).append(k)
+        spans = {v: self._span(v, [sites[k].layer for k in keys]) for v, keys in views.items()}
         rows, groups = self.data.rows, self.data.groups
         for g, group in enumerate(groups or [list(range(len(rows)))]):
             group = list(group)
@@ -287,7 +288,7 @@ class LinearHealer:
             prefixes = {}
             for view, keys in views.items():
                 if n:
-                    start, cut = self._span(view, [sites[k].layer for k in keys])
+                    start, cut = spans[view]
                     with without_layers(self.model, cut) as parts:
                         hooks = self._hooks([(sites[k], stats[k]) for k in keys])
                         with hooks.on(target_prefix, None, [False]):
@@ -299,7 +300,7 @@ class LinearHealer:
                     ("batch", g, b), lambda p, own=own, t=target_prefix: run_pass(p, own, t)
                 )
                 for view, keys in views.items():
-                    start, cut = self._span(view, [sites[k].layer for k in keys])
+                    start, cut = spans[view]
                     with without_layers(self.model, cut) as parts:
                         hooks = self._hooks([(sites[k], stats[k]) for k in keys])
                         with hooks.on(targets, targets.mask, held):

@@ -29,6 +29,7 @@ from phaseprune.model.arch import context_window
 from phaseprune.model.distributed import is_main
 from phaseprune.model.load import load_tokenizer
 from phaseprune.runs.outdir import atomic_write_bytes
+from phaseprune.strategies.context import heal_fit_key
 from phaseprune.strategies.search import calib_reader
 from phaseprune.tasks import load_task
 
@@ -104,7 +105,7 @@ def heal_step(
         return None
     started = time.perf_counter()
     key = layers[0] if len(layers) == 1 else tuple(layers)
-    fit = run.ctx.cache.heal_fits.get((tuple(removed), run.healer.reweighted(), key))
+    fit = run.ctx.cache.heal_fits.get(heal_fit_key(run.healer, removed, key))
     run.ctx.cache.heal_fits.clear()
     with stage("heal"):
         if fit is None:

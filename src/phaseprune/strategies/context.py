@@ -165,6 +165,14 @@ def unhealed(ctx: PruneContext) -> Iterator[None]:
         ctx.store = store
 
 
+def heal_fit_key(heal, removed: Sequence[int], k) -> tuple:
+    """``ctx.cache.heal_fits``'s key of candidate ``k``'s map.
+
+    The removed layers and the layers holding maps (the model its sources are read in), then k.
+    """
+    return (tuple(removed), heal.reweighted(), k)
+
+
 def heal_hook(ctx: PruneContext, removed: Sequence[int], todo: Sequence[int]):
     """``score_removals``'s ``heal``: each candidate scored with its own map (search mode).
 
@@ -174,11 +182,10 @@ def heal_hook(ctx: PruneContext, removed: Sequence[int], todo: Sequence[int]):
     """
     if ctx.heal is None or ctx.heal_when != "search" or not todo:
         return None
-    key = (tuple(removed), ctx.heal.reweighted())  # the model the sources are read in
-    missing = [k for k in todo if (*key, k) not in ctx.cache.heal_fits]
+    missing = [k for k in todo if heal_fit_key(ctx.heal, removed, k) not in ctx.cache.heal_fits]
     for k, fit in (ctx.heal.fit(removed, missing) if missing else {}).items():
-        ctx.cache.heal_fits[(*key, k)] = fit
-    fits = {k: ctx.cache.heal_fits[(*key, k)] for k in todo}
+        ctx.cache.heal_fits[heal_fit_key(ctx.heal, removed, k)] = fit
+    fits = {k: ctx.cache.heal_fits[heal_fit_key(ctx.heal, removed, k)] for k in todo}
 
     def heal(k):
         return min(k, fits[k].site.layer), ctx.heal.trying(fits[k])
