@@ -394,3 +394,72 @@ def test_the_heal_when_rule_picks_search_only_on_evidence(tmp_path):
     assert c["choice"] == "after" and c["losses"] == [2] and c["wins"] == [3]
     c = choose([80, 78, 70, 50], [80, 78])  # search one step in: the choice so far
     assert not c["decided"] and c["steps"] == {"after": 3, "search": 1}
+
+
+def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_path, monkeypatch):
+    """Issue 32: the healed reference against healed baselines alone, then against every run.
+
+    The runs are a real record's with the readouts replaced, so every outcome is known.
+    """
+    from phaseprune_study import healing
+
+    monkeypatch.setattr(records, "RECORDS", tmp_path / "records")
+    real = tmp_path / "real"
+    run_prune(_cfg(decider, real, 3, heal="linear", heal_items=12))
+    shape = json.loads((real / "trajectory.json").read_text())
+    n, gold = 100, [i % 4 for i in range(100)]
+
+    def run(strategy, rights, transitions=None, unhealed=None):
+        def readout(r, i):
+            out = {"eval_accuracy": r / n, "transition_layer": (transitions or {}).get(i),
+                   "eval_picks": [g if j < r else (g + 1) % 4 for j, g in enumerate(gold)]}
+            if unhealed is not None and i > 0:
+                out["unhealed"] = dict(shape["steps"][0]["unhealed"], transition_layer=None,
+                                       eval_accuracy=unhealed[i] / n)
+            return out  # fmt: skip
+
+        readouts = [readout(r, i) for i, r in enumerate(rights)]
+        steps = [dict(shape["steps"][i], **r, step=i + 1, removed_so_far=list(range(i + 1)))
+                 for i, r in enumerate(readouts[1:])]  # fmt: skip
+        if unhealed is None:
+            steps = [{k: v for k, v in s.items() if k not in ("unhealed", "heal")} for s in steps]
+        collapse = next((i for i, r in enumerate(rights) if r < rights[0] / 2), None)
+        return {**shape, "strategy": strategy, "step0": dict(shape["step0"], **readouts[0]),
+                "steps": steps, "eval_gold": gold, "eval_items": [f"i{j}" for j in range(n)],
+                "collapse": {**shape["collapse"], "step": collapse}}  # fmt: skip
+
+    plan = dataclasses.replace(
+        plans.PLANS["qwen2.5-coder-1.5b-obqa"], name="tiny", reference="pa",
+        h2h={"angular": {"strategy": "angular"}, "pa": {"strategy": "phase-aware"}},
+        heal={"pa": {"heal_when": plans.HEAL_WHEN, "steps": 3},
+              "angular": {"heal_when": plans.HEAL_WHEN, "steps": 3}})  # fmt: skip
+    root = tmp_path / "runs"
+    made = {"h2h-angular": run("angular", [80, 60, 50, 30]),
+            "h2h-pa": run("phase-aware", [80, 74, 60, 50]),
+            # healed: pa keeps 90% to 2, angular to 1; pa's transition comes back at step 1
+            "heal-angular": run("angular", [80, 79, 70, 45], unhealed=[80, 60, 50, 30]),
+            "heal-pa": run("phase-aware", [80, 79, 78, 70], {0: 20, 1: 21},
+                           unhealed=[80, 74, 60, 50])}  # fmt: skip
+    for stage, traj in made.items():
+        (root / stage).mkdir(parents=True)
+        (root / stage / "trajectory.json").write_text(json.dumps(traj))
+    unhealed = {label: made[f"h2h-{label}"] for label in plan.h2h}
+    hh = healing.healed_head_to_head(plan, root, unhealed)
+    assert hh["reference"] == "heal-pa" and hh["depth"] == 3 and hh["missing"] == []
+    v = hh["healed"]["verdict"]  # the primary test: healed baselines only
+    assert hh["healed"]["baselines"] == ["heal-angular"]
+    assert (v["outcome"], v["depth_90"], v["best_other_depth_90"]) == ("deeper", 2, 1)
+    assert v["supported"] and v["paired_wins_at"] == [2, 3]
+    every = hh["every"]  # every run: unhealed angular is a baseline, unhealed pa is not
+    assert every["baselines"] == ["heal-angular", "angular"]
+    assert {p["against"] for p in every["pairs"]} == {"heal-angular", "angular", "pa"}
+    gains = {g["run"]: g for g in hh["gains"]}
+    assert gains["heal-angular"]["rule"] == "angular"
+    assert gains["heal-angular"]["unhealed"]["depth_90"] == 0
+    assert gains["heal-angular"]["healed"]["depth_90"] == 1
+    assert gains["heal-pa"]["unhealed"]["depth_90"] == 1  # 74 of 80 is 92.5%, 60 is 75%
+    assert gains["heal-pa"]["transitions"] == [(1, 21, None), (2, None, None), (3, None, None)]
+    assert "| heal-pa |" in hh["healed"]["markdown"]
+    # without the healed reference there is nothing to judge
+    (root / "heal-pa" / "trajectory.json").unlink()
+    assert healing.healed_head_to_head(plan, root, unhealed) is None

@@ -27,6 +27,7 @@ from phaseprune_study.claims import (
     run_label,
     single_removals,
 )
+from phaseprune_study.healing import healed_head_to_head
 from phaseprune_study.plans import PLANS, ROOT, Plan
 from phaseprune_study.records import committed as committed_records
 from phaseprune_study.records import restore, steps_done
@@ -257,6 +258,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     )
     h2h = head_to_head_numbers(plan, run_root, labelled) if plan.h2h else None
     tail = tail_numbers(plan, analyze, summary, labelled) if plan.h2h else None
+    healed = healed_head_to_head(plan, run_root, labelled) if plan.h2h and plan.heal else None
     found = claims(summary, trajs, single, reference=plan.reference if plan.h2h else "phase-aware")
     if h2h is not None:  # (d) by the head-to-head's rule (paired, on enough items)
         v = h2h["verdict"]
@@ -282,6 +284,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "report": os.path.relpath(report.html, ROOT),
         "h2h": h2h,
         "tail": tail,
+        "healed": healed,
         "device_checks": device_checks(plan, labelled) if plan.h2h else [],
     }
     numbers = _slim(numbers)

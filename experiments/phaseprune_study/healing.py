@@ -24,16 +24,17 @@ from phaseprune.core.headtohead import (
     paired_interval,
     retention_depth,
 )
-from phaseprune_study.plans import PLANS, ROOT
-from phaseprune_study.records import committed
+from phaseprune_study.plans import HEAL_WHEN, PLANS, ROOT, Plan
+from phaseprune_study.records import committed, restore, steps_done
 
 
 def _correct(picks, gold) -> np.ndarray:
     return np.asarray(picks) == np.asarray(gold)
 
 
-def _base_rule(label: str, h2h: dict) -> str:
-    return next(b for b in h2h if label in (b, f"{b}-after", f"{b}-search"))
+def _base_rule(label: str, h2h: dict) -> str | None:
+    """The head-to-head run a heal stage heals (``phase-aware-kl-after``: ``phase-aware-kl``)."""
+    return next((b for b in h2h if label in (b, f"{b}-after", f"{b}-search")), None)
 
 
 def _trajectory(plan, stage: str, runs: Path) -> dict | None:
@@ -110,6 +111,95 @@ def heal_when_choice(plan, runs: Path) -> dict | None:
         "wins": wins,
         "losses": losses,
     }
+
+
+def healed_reference(plan: Plan) -> str | None:
+    """The heal stage's label of the reference healed with the default ``--heal-when``.
+
+    ``phase-aware-kl-after`` on the MMLU plan (which also has its ``-search`` twin),
+    ``phase-aware-kl`` on the held-out plans; None when the plan heals no reference.
+    """
+    for label, settings in plan.heal.items():
+        if _base_rule(label, plan.h2h) == plan.reference and settings.get("heal_when", "after") == HEAL_WHEN:
+            return label
+    return None
+
+
+def healed_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
+    """The plan's healed trajectories with at least one step, as ``heal-<label>``, in plan order.
+
+    ``run_root``: the plan's run folder; runs only in experiments/records/ are restored first.
+    """
+    from phaseprune.runs.files import load_trajectory
+
+    runs = {}
+    for label in plan.heal:
+        out = run_root / f"heal-{label}"
+        restore(plan, f"heal-{label}", out)
+        if steps_done(out):
+            runs[f"heal-{label}"] = load_trajectory(out)
+    return runs
+
+
+def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -> dict | None:
+    """Issue 32's healed head-to-head: the healed reference against every other run.
+
+    Judged twice with the head-to-head's rule (:func:`phaseprune.core.headtohead.verdict`):
+    ``healed`` against the healed runs alone (the primary test: baseline + healing), and
+    ``every`` against every run, healed (``heal-<label>``) or not (``unhealed``: the
+    head-to-head's trajectories by label). The depth is the healed runs' planned removals.
+    ``gains``: what healing bought each rule (:func:`healing_gains`). None until the healed
+    reference and one other healed run have a step.
+    """
+    from phaseprune.compare import headtohead_markdown
+    from phaseprune.core.headtohead import head_to_head
+
+    healed = healed_runs(plan, run_root)
+    label = healed_reference(plan)
+    ref = f"heal-{label}"
+    if label is None or ref not in healed or len(healed) < 2:
+        return None
+    depth = max(s.get("steps", plan.steps) for s in plan.heal.values())
+    every = {**healed, **unhealed}
+    judged = {name: head_to_head(list(runs.values()), list(runs), ref, depth=depth,
+                                 n_boot=2000, seed=plan.seed)
+              for name, runs in (("healed", healed), ("every", every))}  # fmt: skip
+    for h in judged.values():
+        h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
+    return {
+        "reference": ref,
+        "depth": depth,
+        **judged,
+        "gains": healing_gains(plan, judged["every"]["rows"], healed),
+        "unfinished": [name for name, t in healed.items() if not t["complete"]],
+        "missing": [f"heal-{x}" for x in plan.heal if f"heal-{x}" not in healed],
+    }
+
+
+def healing_gains(plan: Plan, rows: list[dict], healed: dict[str, dict]) -> list[dict]:
+    """Per healed run, its rule unhealed against healed: 90%/80% depths, area, collapse.
+
+    ``rows``: head-to-head rows of both (:func:`phaseprune.core.headtohead.strategy_row`, on
+    one common depth). ``transitions``: per step, the healed model's transition layer of the
+    evaluation readout and that of the same removals unhealed (None: no transition found), so
+    whether healing brings the decision transition back can be read step by step.
+    """
+    by_run = {r["run"]: r for r in rows}
+    out = []
+    for name, traj in healed.items():
+        base = _base_rule(name.removeprefix("heal-"), plan.h2h)
+        h, u = by_run[name], by_run.get(base)
+        keys = ("depth_90", "depth_80", "area", "collapse_depth", "deepest")
+        out.append({
+            "run": name,
+            "rule": base,
+            "healed": {k: h[k] for k in keys},
+            "unhealed": None if u is None else {k: u[k] for k in keys},
+            "transitions": [(s["step"], s.get("transition_layer"),
+                             s.get("unhealed", {}).get("transition_layer"))
+                            for s in traj["steps"]],
+        })  # fmt: skip
+    return out
 
 
 def markdown(plan, runs: Path) -> str:
