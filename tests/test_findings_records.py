@@ -411,11 +411,17 @@ def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_
 
     def run(strategy, rights, transitions=None, unhealed=None):
         def readout(r, i):
-            out = {"eval_accuracy": r / n, "transition_layer": (transitions or {}).get(i),
-                   "eval_picks": [g if j < r else (g + 1) % 4 for j, g in enumerate(gold)]}
+            out = {
+                "eval_accuracy": r / n,
+                "transition_layer": (transitions or {}).get(i),
+                "eval_picks": [g if j < r else (g + 1) % 4 for j, g in enumerate(gold)],
+            }
             if unhealed is not None and i > 0:
-                out["unhealed"] = dict(shape["steps"][0]["unhealed"], transition_layer=None,
-                                       eval_accuracy=unhealed[i] / n)
+                out["unhealed"] = dict(
+                    shape["steps"][0]["unhealed"],
+                    transition_layer=None,
+                    eval_accuracy=unhealed[i] / n,
+                )
             return out  # fmt: skip
 
         readouts = [readout(r, i) for i, r in enumerate(rights)]

@@ -120,7 +120,8 @@ def healed_reference(plan: Plan) -> str | None:
     ``phase-aware-kl`` on the held-out plans; None when the plan heals no reference.
     """
     for label, settings in plan.heal.items():
-        if _base_rule(label, plan.h2h) == plan.reference and settings.get("heal_when", "after") == HEAL_WHEN:
+        when = settings.get("heal_when", "after")
+        if _base_rule(label, plan.h2h) == plan.reference and when == HEAL_WHEN:
             return label
     return None
 
