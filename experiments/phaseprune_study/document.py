@@ -371,6 +371,7 @@ def render(all_numbers: dict[str, dict | None], path: Path) -> None:
         lstrip_blocks=True,
     )
     env.filters["run"] = run_label
+    env.filters["basename"] = lambda p: Path(p).name
     env.filters["pct"] = lambda x, d=1: "—" if x is None else f"{100 * x:.{d}f}%"
     env.filters["pts"] = lambda x: "—" if x is None else f"{100 * x:+.1f} pts"
     env.filters["pp"] = lambda x: f"{100 * x:.0f} points"

@@ -75,6 +75,8 @@ class Plan:
     # healed runs, stage "heal-<label>", each paired with the unhealed "h2h-<label>" of its
     # removal rule (issue 30: --heal-when search against after); run after the head-to-head
     heal: dict = field(default_factory=dict)
+    # where the plan's test was pre-registered before any of its pruning runs: (commit, file)
+    preregistered: tuple[str, str] | None = None
 
     @property
     def analyze_stage(self) -> str:
@@ -251,6 +253,7 @@ PLANS = {
         extend_to=12,
         h2h=HELD_OUT_H2H,
         heal=EVERY_HEALED,
+        preregistered=("422d740", "experiments/preregistration-openbookqa.md"),
     ),  # fmt: skip
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
