@@ -174,7 +174,7 @@ def test_analyze_an_lm_eval_task_of_my_own(task_dir, model_dir, tmp_path, capsys
     assert summary["settings"]["task"]["lm_eval_include"] == str(task_dir)
 
 
-def _lm_eval_direct(pretrained, tokenizer=None, limit=12, task_dir=None) -> dict:
+def _lm_eval_direct(pretrained, tokenizer=None, limit=12, task_dir=None, task="toy_mc") -> dict:
     """lm-eval's own run: its HFLM over a checkpoint path (or a model object)."""
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
@@ -182,12 +182,12 @@ def _lm_eval_direct(pretrained, tokenizer=None, limit=12, task_dir=None) -> dict
 
     lm = HFLM(pretrained=pretrained, tokenizer=tokenizer, batch_size=1, device="cpu")
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-    return evaluator.simple_evaluate(model=lm, tasks=["toy_mc"], limit=limit,
+    return evaluator.simple_evaluate(model=lm, tasks=[task], limit=limit,
                                      task_manager=manager, log_samples=True)  # fmt: skip
 
 
-def _metrics(results: dict) -> dict:
-    r = results["results"]["toy_mc"]
+def _metrics(results: dict, task: str = "toy_mc") -> dict:
+    r = results["results"][task]
     return {k.split(",")[0]: v for k, v in r.items() if k.endswith(",none")}
 
 
@@ -217,6 +217,38 @@ def test_prune_scores_steps_with_lm_eval(task_dir, model_dir, tmp_path, capsys):
     assert "lm-eval toy_mc acc · acc_norm (unpruned" in page
     cell = f"{step2['toy_mc']['acc'] * 100:.1f}".rstrip("0").rstrip(".") + "%"
     assert f'<td class="n">{cell} · ' in page
+
+
+@needs_lm_eval
+def test_a_healed_export_scores_in_lm_eval_as_its_run(task_dir, model_dir, tmp_path, capsys):
+    """Issue 30's check: a healed run's lm-eval scores equal lm-eval's own on its export.
+
+    The maps are folded into the weights, so lm-eval (through transformers) on the exported
+    checkpoint sees what the run scored, and its letter-choice accuracy is the run's readout's.
+    """
+    out = tmp_path / "run"
+    argv = ["prune", "--model", str(model_dir), "--task", "lm_eval:toy_letters",
+            "--lm-eval-include", str(task_dir), "--calib", "6", "--eval", "12", "--steps", "2",
+            "--strategy", "order", "--order", "2,1", "--heal", "linear", "--heal-items", "6",
+            "--out", str(out), "--quiet", "--no-plots", "--n-boot", "20",
+            "--lm-eval-tasks", "toy_letters", "--lm-eval-limit", str(N_ROWS),
+            "--lm-eval-steps", "2"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    traj = json.loads((out / "trajectory.json").read_text())
+    kept = [s["heal"]["layer"] for s in traj["steps"] if s["heal"].get("map_sha256")]
+    assert kept, "no map was kept: the test would not test healing"
+    export = tmp_path / "exported"
+    assert main(["export", str(out), "--step", "2", "--out", str(export)]) == 0
+    assert json.loads((export / "phaseprune_export.json").read_text())["healed_layers"]
+    direct = _lm_eval_direct(str(export), task_dir=task_dir, task="toy_letters", limit=N_ROWS)
+    scored = traj["steps"][1]["lm_eval"]["toy_letters"]
+    want = _metrics(direct, "toy_letters")
+    assert {k: scored[k] for k in want} == pytest.approx(want, abs=1e-12)
+    # lm-eval's answer per evaluation item is the run's readout pick (letter choices)
+    picks = {s["doc_id"]: max(range(4), key=lambda k, s=s: s["filtered_resps"][k][0])
+             for s in direct["samples"]["toy_letters"]}  # fmt: skip
+    rows = [int(i.rsplit("/", 1)[1]) for i in traj["eval_items"]]
+    assert [picks[r] for r in rows] == traj["steps"][1]["eval_picks"]
 
 
 @needs_lm_eval
