@@ -20,7 +20,7 @@ import numpy as np
 from phaseprune.core.headtohead import (
     SHARES,
     curve,
-    paired_difference,
+    pair_row,
     paired_interval,
     retention_depth,
 )
@@ -95,8 +95,7 @@ def heal_when_choice(plan, runs: Path) -> dict | None:
             return None
         runs_of[mode] = traj
     after, search = (curve(runs_of[m], m) for m in ("after", "search"))
-    common = [d for d in search.depths if d in after.depths and d > 0]
-    diffs = [paired_difference(search, after, d) for d in common]
+    diffs = pair_row(search, after, 0)["differences"]  # every depth both reached
     wins = [d["depth"] for d in diffs if d["excludes_zero"] and d["difference"] > 0]
     losses = [d["depth"] for d in diffs if d["excludes_zero"] and d["difference"] < 0]
     depth = {m: retention_depth(c, SHARES[0]) for m, c in (("after", after), ("search", search))}
