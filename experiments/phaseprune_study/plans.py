@@ -173,6 +173,12 @@ HEALED_BASELINES = ("last", "block-influence", "taylor", "ppl", "random", "logit
 by 5 removals on both plans, and healed it scans as logit-js does (hours a run)."""
 
 
+HEALED_ABLATION = ABLATION[:4]
+"""Phase-aware's variants healed on MMLU (issue 32: does healing change which settings are
+best?), after every baseline: each but the first version (the defaults before the
+head-to-head, superseded on every count)."""
+
+
 def healed(labels: tuple[str, ...], heal_when: str = HEAL_WHEN) -> dict:
     """Healed twins of head-to-head runs, to 8 removals (stage ``heal-<label>``)."""
     return {label: {**HEAD_TO_HEAD[label], "heal": "linear", "heal_when": heal_when, "steps": 8}
@@ -228,7 +234,7 @@ PLANS = {
         h2h=HEAD_TO_HEAD,
         single_items=120,
         reference_note=REFERENCE_CHOSEN_ON_MMLU,
-        heal={**HEALING, **healed(HEALED_BASELINES)},
+        heal={**HEALING, **healed(HEALED_BASELINES), **healed(HEALED_ABLATION)},
     ),
     # the second setting (issue 13): the same model on ARC-Challenge (it decides there too:
     # 64% on 100 items, transition at readout layer 24), fewer evaluation items (stated), and
