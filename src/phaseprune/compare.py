@@ -210,7 +210,8 @@ def headtohead_markdown(h: dict) -> str:
     if v.get("outcome") is not None:
         lines += ["", verdict_sentence(h)]
         for r in v["at_best_depth"]:
-            wins, losses = r["paired_wins_at"] or "none", r["paired_losses_at"] or "none"
+            wins, losses = (", ".join(map(str, r[k])) or "none"
+                            for k in ("paired_wins_at", "paired_losses_at"))  # fmt: skip
             lines += [
                 f"- against {r['run']} (90% to depth {v['best_other_depth_90']}), before its "
                 f"collapse: paired wins at depths {wins}, paired losses at depths {losses}."
