@@ -214,7 +214,7 @@ def headtohead_markdown(h: dict) -> str:
                             for k in ("paired_wins_at", "paired_losses_at"))  # fmt: skip
             lines += [
                 f"- against {r['run']} (90% to depth {v['best_other_depth_90']}), before its "
-                f"collapse: paired wins at depths {wins}, paired losses at depths {losses}."
+                f"collapse: paired wins at depths {wins}; paired losses at depths {losses}."
             ]
         if v.get("pending"):
             lines += [
