@@ -182,10 +182,11 @@ def heal_hook(ctx: PruneContext, removed: Sequence[int], todo: Sequence[int]):
     """
     if ctx.heal is None or ctx.heal_when != "search" or not todo:
         return None
-    missing = [k for k in todo if heal_fit_key(ctx.heal, removed, k) not in ctx.cache.heal_fits]
+    keys = {k: heal_fit_key(ctx.heal, removed, k) for k in todo}
+    missing = [k for k in todo if keys[k] not in ctx.cache.heal_fits]
     for k, fit in (ctx.heal.fit(removed, missing) if missing else {}).items():
-        ctx.cache.heal_fits[heal_fit_key(ctx.heal, removed, k)] = fit
-    fits = {k: ctx.cache.heal_fits[heal_fit_key(ctx.heal, removed, k)] for k in todo}
+        ctx.cache.heal_fits[keys[k]] = fit
+    fits = {k: ctx.cache.heal_fits[keys[k]] for k in todo}
 
     def heal(k):
         return min(k, fits[k].site.layer), ctx.heal.trying(fits[k])
