@@ -30,7 +30,7 @@ from phaseprune_study.claims import (
 from phaseprune_study.healing import healed_head_to_head
 from phaseprune_study.plans import PLANS, ROOT, Plan
 from phaseprune_study.records import committed as committed_records
-from phaseprune_study.records import restore, steps_done
+from phaseprune_study.records import restore, stage_runs, steps_done
 
 TEMPLATE = ROOT / "experiments" / "findings.md.j2"
 """The document's template (beside the package, in the study's folder)."""
@@ -45,13 +45,8 @@ def h2h_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
 
     Runs only in experiments/records/ (made on another machine) are restored first.
     """
-    runs = {}
-    for label in plan.h2h:
-        out = run_root / f"h2h-{label}"
-        restore(plan, f"h2h-{label}", out)
-        if steps_done(out):
-            runs[label] = load_trajectory(out)
-    return runs
+    runs = stage_runs(plan, run_root, [f"h2h-{label}" for label in plan.h2h])
+    return {name.removeprefix("h2h-"): traj for name, traj in runs.items()}
 
 
 def head_to_head_numbers(plan: Plan, run_root: Path, runs: dict | None = None) -> dict | None:

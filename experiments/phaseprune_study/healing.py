@@ -25,7 +25,7 @@ from phaseprune.core.headtohead import (
     retention_depth,
 )
 from phaseprune_study.plans import HEAL_WHEN, PLANS, ROOT, Plan
-from phaseprune_study.records import committed, restore, steps_done
+from phaseprune_study.records import committed, stage_runs
 
 
 def _correct(picks, gold) -> np.ndarray:
@@ -130,15 +130,7 @@ def healed_runs(plan: Plan, run_root: Path) -> dict[str, dict]:
 
     ``run_root``: the plan's run folder; runs only in experiments/records/ are restored first.
     """
-    from phaseprune.runs.files import load_trajectory
-
-    runs = {}
-    for label in plan.heal:
-        out = run_root / f"heal-{label}"
-        restore(plan, f"heal-{label}", out)
-        if steps_done(out):
-            runs[f"heal-{label}"] = load_trajectory(out)
-    return runs
+    return stage_runs(plan, run_root, [f"heal-{label}" for label in plan.heal])
 
 
 def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -> dict | None:

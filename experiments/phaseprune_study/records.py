@@ -88,3 +88,19 @@ def restore(plan: Plan, name: str, out: Path) -> None:
     for f in RECORD_FILES:
         if (source / f).exists():
             shutil.copyfile(source / f, out / f)
+
+
+def stage_runs(plan: Plan, run_root: Path, names: list[str]) -> dict[str, dict]:
+    """The trajectories of ``names`` (stages of ``plan``) with at least one step, in that order.
+
+    Stages only in experiments/records/ (made on another machine) are restored first.
+    """
+    runs = {}
+    for name in names:
+        out = run_root / name
+        restore(plan, name, out)
+        if (out / "trajectory.json").exists():
+            traj = load_trajectory(out)
+            if traj["steps"]:
+                runs[name] = traj
+    return runs
