@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-LETTERS = "ABCDEFGHIJ"
+from phaseprune.core.items import LETTERS
 
 
 def task_yaml(items: Path, n_options: int) -> str:
