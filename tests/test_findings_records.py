@@ -396,13 +396,10 @@ def test_the_heal_when_rule_picks_search_only_on_evidence(tmp_path):
     assert not c["decided"] and c["steps"] == {"after": 3, "search": 1}
 
 
-def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_path, monkeypatch):
-    """Issue 32: the healed reference against healed baselines alone, then against every run.
-
-    The runs are a real record's with the readouts replaced, so every outcome is known.
-    """
-    from phaseprune_study import healing
-
+def _healed_setting(decider, tmp_path, monkeypatch):
+    """Issue 32's healed head-to-head on runs with known readouts: a real record's shape with
+    the readouts replaced, so every outcome is known. Returns the plan, its run folder and
+    the runs by stage."""
     monkeypatch.setattr(records, "RECORDS", tmp_path / "records")
     real = tmp_path / "real"
     run_prune(_cfg(decider, real, 3, heal="linear", heal_items=12))
@@ -449,6 +446,17 @@ def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_
     for stage, traj in made.items():
         (root / stage).mkdir(parents=True)
         (root / stage / "trajectory.json").write_text(json.dumps(traj))
+    return plan, root, made
+
+
+def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_path, monkeypatch):
+    """Issue 32: the healed reference against healed baselines alone, then against every run.
+
+    The runs are a real record's with the readouts replaced, so every outcome is known.
+    """
+    from phaseprune_study import healing
+
+    plan, root, made = _healed_setting(decider, tmp_path, monkeypatch)
     unhealed = {label: made[f"h2h-{label}"] for label in plan.h2h}
     hh = healing.healed_head_to_head(plan, root, unhealed)
     assert hh["reference"] == "heal-pa" and hh["depth"] == 3 and hh["missing"] == []
@@ -466,6 +474,53 @@ def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_
     assert gains["heal-pa"]["unhealed"]["depth_90"] == 1  # 74 of 80 is 92.5%, 60 is 75%
     assert gains["heal-pa"]["transitions"] == [(1, 21, None), (2, None, None), (3, None, None)]
     assert "| heal-pa |" in hh["healed"]["markdown"]
+    assert hh["n_eval"] == 100 and not hh["every_is_healed"]
+    assert hh["best_healed"]["run"] == "heal-pa"
+    # the run to use among every run: healed pa (90% to 2, then the largest area), its flags
+    # those of its heal stage, the runner-up healed angular (90% to 1)
+    ad = hh["advice"]
+    assert (ad["run"], ad["depth_90"], ad["runner_up"]["run"]) == ("heal-pa", 2, "heal-angular")
+    assert ad["flags"] == f"--heal-when {plans.HEAL_WHEN}"
+    assert [r["run"] for r in ad["references"]] == ["heal-pa", "pa"]
     # without the healed reference there is nothing to judge
     (root / "heal-pa" / "trajectory.json").unlink()
     assert healing.healed_head_to_head(plan, root, unhealed) is None
+
+
+def test_a_setting_with_healed_runs_only_is_judged_advised_and_its_predictions_read(
+    decider, tmp_path, monkeypatch
+):
+    """OpenBookQA's state after its first healed runs: no unhealed run yet. The summary lists it
+    with its healed verdict and its pre-registered predictions, "What to do" advises from the
+    healed runs, and the healed head-to-head is not printed twice."""
+    from phaseprune_study import healing
+    from phaseprune_study.predictions import judge
+
+    from phaseprune.analysis import run_analyze
+    from phaseprune.runs.config import AnalyzeConfig
+
+    plan, root, made = _healed_setting(decider, tmp_path, monkeypatch)
+    hh = healing.healed_head_to_head(plan, root, {})
+    assert hh["every_is_healed"] and hh["advice"]["run"] == "heal-pa"
+    toy = plans.Plan("toy", "", steps=2, reference="pa", h2h_task="toy", calib=10,
+                     h2h={"pa": {"strategy": "phase-aware"}}, skip=("analyze-mmlu",),
+                     preregistered=("abc1234", "experiments/prereg.md"),
+                     predictions=("unhealed-not-deeper", "healed-short-of-7"))  # fmt: skip
+    task = TaskConfig(task=f"jsonl:{decider.path / 'eval.jsonl'}", limit=40)
+    run_analyze(AnalyzeConfig(out=str(root / "analyze-toy"), model=ModelConfig(
+        model=str(decider.path)), task=task, n_boot=50, quiet=True, plots=False))  # fmt: skip
+    numbers = document.collect(toy, root, tmp_path / "docs" / "findings")
+    assert numbers["h2h"] is None  # no unhealed run of its own
+    numbers |= {"healed": hh, "predictions": judge(toy.predictions, None, hh)}
+    doc = tmp_path / "findings.md"
+    document.render({"toy": numbers}, doc)
+    text = doc.read_text()
+    assert "Read but not yet pruned" not in text
+    assert "100 evaluation items): no unhealed run yet. With healing (2 healed runs)" in text
+    assert "keeps 90% to 2, the deepest healed baseline (`heal-angular`) to 1: **deeper**" in text
+    assert "1. Unhealed, `phase-aware-kl` is not deeper" in text and "not judged yet" in text
+    assert "2. The healed reference keeps 90% to fewer than 7 removals: **held**." in text
+    assert "| toy | 100 | 80.0% | not run yet | 2 (3): `heal-pa` | — → 2 |" in text
+    assert "### What to do" in text and "**heal-pa** keeps at least 90%" in text
+    assert "no unhealed run of this plan has a step yet" in text
+    assert text.count("| heal-pa | 2 | 3 |") == 1  # the healed table once, not again for every run

@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from phaseprune import __version__
 from phaseprune.presentation.report import build_report
 from phaseprune.runs.files import load_candidates, load_summary, load_trajectory
+from phaseprune_study.advice import advise
 from phaseprune_study.claims import (
     THRESHOLDS,
     claims,
@@ -29,6 +30,7 @@ from phaseprune_study.claims import (
 )
 from phaseprune_study.healing import healed_head_to_head
 from phaseprune_study.plans import PLANS, ROOT, Plan
+from phaseprune_study.predictions import judge
 from phaseprune_study.records import committed as committed_records
 from phaseprune_study.records import restore, stage_runs, steps_done
 
@@ -69,12 +71,7 @@ def head_to_head_numbers(plan: Plan, run_root: Path, runs: dict | None = None) -
     h["unfinished"] = [label for label, t in runs.items() if not t["complete"]]
     h["missing"] = [label for label in plan.h2h if label not in runs]
     h["ablation"] = ablation(plan, runs)
-    h["advice"] = advice(h)
-    if h["advice"]:  # the command line that makes the advised run (its settings as flags)
-        settings = plan.h2h[h["advice"]["run"]]
-        h["advice"]["flags"] = " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "steps"
-        )
+    h["advice"] = advise(h, runs, plan.h2h, (plan.reference,), plan.seed)
     return h
 
 
@@ -185,23 +182,6 @@ def _cut(c, n: int):
                    correct=None if c.correct is None else c.correct[:n])  # fmt: skip
 
 
-def advice(h: dict) -> dict:
-    """What a user should do, from the head-to-head rows.
-
-    The run that keeps 90% deepest (then the largest area), how deep, and where it collapsed;
-    and the run with the largest area over the common depth (it may be another).
-    """
-    rows = [r for r in h["rows"] if r["area"] is not None]
-    if not rows:
-        return {}
-    best = max(rows, key=lambda r: (r["depth_90"], r["area"]))
-    widest = max(rows, key=lambda r: r["area"])
-    return {"run": best["run"], "depth_90": best["depth_90"], "depth_80": best["depth_80"],
-            "area": best["area"], "collapse_depth": best["collapse_depth"],
-            "unpruned": best["accuracy_unpruned"],
-            "best_area": {"run": widest["run"], "area": widest["area"]}}  # fmt: skip
-
-
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
     """Build the report, copy its figures into docs, and extract every number the doc uses."""
     for stage in (plan.analyze_stage, plan.other_stage, "single-removals"):
@@ -280,6 +260,7 @@ def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:
         "h2h": h2h,
         "tail": tail,
         "healed": healed,
+        "predictions": judge(plan.predictions, h2h, healed),
         "device_checks": device_checks(plan, labelled) if plan.h2h else [],
     }
     numbers = _slim(numbers)

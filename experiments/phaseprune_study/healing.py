@@ -24,6 +24,7 @@ from phaseprune.core.headtohead import (
     paired_interval,
     retention_depth,
 )
+from phaseprune_study.advice import advice, advise
 from phaseprune_study.plans import HEAL_WHEN, PLANS, ROOT, Plan
 from phaseprune_study.records import committed, stage_runs
 
@@ -140,7 +141,8 @@ def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -
     ``healed`` against the healed runs alone (the primary test: baseline + healing), and
     ``every`` against every run, healed (``heal-<label>``) or not (``unhealed``: the
     head-to-head's trajectories by label). The depth is the healed runs' planned removals.
-    ``gains``: what healing bought each rule (:func:`healing_gains`). None until the healed
+    ``gains``: what healing bought each rule (:func:`healing_gains`); ``advice``: the run to
+    use among every run (:func:`phaseprune_study.advice.advise`). None until the healed
     reference and one other healed run have a step.
     """
     from phaseprune.compare import headtohead_markdown
@@ -158,10 +160,17 @@ def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -
               for name, runs in (("healed", healed), ("every", every))}  # fmt: skip
     for h in judged.values():
         h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
+    settings = {**plan.h2h, **{f"heal-{x}": s for x, s in plan.heal.items()}}
     return {
         "reference": ref,
         "depth": depth,
+        "n_eval": len(healed[ref]["eval_items"]),
         **judged,
+        "best_healed": advice(judged["healed"]),  # the deepest healed run (for the summary)
+        # the run to use, healed or not (docs/findings.md's "What to do")
+        "advice": advise(judged["every"], every, settings, (ref, plan.reference), plan.seed),
+        # no unhealed run yet: judging against every run repeats the primary test
+        "every_is_healed": set(every) == set(healed),
         "gains": healing_gains(plan, judged["every"]["rows"], healed),
         "unfinished": [name for name, t in healed.items() if not t["complete"]],
         "missing": [f"heal-{x}" for x in plan.heal if f"heal-{x}" not in healed],

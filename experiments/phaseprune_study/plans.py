@@ -77,6 +77,8 @@ class Plan:
     heal: dict = field(default_factory=dict)
     # where the plan's test was pre-registered before any of its pruning runs: (commit, file)
     preregistered: tuple[str, str] | None = None
+    # that file's predictions, as keys of phaseprune_study.predictions.PREDICTIONS
+    predictions: tuple[str, ...] = ()
 
     @property
     def analyze_stage(self) -> str:
@@ -260,6 +262,7 @@ PLANS = {
         h2h=HELD_OUT_H2H,
         heal=EVERY_HEALED,
         preregistered=("422d740", "experiments/preregistration-openbookqa.md"),
+        predictions=("unhealed-not-deeper", "healed-not-supported", "healed-short-of-7"),
     ),  # fmt: skip
     # never decides, so nothing can collapse: 8 removals show it
     "smollm2-135m": Plan("smollm2-135m", "smollm2-135m", steps=8, single_items=100),
