@@ -468,7 +468,7 @@ def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_
     assert every["baselines"] == ["heal-angular", "angular"]
     assert {p["against"] for p in every["pairs"]} == {"heal-angular", "angular", "pa"}
     gains = {g["run"]: g for g in hh["gains"]}
-    assert gains["heal-angular"]["rule"] == "angular"
+    assert gains["heal-angular"]["rule"] == gains["heal-angular"]["row"] == "angular"
     assert gains["heal-angular"]["unhealed"]["depth_90"] == 0
     assert gains["heal-angular"]["healed"]["depth_90"] == 1
     assert gains["heal-pa"]["unhealed"]["depth_90"] == 1  # 74 of 80 is 92.5%, 60 is 75%

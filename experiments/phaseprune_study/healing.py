@@ -188,12 +188,16 @@ def healing_gains(plan: Plan, rows: list[dict], healed: dict[str, dict]) -> list
     by_run = {r["run"]: r for r in rows}
     out = []
     for name, traj in healed.items():
-        base = _base_rule(name.removeprefix("heal-"), plan.h2h)
+        label = name.removeprefix("heal-")
+        base = _base_rule(label, plan.h2h)
+        when = plan.heal[label].get("heal_when", HEAL_WHEN)
         h, u = by_run[name], by_run.get(base)
         keys = ("depth_90", "depth_80", "area", "collapse_depth", "deepest")
         out.append({
             "run": name,
             "rule": base,
+            # the rule as the summary's rows name it across settings (the non-default timing said)
+            "row": base if when == HEAL_WHEN else f"{base} (`--heal-when {when}`)",
             "healed": {k: h[k] for k in keys},
             "unhealed": None if u is None else {k: u[k] for k in keys},
             "transitions": [(s["step"], s.get("transition_layer"),
