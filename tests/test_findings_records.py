@@ -73,6 +73,23 @@ def test_head_to_head_runs_go_on_to_their_collapse(decider, tmp_path):
         assert stages._extended(out, cfg, plan) is cfg
     # an ablation variant with its own depth stays there
     assert stages._extended(out, dataclasses.replace(cfg, steps=1), plan).steps == 1
+    assert stages._extended(out, cfg, plan, "single-removals") is cfg  # not a pruning stage
+
+
+def test_a_healed_run_still_keeping_90_at_its_last_step_goes_on_to_12(decider, tmp_path):
+    """The pre-registration's rule: a healed run keeping 90% at 8 removals is resumed to 12."""
+    plan = plans.Plan("toy", "", steps=2)
+    out = tmp_path / "heal-last"
+    cfg = _cfg(decider, out, 2)
+    assert stages._extended(out, cfg, plan, "heal-last") is cfg  # nothing run yet
+    traj = _pruned(cfg)
+    base = traj["step0"]["eval_accuracy"]
+    # the same record with its readouts replaced: one keeping 90% at every step, one not
+    for share, goes_on in ((0.9, True), (0.85, False)):
+        steps = [dict(s, eval_accuracy=base * share) for s in traj["steps"]]
+        (out / "trajectory.json").write_text(json.dumps({**traj, "steps": steps}))
+        ext = stages._extended(out, cfg, plan, "heal-last")
+        assert ext.steps == (plans.HEALED_EXTEND_TO if goes_on else 2), share
 
 
 def test_qwen_plan_runs_every_strategy_on_enough_items():

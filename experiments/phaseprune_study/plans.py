@@ -175,6 +175,12 @@ HEALED_BASELINES = ("last", "block-influence", "taylor", "ppl", "random", "logit
 by 5 removals on both plans, and healed it scans as logit-js does (hours a run)."""
 
 
+HEALED_EXTEND_TO = 12
+"""Removals a healed run goes on to when it still keeps 90% of the unpruned accuracy at its 8
+(experiments/preregistration-openbookqa.md's rule, on every plan): its 90% depth is then
+known beyond 8, not only bounded."""
+
+
 HEALED_ABLATION = ABLATION[:4]
 """Phase-aware's variants healed on MMLU (issue 32: does healing change which settings are
 best?), after every baseline: each but the first version (the defaults before the

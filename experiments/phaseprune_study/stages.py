@@ -25,7 +25,7 @@ from phaseprune.pruning import run_prune
 from phaseprune.runs.config import AnalyzeConfig, ModelConfig, PruneConfig, TaskConfig
 from phaseprune.runs.files import load_trajectory
 from phaseprune.strategies.registry import strategy_function
-from phaseprune_study.plans import FIRST_VERSION, ROOT, Plan, resolve
+from phaseprune_study.plans import FIRST_VERSION, HEALED_EXTEND_TO, ROOT, Plan, resolve
 from phaseprune_study.records import committed, done, has_records, keep, restore
 
 
@@ -89,8 +89,7 @@ def run_plan(
             if (only and name not in only) or name in plan.skip:
                 continue
             on_main(restore, plan, name, out)
-            if name.startswith("h2h-"):
-                cfg = _extended(out, cfg, plan)
+            cfg = _extended(out, cfg, plan, name)
             if not _todo(out, cfg):
                 continue
             started = time.perf_counter()
@@ -175,7 +174,7 @@ def stage_status(plan: Plan, run_root: Path) -> list[tuple[str, str]]:
         elif isinstance(cfg, AnalyzeConfig):
             rows.append((name, "done" if done(out) else "to do: started"))
         else:
-            cfg = _extended(out, cfg, plan) if name.startswith("h2h-") else cfg
+            cfg = _extended(out, cfg, plan, name)
             traj = load_trajectory(out)
             state = (
                 f"{'to do' if _todo(out, cfg) else 'done'}: {len(traj['steps'])}/{cfg.steps} steps"
@@ -186,16 +185,28 @@ def stage_status(plan: Plan, run_root: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def _extended(out: Path, cfg: PruneConfig, plan: Plan) -> PruneConfig:
-    """A head-to-head run past ``plan.steps`` removals without a collapse goes on to it.
+def _extended(out: Path, cfg, plan: Plan, stage: str = "h2h-"):
+    """A finished run that the plan carries on deeper, resumed with a larger ``--steps``.
 
-    The same run resumed with a larger ``--steps`` and ``--stop-at-collapse`` (stopping
-    settings, so the fingerprint allows it): every strategy is compared at every depth up to
-    ``plan.steps``, and the deeper ones also to where they collapse.
+    Stopping settings, so the fingerprint allows it. A head-to-head run (``h2h-*``) past
+    ``plan.steps`` removals without a collapse goes on to it, up to ``plan.extend_to``: every
+    strategy is compared at every depth up to ``plan.steps``, and the deeper ones also to where
+    they collapse. A healed run (``heal-*``) still keeping 90% of the unpruned accuracy at its
+    last planned step goes on to :data:`~phaseprune_study.plans.HEALED_EXTEND_TO` removals
+    (the OpenBookQA pre-registration's rule). Any other stage, or a run not finished: ``cfg``.
     """
-    if not done(out) or cfg.steps != plan.steps:  # ablation variants stop at their own depth
+    from phaseprune.core.headtohead import SHARES, curve, retention_depth
+
+    if not stage.startswith(("h2h-", "heal-")) or not done(out):
         return cfg
     traj = load_trajectory(out)
-    if len(traj["steps"]) >= cfg.steps and traj["collapse"]["step"] is None:
-        return replace(cfg, steps=plan.extend_to, stop_at_collapse=True)
+    if len(traj["steps"]) < cfg.steps:
+        return cfg
+    if stage.startswith("h2h-"):
+        if cfg.steps == plan.steps and traj["collapse"]["step"] is None:  # not ablation variants
+            return replace(cfg, steps=plan.extend_to, stop_at_collapse=True)
+        return cfg
+    c = curve(traj)
+    if cfg.steps < HEALED_EXTEND_TO and retention_depth(c, SHARES[0]) == c.depths[-1]:
+        return replace(cfg, steps=HEALED_EXTEND_TO)
     return cfg
