@@ -90,3 +90,26 @@ def test_predictions_are_judged_as_the_runs_fall_and_final_only_when_all_are_in(
     assert judge(("healed-short-of-7",), None, healed)[0]["held"] is True
     with pytest.raises(KeyError, match="unknown prediction"):
         judge(("no-such",), h2h, healed)
+
+
+def test_the_healed_ablation_ranks_phase_aware_variants_by_the_default_rule():
+    from phaseprune_study import plans
+    from phaseprune_study.ablation import ablation
+
+    healed = {"heal": "linear", "heal_when": "after", "steps": 4}
+    variants = {
+        "heal-a": {"strategy": "phase-aware", "spare": 7, **healed},
+        "heal-b": {"strategy": "phase-aware", "spare": 0, **healed},
+        "heal-c": {"strategy": "angular", **healed},  # not a variant
+        "heal-d": {"strategy": "phase-aware", "spare": 3, **healed},  # not run yet
+    }
+    runs = {"heal-a": _run("phase-aware", [80, 79, 78, 70, 60]),  # 90% to 2
+            "heal-b": _run("phase-aware", [80, 79, 78, 77, 70]),  # 90% to 3
+            "heal-c": _run("angular", [80, 80, 80, 80, 80])}  # fmt: skip
+    ab = ablation(plans.Plan("toy", ""), runs, variants)
+    assert (ab["depth"], ab["best"], ab["waiting"]) == (4, "heal-b", ["heal-d"])
+    rows = {r["run"]: r for r in ab["rows"]}
+    assert set(rows) == {"heal-a", "heal-b"} and rows["heal-a"]["settings"] == {"spare": 7}
+    assert (rows["heal-a"]["depth_90"], rows["heal-b"]["depth_90"]) == (2, 3)
+    assert rows["heal-a"]["against_best"]["difference"] == pytest.approx(-0.10)  # 60 vs 70
+    assert rows["heal-b"]["against_best"] is None

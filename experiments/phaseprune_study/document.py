@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from phaseprune import __version__
 from phaseprune.presentation.report import build_report
 from phaseprune.runs.files import load_candidates, load_summary, load_trajectory
+from phaseprune_study.ablation import ablation
 from phaseprune_study.advice import advise
 from phaseprune_study.claims import (
     THRESHOLDS,
@@ -73,48 +74,6 @@ def head_to_head_numbers(plan: Plan, run_root: Path, runs: dict | None = None) -
     h["ablation"] = ablation(plan, runs)
     h["advice"] = advise(h, runs, plan.h2h, (plan.reference,), plan.seed)
     return h
-
-
-def ablation(plan: Plan, runs: dict[str, dict]) -> dict | None:
-    """Phase-aware's variants against each other at the depth all of them are run to.
-
-    For each variant that has reached ``depth``: its settings, the 90%/80% retention depths
-    (up to ``depth``), the retained area to ``depth``, its accuracy there and, against the
-    best variant, the paired difference at ``depth``. The best is the deepest 90% retention,
-    then the largest area: the rule the default is picked by.
-    """
-    from phaseprune.core.headtohead import curve, paired_difference, strategy_row
-
-    labels = [label for label, s in plan.h2h.items() if s["strategy"] == "phase-aware"]
-    if len(labels) < 2:  # one variant (ARC's plan: the reference alone) has nothing to ablate
-        return None
-    # the shallowest variant's steps (the issue lets the ablation's variants stop at 8)
-    depth = min(plan.h2h[label].get("steps", plan.steps) for label in labels)
-    curves = {label: curve(runs[label], label) for label in labels if label in runs}
-    reached = {label: c for label, c in curves.items() if max(c.depths) >= depth}
-    if not reached:
-        return None
-    rows = []
-    for label, c in reached.items():
-        # the head-to-head's row of the curve cut at the ablation depth
-        row = strategy_row(_cut(c, sum(d <= depth for d in c.depths)), depth)
-        rows.append({
-            "run": label,
-            "settings": {k: v for k, v in plan.h2h[label].items()
-                         if k not in ("strategy", "steps")},
-            "depth_90": row["depth_90"],
-            "depth_80": row["depth_80"],
-            "area": row["area"],
-            "accuracy": row["accuracy_at"].get(depth),
-            "collapse_depth": c.collapse_depth,
-        })  # fmt: skip
-    best = max(rows, key=lambda r: (r["depth_90"], r["area"] or 0.0))
-    for r in rows:
-        r["against_best"] = (
-            None if r is best else paired_difference(reached[r["run"]], reached[best["run"]], depth)
-        )
-    return {"depth": depth, "rows": rows, "best": best["run"],
-            "waiting": [label for label in labels if label not in reached]}  # fmt: skip
 
 
 TAIL_DRAWS = 1000
@@ -172,14 +131,6 @@ def tail_numbers(plan: Plan, analyze: Path, summary: dict, runs: dict) -> dict |
                       "cut": cut, "layers_cut": n - cut, "share_of_draws": same,
                       "calib_accuracy": first["tail"]["unpruned_accuracy"]}  # fmt: skip
     return out
-
-
-def _cut(c, n: int):
-    """``c`` cut to its first ``n`` readouts (a variant's numbers up to the ablation depth)."""
-    from dataclasses import replace
-
-    return replace(c, depths=c.depths[:n], accuracy=c.accuracy[:n],
-                   correct=None if c.correct is None else c.correct[:n])  # fmt: skip
 
 
 def collect(plan: Plan, run_root: Path, docs_root: Path) -> dict | None:

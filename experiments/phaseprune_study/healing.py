@@ -24,6 +24,7 @@ from phaseprune.core.headtohead import (
     paired_interval,
     retention_depth,
 )
+from phaseprune_study.ablation import ablation
 from phaseprune_study.advice import advice, advise
 from phaseprune_study.plans import HEAL_WHEN, PLANS, ROOT, Plan
 from phaseprune_study.records import committed, stage_runs
@@ -142,7 +143,8 @@ def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -
     ``every`` against every run, healed (``heal-<label>``) or not (``unhealed``: the
     head-to-head's trajectories by label). The depth is the healed runs' planned removals.
     ``gains``: what healing bought each rule (:func:`healing_gains`); ``advice``: the run to
-    use among every run (:func:`phaseprune_study.advice.advise`). None until the healed
+    use among every run (:func:`phaseprune_study.advice.advise`); ``ablation``: phase-aware's
+    healed variants (:func:`phaseprune_study.ablation.ablation`). None until the healed
     reference and one other healed run have a step.
     """
     from phaseprune.compare import headtohead_markdown
@@ -161,6 +163,11 @@ def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -
     for h in judged.values():
         h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
     settings = {**plan.h2h, **{f"heal-{x}": s for x, s in plan.heal.items()}}
+    variants = {f"heal-{x}": s for x, s in plan.heal.items()
+                if s.get("heal_when", HEAL_WHEN) == HEAL_WHEN}  # fmt: skip
+    healed_ablation = ablation(plan, healed, variants)
+    if healed_ablation:  # the rule of the best healed variant, to set beside the unhealed best
+        healed_ablation["best_rule"] = _base_rule(healed_ablation["best"][5:], plan.h2h)
     return {
         "reference": ref,
         "depth": depth,
@@ -172,6 +179,8 @@ def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -
         # no unhealed run yet: judging against every run repeats the primary test
         "every_is_healed": set(every) == set(healed),
         "gains": healing_gains(plan, judged["every"]["rows"], healed),
+        # phase-aware's variants healed (the default --heal-when): does healing change the best?
+        "ablation": healed_ablation,
         "unfinished": [name for name, t in healed.items() if not t["complete"]],
         "missing": [f"heal-{x}" for x in plan.heal if f"heal-{x}" not in healed],
     }
