@@ -243,7 +243,7 @@ def markdown(plan, runs: Path) -> str:
 if __name__ == "__main__":
     for plan in PLANS.values():
         if plan.heal:
-            print(markdown(plan, ROOT / "runs" / "findings"))
+            print(f"## {plan.name}\n\n{markdown(plan, ROOT / 'runs' / 'findings')}")
             if choice := heal_when_choice(plan, ROOT / "runs" / "findings"):
                 state = "decided" if choice["decided"] else f"so far ({choice['steps']} steps)"
                 print(f"--heal-when default {state}: {choice['choice']}; 90% kept to "
