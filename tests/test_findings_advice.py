@@ -79,11 +79,25 @@ def test_flags_leave_the_depth_to_the_user():
 
 
 def test_predictions_are_judged_as_the_runs_fall_and_final_only_when_all_are_in():
-    h2h = {"verdict": {"outcome": "tied"}, "unfinished": [], "missing": []}
-    healed = {"healed": {"verdict": {"supported": True, "depth_90": 7}},
+    h2h = {"verdict": {"outcome": "tied", "depth_90": 2, "best_other_depth_90": 2,
+                       "best_other": "taylor", "supported": False},
+           "unfinished": [], "missing": []}  # fmt: skip
+    healed = {"healed": {"verdict": {"supported": True, "depth_90": 7, "outcome": "deeper",
+                                     "best_other_depth_90": 5, "best_other": "heal-angular"}},
               "unfinished": ["heal-last"], "missing": []}  # fmt: skip
     got = judge(tuple(PREDICTIONS), h2h, healed)
     assert [(p["held"], p["final"]) for p in got] == [(True, True), (False, False), (False, False)]
+    assert got[0]["observed"] == (
+        "2 against 2 for the deepest baseline (`taylor`): tied, claim (d) not supported"
+    )
+    assert got[1]["observed"].startswith("7 against 5 for the deepest baseline")
+    # a prediction not supported for another reason than the one it gave says so
+    healed["healed"]["verdict"]["supported"] = False
+    not_supported = judge(("healed-not-supported",), None, healed)[0]
+    assert not_supported["held"] and not_supported["observed"].endswith(
+        "deeper, claim (d) not supported; deeper, not the tie or shallower outcome it expected"
+    )
+    healed["healed"]["verdict"]["supported"] = True
     got = judge(("unhealed-not-deeper", "healed-short-of-7"), None, None)
     assert [(p["held"], p["final"]) for p in got] == [(None, False), (None, False)]
     healed["healed"]["verdict"]["depth_90"] = 6

@@ -21,6 +21,9 @@ PREDICTIONS = {
 def judge(keys: tuple[str, ...], h2h: dict | None, healed: dict | None) -> list[dict]:
     """Each prediction of ``keys``: its text, whether it held so far, and whether that is final.
 
+    ``observed`` says what the runs show, in the prediction's terms (the 90% depths and the
+    outcome), so a prediction that holds for another reason than the one it gave is seen to.
+
     Args:
         keys: the plan's prediction keys (of :data:`PREDICTIONS`).
         h2h: the unhealed head-to-head's numbers (``document.head_to_head_numbers``) or None.
@@ -28,16 +31,25 @@ def judge(keys: tuple[str, ...], h2h: dict | None, healed: dict | None) -> list[
     """
     out = []
     for key in keys:
-        if key == "unhealed-not-deeper":
-            source, held = h2h, None if h2h is None else h2h["verdict"].get("outcome") != "deeper"
-        elif key == "healed-not-supported":
-            source = healed
-            held = None if healed is None else not healed["healed"]["verdict"]["supported"]
-        elif key == "healed-short-of-7":
-            source = healed
-            held = None if healed is None else healed["healed"]["verdict"]["depth_90"] < 7
-        else:
+        if key not in PREDICTIONS:
             raise KeyError(f"unknown prediction {key!r}; known: {', '.join(PREDICTIONS)}")
+        source = h2h if key.startswith("unhealed") else healed
+        held = observed = None
+        if source is not None:
+            v = source["healed"]["verdict"] if source is healed else source["verdict"]
+            observed = (
+                f"{v['depth_90']} against {v.get('best_other_depth_90')} for the deepest baseline "
+                f"(`{v.get('best_other')}`): {v.get('outcome')}, claim (d) "
+                f"{'supported' if v.get('supported') else 'not supported'}"
+            )
+            if key == "healed-not-supported" and v.get("outcome") == "deeper":
+                observed += "; deeper, not the tie or shallower outcome it expected"
+            held = {
+                "unhealed-not-deeper": v.get("outcome") != "deeper",
+                "healed-not-supported": not v.get("supported"),
+                "healed-short-of-7": v["depth_90"] < 7,
+            }[key]
         final = source is not None and not (source["unfinished"] or source["missing"])
-        out.append({"key": key, "text": PREDICTIONS[key], "held": held, "final": final})
+        out.append({"key": key, "text": PREDICTIONS[key], "held": held, "final": final,
+                    "observed": observed})  # fmt: skip
     return out
