@@ -490,6 +490,8 @@ def test_the_healed_head_to_head_judges_the_healed_reference_twice(decider, tmp_
     assert gains["heal-angular"]["healed"]["depth_90"] == 1
     assert gains["heal-pa"]["unhealed"]["depth_90"] == 1  # 74 of 80 is 92.5%, 60 is 75%
     assert gains["heal-pa"]["transitions"] == [(1, 21, None), (2, None, None), (3, None, None)]
+    pa = gains["heal-pa"]
+    assert (pa["none_unhealed"], pa["back"], pa["lost"]) == (3, 1, 0)
     assert "| heal-pa |" in hh["healed"]["markdown"]
     assert hh["n_eval"] == 100 and not hh["every_is_healed"]
     assert hh["best_healed"]["run"] == "heal-pa"

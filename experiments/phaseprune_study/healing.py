@@ -192,7 +192,8 @@ def healing_gains(plan: Plan, rows: list[dict], healed: dict[str, dict]) -> list
     ``rows``: head-to-head rows of both (:func:`phaseprune.core.headtohead.strategy_row`, on
     one common depth). ``transitions``: per step, the healed model's transition layer of the
     evaluation readout and that of the same removals unhealed (None: no transition found), so
-    whether healing brings the decision transition back can be read step by step.
+    whether healing brings the decision transition back can be read step by step; counted in
+    ``none_unhealed``, ``back`` and ``lost``.
     """
     by_run = {r["run"]: r for r in rows}
     out = []
@@ -202,6 +203,10 @@ def healing_gains(plan: Plan, rows: list[dict], healed: dict[str, dict]) -> list
         when = plan.heal[label].get("heal_when", HEAL_WHEN)
         h, u = by_run[name], by_run.get(base)
         keys = ("depth_90", "depth_80", "area", "collapse_depth", "deepest")
+        steps = [
+            (s["step"], s.get("transition_layer"), s.get("unhealed", {}).get("transition_layer"))
+            for s in traj["steps"]
+        ]
         out.append({
             "run": name,
             "rule": base,
@@ -209,9 +214,12 @@ def healing_gains(plan: Plan, rows: list[dict], healed: dict[str, dict]) -> list
             "row": base if when == HEAL_WHEN else f"{base} (`--heal-when {when}`)",
             "healed": {k: h[k] for k in keys},
             "unhealed": None if u is None else {k: u[k] for k in keys},
-            "transitions": [(s["step"], s.get("transition_layer"),
-                             s.get("unhealed", {}).get("transition_layer"))
-                            for s in traj["steps"]],
+            "transitions": steps,
+            # steps whose unhealed readout has no transition; of them, those healing gives one
+            # back; and steps where healing loses the transition the unhealed model had
+            "none_unhealed": sum(tu is None for _, _, tu in steps),
+            "back": sum(t is not None and tu is None for _, t, tu in steps),
+            "lost": sum(t is None and tu is not None for _, t, tu in steps),
         })  # fmt: skip
     return out
 
