@@ -405,6 +405,28 @@ def test_the_unhealed_readout_is_an_unhealed_runs_entry(decider, tmp_path):
         assert a["unhealed"]["eval_accuracy"] == b["eval_accuracy"]
 
 
+def test_a_shared_store_never_changes_a_healed_runs_numbers(decider, tmp_path):
+    """Two healed runs removing the same layers in the same order hold other models when their
+    objectives judge the maps differently (seen on OpenBookQA: taylor's step 1 read the kl
+    run's healed model). Their stores differ, and a run sharing a store reads what it reads
+    alone."""
+    cache = ["--score-cache", str(tmp_path / "cache")]
+    order = ["--strategy", "order", "--order", "4,2", "--steps", "2"]
+    kl = _prune(decider, tmp_path / "kl", *order, *cache, "--objective", "kl")
+    acc = _prune(decider, tmp_path / "acc", *order, *cache, "--objective", "accuracy")
+    alone = _prune(decider, tmp_path / "alone", *order, "--objective", "accuracy")
+    key = {t["timing"]["score_cache"]["key"] for t in (kl, acc)}
+    assert len(key) == 2  # the judge's objective is part of the healed store's key
+    assert [s["eval_picks"] for s in acc["steps"]] == [s["eval_picks"] for s in alone["steps"]]
+    assert [s["heal"]["judged"]["kept"] for s in acc["steps"]] == [
+        s["heal"]["judged"]["kept"] for s in alone["steps"]
+    ]
+    # one map per removed block: a block of two layers is another model than two steps
+    block = _prune(decider, tmp_path / "block", "--strategy", "angular", "--block-size", "2",
+                   "--steps", "1", *cache, "--objective", "accuracy")  # fmt: skip
+    assert block["timing"]["score_cache"]["key"] not in key
+
+
 def test_api_gives_the_model_back(decider):
     """A healed run in memory leaves the caller's model with its own weights, bit for bit."""
     import phaseprune

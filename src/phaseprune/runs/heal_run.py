@@ -87,10 +87,19 @@ def judged(ctx, removed: list[int], fit: HealFit) -> HealFit:
 
 
 def heal_key(cfg, healer: LinearHealer | None) -> list:
-    """What a healed run adds to its score store's key (nothing when unhealed)."""
+    """What a healed run adds to its score store's key (nothing when unhealed).
+
+    Everything besides the removal order that decides which maps the healed model holds: the
+    heal method and timing, the heal prompts, the ridge grid, the objective that judges each
+    map (:func:`judged`: a map kept under ``kl`` may be refused under ``accuracy``, so two
+    runs removing the same layers in the same order can hold different models) and the block
+    size (one map per removed block: the same layers removed as one block or one by one are
+    other models). ``cfg.objective`` is the resolved one (``PruneRun`` resolves it first).
+    """
     if healer is None:
         return []
-    return [(cfg.heal, cfg.heal_when, healer.data.record(), list(RIDGES))]
+    return [(cfg.heal, cfg.heal_when, healer.data.record(), list(RIDGES), cfg.objective,
+             cfg.block_size)]  # fmt: skip
 
 
 def heal_step(

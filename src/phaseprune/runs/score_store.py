@@ -16,7 +16,8 @@ them instead of running the model:
 - ``unhealed``: a healed run's evaluation readout of the same removals without any map.
 
 A healed run's models depend on the order of removal (each map is fitted on the model the
-earlier steps left), so its store is keyed by the heal settings too and its entries by the
+earlier steps left) and on which maps its objective kept, so its store is keyed by the heal
+settings, the objective and the block size too (``heal_run.heal_key``) and its entries by the
 removed layers in order.
 
 Candidates are stored one by one as they finish, so an interrupted scan keeps them. A scan
