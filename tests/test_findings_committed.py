@@ -90,3 +90,17 @@ def test_every_setting_with_runs_is_checked():
     """The parametrised test above reads every plan that has committed head-to-head runs."""
     with_runs = {p.name for p in RECORDS.iterdir() if any(p.glob("h2h-*")) or any(p.glob("heal-*"))}
     assert with_runs <= {p.parent.name for p in NUMBERS if _judged(json.loads(p.read_text()))}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(RECORDS.glob("*/heal-*/trajectory.json")), ids=lambda p: p.parent.name
+)
+def test_a_healed_model_without_maps_reads_as_unhealed(path):
+    """Until a healed run keeps its first map, its model is the unhealed one: every such step's
+    readout equals its ``unhealed`` readout, pick for pick (a store serving another run's
+    healed model breaks this; one did, on OpenBookQA's heal-taylor)."""
+    traj = json.loads(path.read_text())
+    for step in traj["steps"]:
+        if step["heal"].get("map_sha256"):
+            break  # from here on the model holds a map
+        assert step["eval_picks"] == step["unhealed"]["eval_picks"], f"step {step['step']}"
