@@ -104,3 +104,32 @@ def test_a_healed_model_without_maps_reads_as_unhealed(path):
         if step["heal"].get("map_sha256"):
             break  # from here on the model holds a map
         assert step["eval_picks"] == step["unhealed"]["eval_picks"], f"step {step['step']}"
+
+
+def _unhealed_readouts(plan: Path) -> dict[frozenset, tuple[str, list]]:
+    """Every unhealed readout of a plan's committed runs by removed set: (run, picks)."""
+    out = {}
+    for path in sorted(plan.glob("h2h-*/trajectory.json")):
+        traj = json.loads(path.read_text())
+        for step in traj["steps"]:
+            removed = frozenset(step["removed_so_far"])
+            out.setdefault(removed, (path.parent.name, step["eval_picks"]))
+    return out
+
+
+@pytest.mark.parametrize("plan", sorted(p for p in RECORDS.iterdir() if p.is_dir()),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_the_same_removals_unhealed_read_alike_in_every_run(plan):
+    """A healed step's ``unhealed`` readout is the model without the same layers, so wherever an
+    unhealed run of the plan removed the same set, the two give every item the same pick."""
+    seen = _unhealed_readouts(plan)
+    met = 0
+    for path in sorted(plan.glob("heal-*/trajectory.json")):
+        for step in json.loads(path.read_text())["steps"]:
+            other = seen.get(frozenset(step["removed_so_far"]))
+            if other is not None:
+                met += 1
+                where = f"{path.parent.name} step {step['step']} against {other[0]}"
+                assert step["unhealed"]["eval_picks"] == other[1], where
+    if not met:
+        pytest.skip(f"{plan.name}: no healed step removes a set an unhealed run removed")
