@@ -42,7 +42,8 @@ def judge(keys: tuple[str, ...], h2h: dict | None, healed: dict | None) -> list[
                 f"(`{v.get('best_other')}`): {v.get('outcome')}, claim (d) "
                 f"{'supported' if v.get('supported') else 'not supported'}"
             )
-            if key == "healed-not-supported" and v.get("outcome") == "deeper":
+            unexpected = v.get("outcome") == "deeper" and not v.get("supported")
+            if key == "healed-not-supported" and unexpected:  # held, not for the reason it gave
                 observed += "; deeper, not the tie or shallower outcome it expected"
             held = {
                 "unhealed-not-deeper": v.get("outcome") != "deeper",
