@@ -543,4 +543,5 @@ def test_a_setting_with_healed_runs_only_is_judged_advised_and_its_predictions_r
     assert "| toy | 100 | 80.0% | not run yet | 2 (3): `heal-pa` | — → 2 |" in text
     assert "### What to do" in text and "**heal-pa** keeps at least 90%" in text
     assert "no unhealed run of this plan has a step yet" in text
+    assert "Provisional: 0 healed and 1 unhealed runs are still to come." in text
     assert text.count("| heal-pa | 2 | 3 |") == 1  # the healed table once, not again for every run
