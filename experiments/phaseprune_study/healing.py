@@ -39,6 +39,11 @@ def _base_rule(label: str, h2h: dict) -> str | None:
     return next((b for b in h2h if label in (b, f"{b}-after", f"{b}-search")), None)
 
 
+def _heal_when(settings: dict) -> str:
+    """A heal stage's ``--heal-when``: its own, else the library's default (``after``)."""
+    return settings.get("heal_when", HEAL_WHEN)
+
+
 def _trajectory(plan, stage: str, runs: Path) -> dict | None:
     for folder in (runs / plan.name / stage, committed(plan, stage)):
         path = folder / "trajectory.json"
@@ -121,8 +126,7 @@ def healed_reference(plan: Plan) -> str | None:
     ``phase-aware-kl`` on the held-out plans; None when the plan heals no reference.
     """
     for label, settings in plan.heal.items():
-        when = settings.get("heal_when", "after")
-        if _base_rule(label, plan.h2h) == plan.reference and when == HEAL_WHEN:
+        if _base_rule(label, plan.h2h) == plan.reference and _heal_when(settings) == HEAL_WHEN:
             return label
     return None
 
@@ -163,11 +167,11 @@ def healed_head_to_head(plan: Plan, run_root: Path, unhealed: dict[str, dict]) -
     for h in judged.values():
         h["markdown"] = headtohead_markdown(h).split("\n", 2)[2]  # without its title
     settings = {**plan.h2h, **{f"heal-{x}": s for x, s in plan.heal.items()}}
-    variants = {f"heal-{x}": s for x, s in plan.heal.items()
-                if s.get("heal_when", HEAL_WHEN) == HEAL_WHEN}  # fmt: skip
+    variants = {f"heal-{x}": s for x, s in plan.heal.items() if _heal_when(s) == HEAL_WHEN}
     healed_ablation = ablation(plan, healed, variants)
     if healed_ablation:  # the rule of the best healed variant, to set beside the unhealed best
-        healed_ablation["best_rule"] = _base_rule(healed_ablation["best"][5:], plan.h2h)
+        best = healed_ablation["best"].removeprefix("heal-")
+        healed_ablation["best_rule"] = _base_rule(best, plan.h2h)
     return {
         "reference": ref,
         "depth": depth,
@@ -200,7 +204,7 @@ def healing_gains(plan: Plan, rows: list[dict], healed: dict[str, dict]) -> list
     for name, traj in healed.items():
         label = name.removeprefix("heal-")
         base = _base_rule(label, plan.h2h)
-        when = plan.heal[label].get("heal_when", HEAL_WHEN)
+        when = _heal_when(plan.heal[label])
         h, u = by_run[name], by_run.get(base)
         keys = ("depth_90", "depth_80", "area", "collapse_depth", "deepest")
         steps = [
